@@ -1,0 +1,40 @@
+# micromets — the README's two set-up commands are `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OSD_DIR := src/micromets/viewer/static/vendor/openseadragon
+
+.PHONY: install demo test bench stress viewer-assets clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[train,test]"
+	touch $(STAMP)
+
+install: $(STAMP) viewer-assets  ## create .venv with micromets and its CLI (idempotent)
+
+# OpenSeadragon comes from the npm registry, never copied into the repo.
+viewer-assets: $(OSD_DIR)/openseadragon.min.js
+$(OSD_DIR)/openseadragon.min.js:
+	@if command -v npm >/dev/null 2>&1; then \
+	  mkdir -p build/npm $(OSD_DIR) && \
+	  npm install --silent --no-audit --no-fund --prefix build/npm openseadragon@5 && \
+	  cp -r build/npm/node_modules/openseadragon/build/openseadragon/* $(OSD_DIR)/ ; \
+	else echo "npm not found: the viewer front end (OpenSeadragon) is not installed"; fi
+
+demo: install  ## run the main job on the bundled demo case
+	$(BIN)/micromets demo --out demo-out
+
+test: install  ## the whole test suite
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install  ## speed, memory and accuracy benchmark on phantom slides (<= 20 min)
+	$(BIN)/micromets bench
+
+stress: install  ## longer reliability suite (batch kills, bad files)
+	$(BIN)/python -m pytest -q -m slow tests
+
+clean:
+	rm -rf $(VENV) build demo-out

@@ -1,0 +1,18 @@
+"""Command line: `micromets <command>`. Each sub-command lives in its own module and registers on `app`."""
+
+import sys
+
+from micromets.cli.app import app
+from micromets.errors import MicrometsError
+
+# Sub-command modules register themselves on import.
+from micromets.cli import analyze  # noqa: F401,E402
+
+
+def main() -> None:
+    """Entry point: a bad input ends as one line on stderr and exit code 2."""
+    try:
+        app()
+    except MicrometsError as err:
+        print(f"micromets: error: {err}", file=sys.stderr)
+        sys.exit(MicrometsError.exit_code)
