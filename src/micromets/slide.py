@@ -1,0 +1,166 @@
+"""Whole-slide images through OpenSlide: pyramid levels, physical resolution, windowed reads.
+
+Every read is a window: nothing here loads a whole level at full resolution. Coordinates follow openslide:
+``l0_x, l0_y`` are level-0 pixels (origin top-left); ``l_w, l_h`` are pixels of the level being read.
+
+Resolution (µm per level-0 pixel, ``l0_mpp``) comes, in this order, from
+
+1. the caller's override (``mpp=``),
+2. OpenSlide's ``openslide.mpp-x`` / ``openslide.mpp-y`` properties (Aperio, Hamamatsu, MIRAX, DICOM, …),
+3. the TIFF resolution tags (``tiff.XResolution`` with ``tiff.ResolutionUnit`` centimeter or inch).
+
+A slide with none of these is refused with an error naming the file: a size in mm needs a resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from micromets.errors import MicrometsError
+
+#: Resolutions outside this range (µm/px) are not plausible for a microscope slide scan.
+PLAUSIBLE_MPP = (0.05, 50.0)
+
+_UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0}
+
+
+def _mpp_from_properties(props) -> tuple[float, str] | None:
+    try:
+        mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
+        mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
+        return (mpp_x + mpp_y) / 2, "openslide.mpp"
+    except (KeyError, ValueError):
+        pass
+    unit = props.get("tiff.ResolutionUnit", "").lower()
+    try:
+        res_x = float(props["tiff.XResolution"])
+        res_y = float(props.get("tiff.YResolution", res_x))
+    except (KeyError, ValueError):
+        return None
+    if unit not in _UM_PER_UNIT or res_x <= 0 or res_y <= 0:
+        return None
+    return _UM_PER_UNIT[unit] * (1 / res_x + 1 / res_y) / 2, "tiff-resolution"
+
+
+class Slide:
+    """An open whole-slide image with its level-0 resolution. Use :func:`open_slide` to make one."""
+
+    def __init__(self, path: Path, osr: openslide.OpenSlide, l0_mpp: float, mpp_source: str):
+        self.path = path
+        self.slide_id = path.stem if path.is_file() else path.name
+        self._osr = osr
+        self.l0_mpp = l0_mpp
+        self.mpp_source = mpp_source
+        self.l0_width, self.l0_height = osr.dimensions
+        self.level_count = osr.level_count
+        self.level_dimensions = osr.level_dimensions
+        self.level_downsamples = osr.level_downsamples
+        self.properties = osr.properties
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._osr.close()
+
+    @property
+    def l0_area_mm2(self) -> float:
+        return self.l0_width * self.l0_height * (self.l0_mpp / 1000) ** 2
+
+    def read_region(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> np.ndarray:
+        """Read ``l_w × l_h`` pixels of ``level`` whose top-left is at level-0 ``(l0_x, l0_y)``.
+
+        Returns an ``(l_h, l_w, 3)`` uint8 RGB array; transparent pixels (outside the scanned area) are white.
+        """
+        try:
+            rgba = np.asarray(self._osr.read_region((int(l0_x), int(l0_y)), level, (int(l_w), int(l_h))))
+        except openslide.OpenSlideError as err:
+            raise MicrometsError(f"{self.path}: cannot read region at level {level} ({err})") from err
+        return _rgba_to_rgb(rgba)
+
+    def level_for_mpp(self, target_mpp: float) -> int:
+        """The coarsest level whose resolution is at least as fine as ``target_mpp``."""
+        return self._osr.get_best_level_for_downsample(target_mpp / self.l0_mpp * (1 + 1e-6))
+
+    def read_at_mpp(self, l0_x: int, l0_y: int, l0_w: int, l0_h: int, target_mpp: float) -> np.ndarray:
+        """Read the level-0 rectangle ``(l0_x, l0_y, l0_w, l0_h)`` resampled to ``target_mpp`` µm/px.
+
+        The output has ``round(l0_w * l0_mpp / target_mpp)`` columns (likewise rows). The read uses the coarsest
+        pyramid level that is still at least as fine as the target, then an area-weighted resize.
+        """
+        out_w = max(1, round(l0_w * self.l0_mpp / target_mpp))
+        out_h = max(1, round(l0_h * self.l0_mpp / target_mpp))
+        level = self.level_for_mpp(target_mpp)
+        downsample = self.level_downsamples[level]
+        l_w = max(1, math.ceil(l0_w / downsample))
+        l_h = max(1, math.ceil(l0_h / downsample))
+        rgb = self.read_region(l0_x, l0_y, level, l_w, l_h)
+        if (l_w, l_h) == (out_w, out_h):
+            return rgb
+        return np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.BOX))
+
+    def thumbnail(self, target_mpp: float, l0_chunk_px: int = 8192) -> tuple[np.ndarray, float]:
+        """The whole slide at about ``target_mpp`` µm/px, read in windows (memory flat in slide size).
+
+        Returns ``(rgb, thumb_mpp)``: the image and its exact µm/px (level-0 pixels per thumbnail pixel is an
+        integer, so that thumbnail pixel ``(r, c)`` covers level-0 ``[c*k, (c+1)*k) × [r*k, (r+1)*k)``).
+        """
+        k = max(1, round(target_mpp / self.l0_mpp))
+        thumb_mpp = k * self.l0_mpp
+        out_w, out_h = math.ceil(self.l0_width / k), math.ceil(self.l0_height / k)
+        chunk = max(1, l0_chunk_px // k)  # thumbnail pixels per window side
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for t_r in range(0, out_h, chunk):
+            for t_c in range(0, out_w, chunk):
+                w, h = min(chunk, out_w - t_c), min(chunk, out_h - t_r)
+                out[t_r:t_r + h, t_c:t_c + w] = self.read_at_mpp(t_c * k, t_r * k, w * k, h * k, thumb_mpp)
+        return out, thumb_mpp
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied RGBA on a white background."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha[..., None].astype(np.float32) / 255
+    return (rgb.astype(np.float32) + 255 * (1 - a)).clip(0, 255).astype(np.uint8)
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image (SVS, TIFF, NDPI, MRXS, DICOM, … — anything OpenSlide reads).
+
+    ``mpp`` overrides the level-0 resolution in µm/px. Raises :class:`MicrometsError` naming the file when it is
+    missing, not a slide, or has no resolution (and no override was given).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MicrometsError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise MicrometsError(f"{path}: empty file, not a slide")
+    try:
+        osr = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as err:
+        raise MicrometsError(f"{path}: not a slide format OpenSlide can read") from err
+    except (openslide.OpenSlideError, OSError, ValueError) as err:
+        raise MicrometsError(f"{path}: cannot open slide ({err})") from err
+    if mpp is not None:
+        found = (float(mpp), "override")
+    else:
+        found = _mpp_from_properties(osr.properties)
+    if found is None:
+        osr.close()
+        raise MicrometsError(f"{path}: resolution unknown (no mpp or TIFF resolution tags); pass --mpp")
+    l0_mpp, source = found
+    if not PLAUSIBLE_MPP[0] <= l0_mpp <= PLAUSIBLE_MPP[1]:
+        osr.close()
+        raise MicrometsError(f"{path}: implausible resolution {l0_mpp:g} µm/px ({source})")
+    return Slide(path, osr, l0_mpp, source)

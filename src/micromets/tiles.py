@@ -1,0 +1,119 @@
+"""The tile grid over tissue and a prefetching reader of its patches.
+
+The grid covers the whole slide with square cells of ``cell_um`` µm, starting at level-0 ``(0, 0)``. Cell
+``(h_r, h_c)`` covers level-0 ``[h_c*l0_cell, (h_c+1)*l0_cell) × [h_r*l0_cell, (h_r+1)*l0_cell)`` with
+``l0_cell = cell_um / l0_mpp``. A cell is scored when at least ``min_tissue_fraction`` of it is tissue.
+
+Patches are read by blocks of ``block_cells × block_cells`` cells (one OpenSlide read per block, each tissue
+region read once per scale) in reader threads that run ahead of the model, so reading overlaps inference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from micromets.slide import Slide
+from micromets.tissue import TissueMask
+
+
+@dataclass
+class TileGrid:
+    """Cells of ``cell_um`` µm over a slide, with the cells that hold tissue."""
+
+    cell_um: float
+    l0_mpp: float
+    h_tissue: np.ndarray  # bool (rows, cols)
+
+    @property
+    def l0_cell(self) -> float:
+        """Side of one cell in level-0 pixels."""
+        return self.cell_um / self.l0_mpp
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.h_tissue.shape
+
+
+def tissue_fraction(tissue: TissueMask, cell_um: float, h_shape: tuple[int, int]) -> np.ndarray:
+    """Fraction of each grid cell covered by tissue, from the mask pixels whose centres fall in the cell."""
+    m_rows, m_cols = tissue.mask.shape
+    # grid cell index of each mask row / column centre
+    h_r_of = np.minimum(((np.arange(m_rows) + 0.5) * tissue.mask_mpp / cell_um).astype(np.int64), h_shape[0] - 1)
+    h_c_of = np.minimum(((np.arange(m_cols) + 0.5) * tissue.mask_mpp / cell_um).astype(np.int64), h_shape[1] - 1)
+    n_rows = np.bincount(h_r_of, minlength=h_shape[0])
+    n_cols = np.bincount(h_c_of, minlength=h_shape[1])
+    total = np.outer(n_rows, n_cols).astype(np.float64)
+    rr, cc = np.nonzero(tissue.mask)
+    inside = np.zeros(h_shape, np.float64)
+    np.add.at(inside, (h_r_of[rr], h_c_of[cc]), 1.0)
+    return np.divide(inside, total, out=np.zeros(h_shape), where=total > 0)
+
+
+def tile_grid(slide: Slide, tissue: TissueMask, cell_um: float, min_tissue_fraction: float = 0.1) -> TileGrid:
+    """The grid of ``cell_um`` cells over ``slide``; cells with enough tissue are marked for scoring."""
+    h_shape = (math.ceil(slide.l0_height * slide.l0_mpp / cell_um), math.ceil(slide.l0_width * slide.l0_mpp / cell_um))
+    fraction = tissue_fraction(tissue, cell_um, h_shape)
+    return TileGrid(cell_um, slide.l0_mpp, fraction >= min_tissue_fraction)
+
+
+@dataclass
+class PatchBlock:
+    """Patches of the tissue cells of one block: ``h_rc[i]`` is the grid cell of ``patches[i]``."""
+
+    h_rc: np.ndarray     # (N, 2) int
+    patches: np.ndarray  # (N, patch_px, patch_px, 3) uint8
+    read_s: float        # seconds spent reading and resampling this block
+
+
+def blocks_with_tissue(grid: TileGrid, block_cells: int) -> list[tuple[int, int]]:
+    """Top-left cells ``(h_r0, h_c0)`` of the blocks that contain at least one tissue cell."""
+    rows, cols = grid.shape
+    b_rows, b_cols = math.ceil(rows / block_cells), math.ceil(cols / block_cells)
+    padded = np.zeros((b_rows * block_cells, b_cols * block_cells), bool)
+    padded[:rows, :cols] = grid.h_tissue
+    has = padded.reshape(b_rows, block_cells, b_cols, block_cells).any(axis=(1, 3))
+    return [(int(r) * block_cells, int(c) * block_cells) for r, c in zip(*np.nonzero(has))]
+
+
+def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: int,
+               patch_px: int, patch_mpp: float) -> PatchBlock:
+    """Read one block in a single windowed read and cut it into the patches of its tissue cells."""
+    start = time.perf_counter()
+    rows, cols = grid.shape
+    n_r, n_c = min(block_cells, rows - h_r0), min(block_cells, cols - h_c0)
+    l0_x, l0_y = round(h_c0 * grid.l0_cell), round(h_r0 * grid.l0_cell)
+    l0_w, l0_h = round(n_c * grid.l0_cell), round(n_r * grid.l0_cell)
+    img = slide.read_at_mpp(l0_x, l0_y, l0_w, l0_h, patch_mpp)
+    want_h, want_w = n_r * patch_px, n_c * patch_px
+    if img.shape[:2] != (want_h, want_w):  # off by a pixel from rounding: pad with white / crop
+        fixed = np.full((want_h, want_w, 3), 255, np.uint8)
+        h, w = min(want_h, img.shape[0]), min(want_w, img.shape[1])
+        fixed[:h, :w] = img[:h, :w]
+        img = fixed
+    cells = img.reshape(n_r, patch_px, n_c, patch_px, 3).swapaxes(1, 2)
+    local = np.argwhere(grid.h_tissue[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c])
+    patches = np.ascontiguousarray(cells[local[:, 0], local[:, 1]])
+    h_rc = local + np.array([h_r0, h_c0])
+    return PatchBlock(h_rc, patches, time.perf_counter() - start)
+
+
+def iter_patch_blocks(slide: Slide, grid: TileGrid, patch_px: int, patch_mpp: float,
+                      block_cells: int = 8, readers: int = 2, prefetch: int = 4) -> Iterator[PatchBlock]:
+    """Yield the tissue patches block by block, read ahead by ``readers`` threads (at most ``prefetch`` blocks
+    held in memory), in a fixed order."""
+    starts = blocks_with_tissue(grid, block_cells)
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="micromets-read") as pool:
+        pending: deque = deque()
+        for h_r0, h_c0 in starts:
+            pending.append(pool.submit(read_block, slide, grid, h_r0, h_c0, block_cells, patch_px, patch_mpp))
+            if len(pending) >= prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

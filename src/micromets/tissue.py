@@ -1,0 +1,88 @@
+"""Tissue mask from a low-resolution view of the slide.
+
+Tissue is where the glass absorbs light and the colour is saturated: optical density above that of bare glass
+and a saturation threshold found by Otsu's method (bounded, so that a slide that is all tissue or all glass is
+still judged in absolute terms). Excluded:
+
+- black scanner padding and out-of-focus dark frames (very dark, unsaturated pixels);
+- pen marks: ink is saturated green or deep blue, hues that neither haematoxylin-eosin nor haematoxylin-DAB
+  produce at low magnification;
+- specks smaller than ``min_object_um2`` and holes smaller than ``max_hole_um2`` are removed/filled.
+
+The mask's pixel ``(r, c)`` covers level-0 ``[c*k, (c+1)*k) × [r*k, (r+1)*k)`` with ``k = mask_mpp / l0_mpp``
+(an integer, see :meth:`micromets.slide.Slide.thumbnail`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import filters, morphology
+
+from micromets.slide import Slide
+
+#: Default resolution of the mask (µm/px): a lymph node of 5 mm is ~600 px across.
+MASK_MPP = 8.0
+#: Optical density (max over RGB channels) above which a pixel is not bare glass.
+GLASS_OD = 0.08
+#: Bounds on the Otsu saturation threshold.
+SATURATION_BOUNDS = (0.06, 0.20)
+#: Pixels darker than this (max channel, 0-255) and unsaturated are scanner padding or dirt.
+BLACK_MAX = 45
+
+
+@dataclass
+class TissueMask:
+    """Boolean tissue mask with its resolution and the low-resolution RGB view it was computed from."""
+
+    mask: np.ndarray  # bool (rows, cols)
+    mask_mpp: float   # µm per mask pixel
+    l0_mpp: float     # µm per level-0 pixel of the slide it came from
+    rgb: np.ndarray   # uint8 (rows, cols, 3): the slide at mask_mpp
+
+    @property
+    def area_mm2(self) -> float:
+        return float(self.mask.sum()) * (self.mask_mpp / 1000) ** 2
+
+    @property
+    def l0_per_px(self) -> int:
+        """Level-0 pixels per mask pixel (an integer)."""
+        return round(self.mask_mpp / self.l0_mpp)
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels that look like marker ink (green, deep blue or black strokes)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    green = (g - r > 20) & (g - b > 0)
+    blue = (b - r > 80) & (r < 120)
+    return green | blue
+
+
+def tissue_from_rgb(rgb: np.ndarray, px_um: float,
+                    min_object_um2: float = 2_000.0, max_hole_um2: float = 5_000.0) -> np.ndarray:
+    """Tissue mask of an RGB image whose pixels are ``px_um`` µm wide."""
+    rgbf = rgb.astype(np.float32)
+    vmax = rgbf.max(axis=-1)
+    vmin = rgbf.min(axis=-1)
+    saturation = np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1), 0)
+    od_max = -np.log10(np.maximum(vmin, 1) / 255)
+    candidate = od_max > GLASS_OD
+    if candidate.sum() > 16:
+        thr = float(filters.threshold_otsu(saturation[candidate]))
+    else:
+        thr = SATURATION_BOUNDS[1]
+    thr = float(np.clip(thr, *SATURATION_BOUNDS))
+    black = (vmax < BLACK_MAX) & (saturation < 0.3)
+    tissue = candidate & (saturation > thr) & ~black & ~pen_mask(rgb)
+    px_um2 = px_um * px_um
+    tissue = morphology.remove_small_holes(tissue, max_size=round(max_hole_um2 / px_um2))
+    tissue = ndi.binary_opening(tissue, iterations=1) if px_um < 16 else tissue
+    return morphology.remove_small_objects(tissue, max_size=round(min_object_um2 / px_um2))
+
+
+def tissue_mask(slide: Slide, mask_mpp: float = MASK_MPP) -> TissueMask:
+    """Tissue mask of a slide at about ``mask_mpp`` µm/px (read in windows from a low-resolution level)."""
+    thumb, thumb_mpp = slide.thumbnail(mask_mpp)
+    return TissueMask(tissue_from_rgb(thumb, thumb_mpp), thumb_mpp, slide.l0_mpp, thumb)
