@@ -12,6 +12,8 @@ measurement module's work (:mod:`micromets.measure`).
 
 from __future__ import annotations
 
+from functools import reduce
+
 import numpy as np
 import shapely
 from skimage import measure as skmeasure
@@ -37,7 +39,7 @@ def outlines_l0(h_values: np.ndarray, threshold: float, cell_l0: float,
     ox, oy = l0_origin
     coords = [np.column_stack([ox + (c[:, 1] - 0.5) * cell_l0, oy + (c[:, 0] - 0.5) * cell_l0]) for c in rings]
     polygons = shapely.make_valid(shapely.polygons([shapely.linearrings(c) for c in coords]))
-    region = shapely.symmetric_difference_all(polygons)
+    region = reduce(shapely.symmetric_difference, polygons)  # even-odd rule over nested iso-lines
     parts = shapely.get_parts(region)
     return [p for p in parts if isinstance(p, shapely.Polygon) and p.area > 0]
 

@@ -1,0 +1,49 @@
+"""Lesion outlines from a heatmap: marching-squares iso-line through the cell centres, level-0 pixels."""
+
+import numpy as np
+import pytest
+
+from micromets.heatmap import Heatmap
+from micromets.lesions import heatmap_outlines_l0, max_value_inside, outlines_l0
+
+
+def test_single_hot_cell_gives_a_diamond_one_cell_across():
+    h = np.zeros((5, 5))
+    h[2, 2] = 1.0
+    (poly,) = outlines_l0(h, 0.5, cell_l0=10.0)
+    # crossings halfway between the hot centre (25, 25) and its neighbours
+    assert poly.bounds == pytest.approx((20, 20, 30, 30))
+    assert poly.area == pytest.approx(50.0)
+
+
+def test_iso_line_moves_with_the_threshold():
+    h = np.zeros((5, 5))
+    h[2, 2] = 1.0
+    (low,) = outlines_l0(h, 0.25, cell_l0=10.0)
+    (high,) = outlines_l0(h, 0.75, cell_l0=10.0)
+    assert low.bounds == pytest.approx((17.5, 17.5, 32.5, 32.5))
+    assert high.bounds == pytest.approx((22.5, 22.5, 27.5, 27.5))
+
+
+def test_ring_keeps_its_hole_and_diagonals_join():
+    h = np.zeros((7, 7))
+    h[1:4, 1:4] = 1.0
+    h[2, 2] = 0.0
+    h[4, 4] = 1.0  # diagonal neighbour of the ring's corner: same outline (8-connected)
+    polys = outlines_l0(h, 0.5, cell_l0=1.0)
+    assert len(polys) == 1
+    assert len(polys[0].interiors) == 1
+
+
+def test_cells_at_or_below_threshold_give_nothing():
+    h = np.full((4, 4), 0.5)
+    assert outlines_l0(h, 0.5, cell_l0=1.0) == []
+
+
+def test_level0_origin_and_cell_size_are_applied():
+    hm = Heatmap(h_prob=np.pad(np.ones((2, 2), np.float32), 1), h_tissue=np.ones((4, 4), bool),
+                 cell_um=64.0, l0_mpp=0.25, l0_origin=(1000.0, 2000.0))
+    (poly,) = heatmap_outlines_l0(hm, 0.5)
+    # hot cells 1..2 → centres at 1.5 and 2.5 cells; crossings half a cell outside them
+    assert poly.bounds == pytest.approx((1000 + 256, 2000 + 256, 1000 + 768, 2000 + 768))
+    assert max_value_inside(hm, [poly]).tolist() == [1.0]
