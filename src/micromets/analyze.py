@@ -1,0 +1,219 @@
+"""The one-slide job: slide → tissue → (H&E heatmap | IHC cells) → lesions → measurements → node class.
+
+:func:`analyze_slide` writes ``out_dir/<slide_id>/`` with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and
+``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result dict. The folder appears whole or not at
+all: it is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import shapely
+from PIL import Image, ImageDraw
+
+from micromets import __version__
+from micromets.errors import MicrometsError
+from micromets.heatmap import Heatmap
+from micromets.lesions import heatmap_outlines_l0, max_value_inside
+from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
+from micromets.rules import NODE_CLASSES
+from micromets.rules.ajcc8 import node_class
+from micromets.slide import Slide, open_slide
+from micromets.tissue import TissueMask, tissue_mask
+
+SCHEMA = "micromets.slide-result/1"
+#: Below this much tissue (mm²) a slide is reported as holding no tissue.
+MIN_TISSUE_MM2 = 0.01
+#: Resolution at which tumour nuclei are counted inside H&E lesions (µm/px).
+CELL_COUNT_MPP = 0.5
+#: Lesions larger than this (mm) are macrometastases whatever their cell count: cells are not counted.
+CELL_COUNT_MAX_MM = 2.0
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file (of the main file for multi-file formats)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
+    """Nuclei inside an H&E lesion, counted on the haematoxylin channel at CELL_COUNT_MPP."""
+    from micromets.cells import count_nuclei
+    from skimage.draw import polygon as draw_polygon
+
+    if lesion.diameter_mm > CELL_COUNT_MAX_MM:
+        return None
+    x0, y0, x1, y1 = (int(v) for v in np.round(lesion.geometry_l0.bounds))
+    rgb = slide.read_at_mpp(x0, y0, max(1, x1 - x0), max(1, y1 - y0), CELL_COUNT_MPP)
+    scale = slide.l0_mpp / CELL_COUNT_MPP
+    mask = np.zeros(rgb.shape[:2], bool)
+    for part in shapely.get_parts(lesion.geometry_l0):
+        ring = np.asarray(part.exterior.coords)
+        rr, cc = draw_polygon((ring[:, 1] - y0) * scale, (ring[:, 0] - x0) * scale, mask.shape)
+        mask[rr, cc] = True
+    return int(count_nuclei(rgb, CELL_COUNT_MPP, mask))
+
+
+def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None]) -> list[dict]:
+    records = []
+    for i, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells), start=1):
+        outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
+        records.append({
+            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 4), "area_mm2": round(m.area_mm2, 5),
+            "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
+            "n_cells": cells, "n_deposits": m.n_members, "repaired": m.repaired,
+            "class": node_class(m.diameter_mm, cells),
+        })
+    return records
+
+
+def _geojson(records: list[dict], l0_mpp: float) -> dict:
+    """QuPath-compatible FeatureCollection of the lesions (level-0 px)."""
+    features = []
+    for rec in records:
+        coords = [[ring] for ring in rec["l0_outline"]]
+        geometry = {"type": "MultiPolygon", "coordinates": coords}
+        props = {k: v for k, v in rec.items() if k != "l0_outline"}
+        props["objectType"] = "annotation"
+        props["classification"] = {"name": f"Tumour ({rec['class']})"}
+        props["l0_mpp"] = l0_mpp
+        features.append({"type": "Feature", "id": f"lesion-{rec['id']}", "geometry": geometry, "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+_CLASS_RGB = {"itc": (255, 200, 0), "micro": (255, 110, 0), "macro": (220, 0, 0)}
+
+
+def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict]) -> Image.Image:
+    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class."""
+    base = tissue.rgb.astype(np.float32)
+    rows, cols = base.shape[:2]
+    # heatmap cell of each thumbnail pixel centre
+    scale = tissue.mask_mpp / heatmap.cell_um
+    h_r = np.minimum(((np.arange(rows) + 0.5) * scale).astype(int), heatmap.h_prob.shape[0] - 1)
+    h_c = np.minimum(((np.arange(cols) + 0.5) * scale).astype(int), heatmap.h_prob.shape[1] - 1)
+    prob = heatmap.h_prob[np.ix_(h_r, h_c)][..., None]
+    colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
+    alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
+    image = Image.fromarray((base * (1 - alpha) + colour * alpha).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    l0_to_px = tissue.l0_mpp / tissue.mask_mpp
+    for rec in records:
+        for ring in rec["l0_outline"]:
+            xy = [(x * l0_to_px, y * l0_to_px) for x, y in ring]
+            draw.line(xy + [xy[0]], fill=_CLASS_RGB.get(rec["class"], (0, 0, 0)), width=2)
+    return image
+
+
+def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image) -> Path:
+    """Write the slide folder under a temporary name, then rename it into place (all or nothing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / slide_id
+    tmp = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".partial", dir=out_dir))
+    try:
+        np.save(tmp / "heatmap.npy", heatmap.h_prob)
+        overlay.save(tmp / "heatmap.png")
+        (tmp / "lesions.geojson").write_text(json.dumps(_geojson(result["lesions"], result["l0_mpp"])))
+        (tmp / "result.json").write_text(json.dumps(result, indent=1))
+        if final.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".old", dir=out_dir))
+            os.replace(final, trash / slide_id)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MicrometsError(f"{out_dir}: cannot write results ({err.strerror or err})") from err
+    return final
+
+
+def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
+                  detector=None, stain: str | None = None, threshold: float | None = None,
+                  gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Analyse one slide and write its results folder; returns the result dict (``result.json``).
+
+    ``mpp`` overrides the slide's level-0 µm/px; ``stain`` forces ``"he"`` or ``"ihc"`` (default: detected);
+    ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap.
+    """
+    if mode != "thorough":
+        raise MicrometsError(f"unknown mode {mode!r} (expected thorough)")
+    if stain not in (None, "he", "ihc"):
+        raise MicrometsError(f"unknown stain {stain!r} (expected he or ihc)")
+    start = time.perf_counter()
+    path = Path(path)
+    with open_slide(path, mpp) as slide:
+        tissue = tissue_mask(slide)
+        if tissue.area_mm2 < MIN_TISSUE_MM2:
+            raise MicrometsError(f"{path}: no tissue found (tissue area {tissue.area_mm2:.3f} mm²)")
+        if stain is None:
+            from micromets.stain import detect_stain
+
+            stain, stain_reason = detect_stain(tissue.rgb, tissue.mask)
+        else:
+            stain_reason = "set by the user"
+        timing = {}
+        if stain == "he":
+            from micromets.heatmap import compute_heatmap
+            from micromets.model import Detector
+
+            detector = detector or Detector.load()
+            detector.set_stain_reference(tissue.rgb[tissue.mask])
+            heatmap, heat_timing = compute_heatmap(slide, tissue, detector, progress=progress)
+            timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
+                          inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
+            post_start = time.perf_counter()
+            threshold = float(detector.card.get("threshold", 0.5) if threshold is None else threshold)
+            measures = measure_lesions(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, gap_um)
+            n_cells = [_count_cells_he(slide, m) for m in measures]
+            model_info = {"name": detector.name, "version": detector.version}
+        else:
+            from micromets.ihc import analyze_ihc
+
+            findings = analyze_ihc(slide, tissue)
+            heatmap = findings.heatmap
+            post_start = time.perf_counter()
+            threshold = None
+            measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
+            cells_xy = findings.cells_l0
+            n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
+                       if len(cells_xy) else 0 for m in measures]
+            model_info = {"name": "ihc-dab-cells", "version": __version__}
+        records = _lesion_records(measures, max_value_inside(heatmap, [m.geometry_l0 for m in measures]), n_cells)
+        largest = max((r["diameter_mm"] for r in records), default=None)
+        classes = [r["class"] for r in records]
+        slide_class = max(classes, key=NODE_CLASSES.index, default="negative")
+        timing["post"] = round(time.perf_counter() - post_start, 3)
+        timing["total"] = round(time.perf_counter() - start, 3)
+        result = {
+            "schema": SCHEMA, "slide_id": slide.slide_id, "path": str(path.resolve()),
+            "sha256": file_sha256(path) if path.is_file() else None,
+            "l0_mpp": slide.l0_mpp, "mpp_source": slide.mpp_source,
+            "l0_width": slide.l0_width, "l0_height": slide.l0_height,
+            "stain": stain, "stain_reason": stain_reason,
+            "tissue_area_mm2": round(tissue.area_mm2, 4),
+            "model": model_info, "mode": mode, "threshold": threshold, "gap_um": gap_um,
+            "heatmap": {"file": "heatmap.npy", "cell_um": heatmap.cell_um, "l0_origin": list(heatmap.l0_origin),
+                        "shape": list(heatmap.h_prob.shape)},
+            "node_class": slide_class,
+            "largest_deposit_mm": largest,
+            "n_lesions": len(records),
+            "lesions": records,
+            "software": {"micromets": __version__},
+            "timing_s": timing,
+        }
+        overlay = render_overlay(tissue, heatmap, records)
+    _write_outputs(Path(out_dir), slide.slide_id, result, heatmap, overlay)
+    return result

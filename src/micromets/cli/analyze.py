@@ -1,0 +1,56 @@
+"""`micromets analyze`: slides → per-slide results folders."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micromets.cli.app import app
+
+
+@app.command("analyze")
+def analyze(
+    slides: list[Path] = typer.Argument(..., help="Whole-slide images (SVS, TIFF, NDPI, MRXS, DICOM, … anything OpenSlide reads)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each slide gets OUT/<slide>/."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Override the level-0 resolution in µm/px (else read from the slide's metadata)."),
+    stain: Optional[str] = typer.Option(None, "--stain", help="he or ihc (default: detected from the slide's colours)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
+    gap_um: float = typer.Option(75.0, "--gap-um", help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
+) -> None:
+    """Find and measure tumour deposits in each slide.
+
+    Writes OUT/<slide>/result.json (resolution in µm/px, tissue area in mm², node class, largest deposit in mm,
+    each lesion with its level-0 outline, area in mm², maximum Feret diameter in mm and maximum probability),
+    heatmap.png (thumbnail with the tumour heatmap and outlines), heatmap.npy and lesions.geojson (QuPath).
+    Deposit classes follow AJCC 8: ITC <= 0.2 mm (or < 200 cells), micrometastasis > 0.2 and <= 2.0 mm,
+    macrometastasis > 2.0 mm. A slide that fails (unreadable, no tissue, unknown resolution) is reported in one
+    line and skipped; the others are still analysed; the exit code is then 2.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from micromets.analyze import analyze_slide
+    from micromets.errors import MicrometsError
+    from micromets.model import Detector
+
+    console = Console(stderr=True)
+    detector = Detector.load(model)
+    failed = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
+                  TimeElapsedColumn(), console=console) as bar:
+        for path in slides:
+            task = bar.add_task(path.name, total=None)
+            try:
+                result = analyze_slide(path, out, mpp=mpp, detector=detector, stain=stain, threshold=threshold,
+                                       gap_um=gap_um, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            except MicrometsError as err:
+                failed += 1
+                bar.update(task, description=f"[red]{path.name}: failed")
+                console.print(f"micromets: error: {err}")
+                continue
+            largest = result["largest_deposit_mm"]
+            size = f"largest {largest:.2f} mm" if largest is not None else "no deposit"
+            bar.update(task, description=f"{path.name}: {result['node_class']} ({size})")
+    if failed:
+        raise typer.Exit(code=MicrometsError.exit_code)

@@ -1,0 +1,69 @@
+"""`micromets case` and `micromets demo`: a patient's manifest → node classes, pN stage and report."""
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micromets.cli.app import app
+
+
+def _run(manifest: Path, out: Path, mode: str, model: Optional[Path]) -> list[dict]:
+    from rich.console import Console
+
+    from micromets.case import run_case
+    from micromets.model import Detector
+
+    console = Console(stderr=True)
+
+    def on_slide(row, result, error):
+        if error:
+            console.print(f"[red]micromets: error: {error}")
+        else:
+            size = result["largest_deposit_mm"]
+            size_text = f"largest {size:.2f} mm" if size is not None else "no deposit"
+            console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
+
+    cases = run_case(manifest, out, stage_mode=mode, detector=Detector.load(model), on_slide=on_slide)
+    for case in cases:
+        console.print(f"[bold]patient {case['patient']}: {case['pn_stage']}[/bold] — {case['stage_reason']}")
+        if case.get("report"):
+            console.print(f"report: {case['report']}")
+    return cases
+
+
+@app.command("case")
+def case(
+    manifest: Path = typer.Argument(..., help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
+    mode: str = typer.Option("camelyon17", "--mode", help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+) -> None:
+    """Analyse every slide of a case manifest and stage each patient.
+
+    A node's class is the strongest finding over its slides (H&E, IHC) and its OSNA result (CK19 mRNA copies/µL:
+    < 250 negative, 250-5,000 micrometastasis, > 5,000 macrometastasis). The patient's pN stage follows the chosen
+    rule. A slide that fails is reported in one line and listed in case.json; the exit code is then 2.
+    """
+    cases = _run(manifest, out, mode, model)
+    if any(c["failed_slides"] for c in cases):
+        raise typer.Exit(code=2)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
+    case_dir: Path = typer.Option(Path("demo"), "--case", help="Folder with manifest.csv and expected.json."),
+) -> None:
+    """Run the bundled demo case (three nodes of one patient) and check the result against the expected one."""
+    expected = json.loads((case_dir / "expected.json").read_text())
+    cases = _run(case_dir / "manifest.csv", out, "camelyon17", None)
+    got = next(c for c in cases if c["patient"] == expected["patient"])
+    got_nodes = {n["node"]: n["node_class"] for n in got["nodes"]}
+    ok = got["pn_stage"] == expected["pn_stage"] and got_nodes == expected["nodes"]
+    verdict = "MATCHES" if ok else "DOES NOT MATCH"
+    typer.echo(f"demo: expected {expected['pn_stage']} {expected['nodes']}; got {got['pn_stage']} {got_nodes}: {verdict}")
+    typer.echo(f"demo: report at {Path(got.get('report') or out / got['patient'] / 'case.json').resolve()}")
+    if not ok:
+        raise typer.Exit(code=1)
