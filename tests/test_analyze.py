@@ -1,0 +1,98 @@
+"""End to end through the command line: real slides in, schema-valid results out, bad input → one line, exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import shapely
+
+from micromets.phantom.pyramid import write_pyramid
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "src" / "micromets" / "schemas"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def micromets(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    return subprocess.run([sys.executable, "-m", "micromets", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def check_slide_outputs(folder: Path) -> dict:
+    result = json.loads((folder / "result.json").read_text())
+    jsonschema.validate(result, json.loads((SCHEMAS / "slide-result.schema.json").read_text()))
+    heat = np.load(folder / "heatmap.npy")
+    assert list(heat.shape) == result["heatmap"]["shape"]
+    assert (folder / "heatmap.png").stat().st_size > 0
+    collection = json.loads((folder / "lesions.geojson").read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert len(collection["features"]) == result["n_lesions"]
+    for feature in collection["features"]:
+        geom = shapely.from_geojson(json.dumps(feature["geometry"]))
+        assert geom.is_valid and not geom.is_empty
+        # level-0 pixels: inside the slide
+        x0, y0, x1, y1 = geom.bounds
+        assert -1 <= x0 <= x1 <= result["l0_width"] + 1 and -1 <= y0 <= y1 <= result["l0_height"] + 1
+    return result
+
+
+@pytest.fixture(scope="module")
+def blank_slide(tmp_path_factory):
+    path = tmp_path_factory.mktemp("blank") / "blank.tiff"
+    write_pyramid(path, 2048, 2048, 0.5, lambda x, y, w, h: np.full((h, w, 3), 243, np.uint8))
+    return path
+
+
+def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
+    done = micromets("analyze", shared_data / "slides" / "cmu_small_region.svs", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = check_slide_outputs(tmp_path / "cmu_small_region")
+    assert result["l0_mpp"] == pytest.approx(0.499)
+    assert (result["l0_width"], result["l0_height"]) == (2220, 2967)
+    assert 0.3 < result["tissue_area_mm2"] < 1.0
+    assert result["stain"] == "he"
+
+
+def test_bad_slides_fail_alone_and_the_good_ones_are_kept(shared_data, tmp_path, blank_slide):
+    junk = tmp_path / "junk.svs"
+    junk.write_bytes(os.urandom(4096))
+    out = tmp_path / "out"
+    done = micromets("analyze", tmp_path / "missing.svs", junk, blank_slide,
+                     shared_data / "slides" / "cmu_small_region.svs", "--out", out)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("micromets: error:")]
+    assert len(errors) == 3
+    assert "missing.svs: no such file" in errors[0]
+    assert "junk.svs: not a slide format" in errors[1]
+    assert "blank.tiff: no tissue found" in errors[2]
+    check_slide_outputs(out / "cmu_small_region")
+    assert sorted(p.name for p in out.iterdir()) == ["cmu_small_region"]  # no partial folders left
+
+
+def test_unknown_resolution_names_the_file_and_mpp_override_works(tmp_path):
+    import tifffile
+
+    path = tmp_path / "nores.tif"
+    rng = np.random.default_rng(1)
+    img = np.full((1024, 1024, 3), 240, np.uint8)
+    img[200:800, 200:800] = rng.integers(0, 60, (600, 600, 3)) + np.array([150, 60, 140], np.uint8)
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb")
+    done = micromets("analyze", path, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "nores.tif: resolution unknown" in done.stderr
+    done = micromets("analyze", path, "--out", tmp_path / "o", "--mpp", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert check_slide_outputs(tmp_path / "o" / "nores")["mpp_source"] == "override"
+
+
+def test_bad_manifest_is_one_line_and_exit_2(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("patient,node,slide_path,colour\np,1,a.svs,red\n")
+    done = micromets("case", manifest, "--out", tmp_path / "o")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"micromets: error: {manifest}: unknown column(s) colour "
+                                                "(expected patient,node,slide_path,stain,osna_copies_per_ul)"]
