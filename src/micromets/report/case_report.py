@@ -1,0 +1,221 @@
+"""The case report: one self-contained HTML file per patient (pictures embedded) and the same as PDF.
+
+Reads ``DIR/<patient>/case.json`` (schema ``micromets.case/1``) and each slide's ``DIR/<patient>/<slide_id>/
+result.json`` (schema ``micromets.slide-result/1``, docs/DESIGN.md), re-reads the slides through OpenSlide for the
+pictures, and writes ``report.html`` + ``report.pdf`` beside ``case.json``.
+
+Contents, top to bottom: the patient's pN stage with the rule and the evidence that decided it (node, slide,
+H&E / IHC / OSNA); per node its class, largest deposit (mm, maximum Feret diameter), tumour-cell count, number of
+deposits, OSNA CK19 copies/µL, a bar plot of deposit sizes against the AJCC 8 boundaries 0.2 mm and 2.0 mm
+(ITC <= 0.2 mm < micrometastasis <= 2.0 mm < macrometastasis); per slide a thumbnail with the heatmap and
+outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model card summary,
+software version, date, input file hashes and the research-use statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+from micromets import __version__
+from micromets.errors import MicrometsError
+from micromets.report import figures
+from micromets.report.pdf import html_to_pdf
+
+RESEARCH_USE = (
+    "Research use only. micromets is not a medical device and has not been cleared or approved for clinical "
+    "diagnosis; every finding must be verified by a pathologist on the glass slide or the full-resolution image."
+)
+
+#: Long side of the slide thumbnail (px) and of the deposit crop (px).
+THUMB_LONG_PX = 900
+CROP_LONG_PX = 560
+#: The deposit crop shows at least this much tissue (µm) around the deposit's bounding box.
+CROP_MIN_SIDE_UM = 300.0
+#: Thumbnail labels: only the largest few lesions are labelled, so labels stay readable.
+MAX_THUMB_LABELS = 12
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("micromets", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    undefined=jinja2.StrictUndefined,
+)
+
+
+@dataclass
+class SlideView:
+    """What the report shows for one slide."""
+
+    slide_id: str
+    result: dict | None
+    error: str | None = None
+    thumb_uri: str | None = None
+    thumb_mpp: float | None = None
+    crop_uri: str | None = None
+    crop_caption: str | None = None
+    lesions: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class NodeView:
+    """What the report shows for one lymph node."""
+
+    node: dict
+    slides: list[SlideView]
+    n_deposits: int
+    n_cells: int | None
+    size_plot_svg: str
+
+
+def _read_json(path: Path, schema: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MicrometsError(f"{path}: not found") from None
+    except (OSError, ValueError) as err:
+        raise MicrometsError(f"{path}: unreadable JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise MicrometsError(f"{path}: not a {schema} file")
+    return data
+
+
+def _lesion_bbox_l0(lesion: dict) -> tuple[float, float, float, float]:
+    pts = np.concatenate([np.asarray(ring, dtype=np.float64).reshape(-1, 2) for ring in lesion["l0_outline"]])
+    return pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+
+
+def _outline_items(lesions: list[dict], n_labels: int) -> list[tuple[list, str, str]]:
+    by_size = sorted(lesions, key=lambda les: -les["diameter_mm"])
+    labelled = {les["id"] for les in by_size[:n_labels]}
+    return [(les["l0_outline"], les["class"], f"#{les['id']}" if les["id"] in labelled else "") for les in lesions]
+
+
+def _slide_pictures(view: SlideView, slide_dir: Path) -> None:
+    """Fill the thumbnail (heatmap + outlines + scale bar) and the largest-deposit crop of one slide."""
+    from micromets.slide import open_slide
+
+    result = view.result
+    l0_mpp = float(result["l0_mpp"])
+    hm = result["heatmap"]
+    h_prob = np.load(slide_dir / hm["file"])
+    lesions = result["lesions"]
+    with open_slide(result["path"], mpp=l0_mpp) as slide:
+        long_um = max(slide.l0_width, slide.l0_height) * l0_mpp
+        thumb, thumb_mpp = slide.thumbnail(long_um / THUMB_LONG_PX)
+        thumb = figures.overlay_heatmap(thumb, thumb_mpp, h_prob, float(hm["cell_um"]), hm["l0_origin"], l0_mpp)
+        thumb = figures.draw_outlines(thumb, _outline_items(lesions, MAX_THUMB_LABELS), thumb_mpp, l0_mpp)
+        thumb, _ = figures.draw_scale_bar(thumb, thumb_mpp)
+        view.thumb_uri, view.thumb_mpp = figures.jpeg_data_uri(thumb), thumb_mpp
+        if not lesions:
+            return
+        largest = max(lesions, key=lambda les: les["diameter_mm"])
+        x0, y0, x1, y1 = _lesion_bbox_l0(largest)
+        side_l0 = max(x1 - x0, y1 - y0, CROP_MIN_SIDE_UM / l0_mpp) * 1.6
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        l0_x = int(np.clip(cx - side_l0 / 2, 0, max(0, slide.l0_width - side_l0)))
+        l0_y = int(np.clip(cy - side_l0 / 2, 0, max(0, slide.l0_height - side_l0)))
+        l0_w, l0_h = int(min(side_l0, slide.l0_width)), int(min(side_l0, slide.l0_height))
+        crop_mpp = max(l0_mpp, max(l0_w, l0_h) * l0_mpp / CROP_LONG_PX)
+        crop = slide.read_at_mpp(l0_x, l0_y, l0_w, l0_h, crop_mpp)
+    crop = figures.draw_outlines(crop, _outline_items(lesions, len(lesions)), crop_mpp, l0_mpp, (l0_x, l0_y))
+    crop, bar_um = figures.draw_scale_bar(crop, crop_mpp)
+    view.crop_uri = figures.jpeg_data_uri(crop, quality=90)
+    view.crop_caption = (
+        f"Largest deposit #{largest['id']} ({largest['class']}, {largest['diameter_mm']:.2f} mm); "
+        f"{crop_mpp:.2f} µm/px, scale bar {figures.format_length_um(bar_um)}"
+    )
+
+
+def _slide_view(patient_dir: Path, slide_id: str) -> SlideView:
+    slide_dir = patient_dir / slide_id
+    try:
+        result = _read_json(slide_dir / "result.json", "micromets.slide-result/1")
+    except MicrometsError as err:
+        return SlideView(slide_id, None, error=str(err))
+    view = SlideView(slide_id, result, lesions=sorted(result["lesions"], key=lambda les: -les["diameter_mm"]))
+    try:
+        _slide_pictures(view, slide_dir)
+    except (MicrometsError, OSError, ValueError) as err:
+        view.error = f"pictures not drawn: {err}"
+    return view
+
+
+def _node_view(patient_dir: Path, node: dict) -> NodeView:
+    slides = [_slide_view(patient_dir, slide_id) for slide_id in node["slides"]]
+    lesions = [les for s in slides for les in s.lesions]
+    counts = [les["n_cells"] for les in lesions if les.get("n_cells") is not None]
+    deposits = [(f"{s.slide_id} #{les['id']}" if len(slides) > 1 else f"#{les['id']}", les["diameter_mm"],
+                 les["class"]) for s in slides for les in s.lesions]
+    return NodeView(
+        node=node,
+        slides=slides,
+        n_deposits=sum(s.result["n_lesions"] for s in slides if s.result is not None),
+        n_cells=max(counts) if counts else None,
+        size_plot_svg=figures.size_bars_svg(deposits),
+    )
+
+
+def _model_card() -> dict | None:
+    from micromets.model import Detector
+
+    try:
+        return Detector.load().card
+    except MicrometsError:
+        return None
+
+
+def render_report_html(patient_dir: str | Path) -> str:
+    """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
+    patient_dir = Path(patient_dir)
+    case = _read_json(patient_dir / "case.json", "micromets.case/1")
+    nodes = [_node_view(patient_dir, node) for node in case["nodes"]]
+    results = [s.result for n in nodes for s in n.slides if s.result is not None]
+    threshold = results[0]["threshold"] if results else None
+    template = _TEMPLATES.get_template("report.html.j2")
+    return template.render(
+        case=case,
+        nodes=nodes,
+        results=results,
+        card=_model_card(),
+        software_version=__version__,
+        generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        research_use=RESEARCH_USE,
+        colour_scale_svg=figures.colour_scale_svg(threshold),
+        class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
+    )
+
+
+def write_report(patient_dir: str | Path, pdf: bool = True) -> Path:
+    """Write ``report.html`` (and ``report.pdf`` when Chromium is present and ``pdf``) into ``patient_dir``.
+
+    ``patient_dir`` is ``DIR/<patient>`` of ``micromets case`` (it holds ``case.json``). Returns the HTML path.
+    Raises :class:`MicrometsError` naming the file when ``case.json`` is missing or not a case file; a slide whose
+    result or image cannot be read is reported inside the document instead of stopping it.
+    """
+    patient_dir = Path(patient_dir)
+    html = render_report_html(patient_dir)
+    html_path = patient_dir / "report.html"
+    part = html_path.with_name("report.html.part")
+    part.write_text(html, encoding="utf-8")
+    part.replace(html_path)
+    if pdf:
+        html_to_pdf(html_path, patient_dir / "report.pdf")
+    return html_path
+
+
+def find_patient_dirs(results_dir: str | Path) -> list[Path]:
+    """Patient folders under ``results_dir``: itself when it holds ``case.json``, else its children that do."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise MicrometsError(f"{results_dir}: not a directory")
+    if (results_dir / "case.json").is_file():
+        return [results_dir]
+    found = sorted(p.parent for p in results_dir.glob("*/case.json"))
+    if not found:
+        raise MicrometsError(f"{results_dir}: no case.json here or in its sub-folders (run `micromets case` first)")
+    return found
