@@ -170,7 +170,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             from micromets.model import Detector
 
             detector = detector or Detector.load()
-            detector.set_stain_reference(tissue.rgb[tissue.mask])
+            detector.set_stain_reference(tissue.rgb[tissue.mask][None])
             heatmap, heat_timing = compute_heatmap(slide, tissue, detector, progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
