@@ -1,0 +1,45 @@
+"""`micromets phantom`: a synthetic lymph-node slide with lesions of known size and place, and its ground truth."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micromets.cli.app import app
+
+
+@app.command("phantom")
+def phantom(
+    normal_tiles: Path = typer.Option(..., "--normal-tiles", help="Folder of real NORMAL lymph-node H&E tiles (PNG/JPEG/TIFF) that fill the node."),
+    tumour_tiles: Path = typer.Option(..., "--tumour-tiles", help="Folder of real TUMOUR H&E tiles that fill the lesions."),
+    tiles_mpp: float = typer.Option(..., "--tiles-mpp", help="Resolution of the tiles in µm/px (CAMELYON16 level 0: 0.243)."),
+    lesions: str = typer.Option(..., "--lesions", help="itc:N,micro:N,macro:N or none; append @D to fix the maximum Feret diameter to D mm (e.g. micro:1@0.8). Drawn sizes: ITC 0.06-0.18 mm, micro 0.3-1.8 mm, macro 2.2-3.0 mm."),
+    size_mm: str = typer.Option(..., "--size-mm", help="Slide width,height in mm (e.g. 3,2.5); the node fills ~78% of it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: OUT/<name>.tiff, .xml, .geojson and OUT/manifest.csv."),
+    mpp: float = typer.Option(0.243, "--mpp", help="Level-0 resolution of the phantom in µm/px (0.243 = 40x CAMELYON; 0.486 = 20x)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same arguments and seed give the same slide."),
+    name: Optional[str] = typer.Option(None, "--name", help="File stem (default: from the lesion spec and seed)."),
+    shape: str = typer.Option("blob", "--shape", help="Lesion outline: blob (lobulated), disc, or camelyon16 (real outlines, needs --polygons)."),
+    polygons: Optional[Path] = typer.Option(None, "--polygons", help="Folder of CAMELYON16 polygon JSON files for --shape camelyon16."),
+    jpeg_quality: int = typer.Option(80, "--jpeg-quality", min=1, max=100, help="JPEG quality of the TIFF tiles."),
+) -> None:
+    """Build one phantom slide: a lymph node (capsule, cortex, perinodal fat, glass) from real normal tiles, with
+    tumour lesions of prescribed maximum Feret diameter (mm) from real tumour tiles.
+
+    Tiles are resampled from --tiles-mpp to --mpp (µm/px), randomly rotated/mirrored and feathered together.
+    Ground truth in level-0 pixels: ASAP XML and GeoJSON outlines; OUT/manifest.csv gets one row per phantom
+    with the expected node class (CAMELYON17 labels from the largest lesion: ITC < 0.2 mm, micro 0.2-2.0 mm,
+    macro > 2.0 mm; drawn sizes stay clear of the boundaries) and every lesion's diameter in mm.
+    Memory stays flat in slide size (tile rows are streamed), so CAMELYON-size slides are possible.
+    """
+    from micromets.errors import MicrometsError
+    from micromets.phantom.build import build_phantom
+
+    try:
+        width_mm, height_mm = (float(v) for v in size_mm.split(","))
+    except ValueError:
+        raise MicrometsError(f"--size-mm must be WIDTH,HEIGHT in mm, got {size_mm!r}") from None
+    row = build_phantom(out, normal_tiles, tumour_tiles, tiles_mpp, lesions, (width_mm, height_mm), mpp, seed,
+                        name, shape, polygons, jpeg_quality)
+    typer.echo(f"{out / row['slide_path']}: {row['l0_width']} x {row['l0_height']} px at {mpp} µm/px, "
+               f"{row['n_lesions']} lesion(s) {row['lesion_diameters_mm'] or '-'} mm, node class {row['node_class']}")

@@ -1,0 +1,139 @@
+"""Build one phantom slide with its ground truth, and keep the phantom manifest of a folder.
+
+`build_phantom` writes, in `out_dir`:
+
+- `<name>.tiff`: pyramidal tiled JPEG TIFF at `l0_mpp` µm/px (`pyramid.write_pyramid`, OpenSlide generic-tiff);
+- `<name>.xml`: lesion outlines as ASAP XML, `<name>.geojson`: the same as GeoJSON (level-0 px);
+- a row in `manifest.csv` (replacing any earlier row of the same name), columns `MANIFEST_COLUMNS`:
+  name, slide file, expected node class (CAMELYON17 labels), lesion classes and maximum Feret diameters (mm,
+  `;`-separated), size and resolution, seed, tile folders. Paths are relative to the manifest's folder.
+
+The phantom is fully determined by (tile folders, tiles_mpp, lesions, size_mm, l0_mpp, seed, shape, outlines):
+rebuilding with the same arguments gives the same pixels and the same ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+from micromets.errors import MicrometsError
+from micromets.phantom.layout import expected_node_class, load_outlines, make_layout, parse_lesions
+from micromets.phantom.pyramid import write_pyramid
+from micromets.phantom.render import PhantomRenderer
+from micromets.phantom.texture import load_tiles
+from micromets.phantom.truth import write_asap_xml, write_geojson
+
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "name", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
+    "lesion_diameters_mm", "l0_mpp", "l0_width", "l0_height", "size_mm", "lesions", "shape", "seed",
+    "normal_tiles", "tumour_tiles", "tiles_mpp",
+)
+
+
+def default_name(lesions: str, seed: int) -> str:
+    """File stem from the lesion spec and seed, e.g. `phantom_micro1_itc2_s7`."""
+    spec = re.sub(r"[^a-z0-9]+", "", lesions.lower().replace(",", "_").replace(":", "").replace("@", "at"))
+    return f"phantom_{spec or 'none'}_s{seed}"
+
+
+def read_phantom_manifest(path: str | Path) -> list[dict]:
+    """Rows of a phantom `manifest.csv`, with `slide_path`, `xml_path`, `geojson_path` made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise MicrometsError(f"phantom manifest not found: {path}")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("name", "slide_path", "node_class", "lesion_diameters_mm") if c not in
+                   (reader.fieldnames or [])]
+        if missing:
+            raise MicrometsError(f"{path}: not a phantom manifest, missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    for row in rows:
+        for key in ("slide_path", "xml_path", "geojson_path"):
+            if row.get(key):
+                row[key] = str((path.parent / row[key]).resolve())
+    return rows
+
+
+def _update_manifest(out_dir: Path, row: dict) -> None:
+    path = out_dir / MANIFEST
+    rows = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("name") != row["name"]]
+    rows.append(row)
+    rows.sort(key=lambda r: r["name"])
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def build_phantom(
+    out_dir: str | Path,
+    normal_tiles: str | Path,
+    tumour_tiles: str | Path,
+    tiles_mpp: float,
+    lesions: str,
+    size_mm: tuple[float, float],
+    l0_mpp: float = 0.243,
+    seed: int = 0,
+    name: str | None = None,
+    shape: str = "blob",
+    polygons: str | Path | None = None,
+    jpeg_quality: int = 80,
+) -> dict:
+    """Write `<name>.tiff/.xml/.geojson` into `out_dir`, add the manifest row and return it.
+
+    `lesions` is `itc:N,micro:N,macro:N` (each optionally `@DIAMETER_MM`) or `none`; `size_mm` is the slide's
+    (width, height) in mm; `shape` is `blob`, `disc` or `camelyon16` (real CAMELYON16 outlines from the
+    `polygons` folder, scaled to the drawn diameter).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = name or default_name(lesions, seed)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise MicrometsError(f"phantom name {name!r} may only use letters, digits, '_', '-' and '.'")
+    specs = parse_lesions(lesions)
+    outlines = load_outlines(polygons) if shape == "camelyon16" and polygons else None
+    layout = make_layout(size_mm, l0_mpp, specs, seed, shape, outlines)
+    normal = load_tiles(normal_tiles, tiles_mpp, l0_mpp)
+    tumour = load_tiles(tumour_tiles, tiles_mpp, l0_mpp)
+    renderer = PhantomRenderer(layout, normal, tumour, seed)
+    node_class = expected_node_class(layout)
+    slide_path = out_dir / f"{name}.tiff"
+    tmp_path = out_dir / f".{name}.tiff.part"
+    write_pyramid(tmp_path, layout.l0_width, layout.l0_height, l0_mpp, renderer.render_region,
+                  jpeg_quality=jpeg_quality,
+                  description=f"micromets phantom {name} seed={seed} lesions={lesions} mpp={l0_mpp}")
+    os.replace(tmp_path, slide_path)
+    write_asap_xml(out_dir / f"{name}.xml", layout)
+    write_geojson(out_dir / f"{name}.geojson", layout, node_class)
+    row = {
+        "name": name,
+        "slide_path": slide_path.name,
+        "xml_path": f"{name}.xml",
+        "geojson_path": f"{name}.geojson",
+        "node_class": node_class,
+        "n_lesions": len(layout.lesions),
+        "lesion_classes": ";".join(les.size_class for les in layout.lesions),
+        "lesion_diameters_mm": ";".join(f"{les.diameter_mm:.4f}" for les in layout.lesions),
+        "l0_mpp": l0_mpp,
+        "l0_width": layout.l0_width,
+        "l0_height": layout.l0_height,
+        "size_mm": f"{size_mm[0]},{size_mm[1]}",
+        "lesions": lesions,
+        "shape": shape,
+        "seed": seed,
+        "normal_tiles": os.path.relpath(normal_tiles, out_dir),
+        "tumour_tiles": os.path.relpath(tumour_tiles, out_dir),
+        "tiles_mpp": tiles_mpp,
+    }
+    _update_manifest(out_dir, row)
+    return row
