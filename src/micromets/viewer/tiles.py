@@ -2,15 +2,19 @@
 
 Tiles come from :class:`openslide.deepzoom.DeepZoomGenerator` (Deep Zoom Image format, the one OpenSeadragon
 reads: level ``L`` is the slide scaled by ``2**(L - max_level)``, tiles of ``tile_px`` plus ``overlap`` px).
-Each server thread opens its own OpenSlide handle per slide (a ``threading.local``), so no handle is shared
-between threads; encoded JPEG tiles are kept in one LRU cache shared by all threads (guarded by a lock).
+Each slide has a small pool of OpenSlide handles (at most ``handles_per_slide``, opened on demand): a request
+borrows one for its exclusive use and gives it back, so no handle is ever used by two threads at once, and the
+number of open handles stays bounded however many server threads there are. Encoded JPEG tiles are kept in one
+LRU cache shared by all threads (guarded by a lock).
 """
 
 from __future__ import annotations
 
 import io
+import queue
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
@@ -59,28 +63,62 @@ class TileCache:
         return self._bytes
 
 
+class _HandlePool:
+    """Up to ``size`` Deep Zoom generators (each over its own OpenSlide handle) of one slide."""
+
+    def __init__(self, path: str, size: int):
+        self.path, self.size = path, size
+        self._free: queue.LifoQueue[DeepZoomGenerator] = queue.LifoQueue()
+        self._opened = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self):
+        try:
+            gen = self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._opened < self.size
+                self._opened += grow
+            if grow:
+                try:
+                    gen = DeepZoomGenerator(openslide.OpenSlide(self.path), tile_size=TILE_PX, overlap=OVERLAP_PX,
+                                            limit_bounds=False)
+                except BaseException:
+                    with self._lock:
+                        self._opened -= 1
+                    raise
+            else:
+                gen = self._free.get()
+        try:
+            yield gen
+        finally:
+            self._free.put(gen)
+
+
 class TileServer:
     """Deep Zoom descriptors and JPEG tiles for the slides of a :class:`Catalog`."""
 
-    def __init__(self, catalog: Catalog, cache: TileCache | None = None):
+    def __init__(self, catalog: Catalog, cache: TileCache | None = None, handles_per_slide: int = 4):
         self.catalog = catalog
         self.cache = cache or TileCache()
-        self._local = threading.local()
+        self.handles_per_slide = handles_per_slide
+        self._pools: dict[str, _HandlePool] = {}
+        self._lock = threading.Lock()
 
-    def _generator(self, key: str) -> DeepZoomGenerator:
-        """This thread's Deep Zoom generator for slide ``key`` (opened on first use in the thread)."""
-        gens = getattr(self._local, "generators", None)
-        if gens is None:
-            gens = self._local.generators = {}
-        gen = gens.get(key)
-        if gen is None:
-            osr = openslide.OpenSlide(str(self.catalog.slides[key].slide_path))
-            gen = gens[key] = DeepZoomGenerator(osr, tile_size=TILE_PX, overlap=OVERLAP_PX, limit_bounds=False)
-        return gen
+    def generator(self, key: str):
+        """Borrow a Deep Zoom generator of slide ``key`` (context manager; exclusive while borrowed)."""
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = _HandlePool(str(self.catalog.slides[key].slide_path),
+                                                      self.handles_per_slide)
+        return pool.borrow()
 
     def dzi(self, key: str) -> str:
         """The Deep Zoom XML descriptor of slide ``key``."""
-        return self._generator(key).get_dzi("jpeg")
+        with self.generator(key) as gen:
+            return gen.get_dzi("jpeg")
 
     def tile(self, key: str, level: int, col: int, row: int) -> bytes | None:
         """JPEG bytes of tile ``(col, row)`` of Deep Zoom ``level``, or None when outside the pyramid."""
@@ -88,13 +126,13 @@ class TileServer:
         data = self.cache.get(cache_key)
         if data is not None:
             return data
-        gen = self._generator(key)
-        if not 0 <= level < gen.level_count:
-            return None
-        cols, rows = gen.level_tiles[level]
-        if not (0 <= col < cols and 0 <= row < rows):
-            return None
-        img = gen.get_tile(level, (col, row))
+        with self.generator(key) as gen:
+            if not 0 <= level < gen.level_count:
+                return None
+            cols, rows = gen.level_tiles[level]
+            if not (0 <= col < cols and 0 <= row < rows):
+                return None
+            img = gen.get_tile(level, (col, row))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
         data = buf.getvalue()

@@ -1,0 +1,223 @@
+"""Case report: figures pinned numerically, then the real report of a real `micromets case` run, read as a person
+would — the PDF rendered to pictures and text (poppler), the HTML opened in headless Chromium."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from micromets.errors import MicrometsError
+from micromets.report import figures, write_report
+from micromets.report import pdf as report_pdf
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo" / "manifest.csv"
+
+
+# ---------------------------------------------------------------- figures
+
+
+@pytest.mark.parametrize("max_um, expected", [(1.0, 1.0), (1.99, 1.0), (2.0, 2.0), (4.99, 2.0), (5.0, 5.0),
+                                              (9.99, 5.0), (10.0, 10.0), (730.0, 500.0), (2100.0, 2000.0)])
+def test_scale_bar_length_is_the_largest_1_2_5_value_that_fits(max_um, expected):
+    assert figures.nice_length_um(max_um) == pytest.approx(expected)
+
+
+def test_lengths_switch_to_mm_at_1000_um():
+    assert figures.format_length_um(999) == "999 µm"
+    assert figures.format_length_um(1000) == "1 mm"
+    assert figures.format_length_um(2500) == "2.5 mm"
+
+
+def test_scale_bar_pixels_match_its_label():
+    img = np.full((300, 800, 3), 255, np.uint8)
+    out, length_um = figures.draw_scale_bar(img, img_mpp=2.0)
+    assert length_um == 200.0  # 30 % of 800 px × 2 µm/px = 480 µm → 200 µm
+    black = np.all(out < 30, axis=2)
+    widest_row = black.sum(axis=1).max()
+    assert widest_row == round(length_um / 2.0)
+
+
+def test_heatmap_colours_and_transparency():
+    assert figures.prob_colours(np.float32(0)).tolist() == [40, 60, 160]
+    assert figures.prob_colours(np.float32(1)).tolist() == [200, 20, 30]
+    rgba = figures.heatmap_rgba(np.array([[0.0, 0.019, 0.02, 1.0]], np.float32))
+    assert rgba[0, :, 3].tolist() == [0, 0, round(255 * (0.35 + 0.65 * 0.02)), 255]
+
+
+def test_heatmap_overlay_lands_on_the_cell_it_belongs_to():
+    # heatmap: 32 µm cells at 0.5 µm/px level 0 → 64 level-0 px per cell; origin offset (32, 0) level-0 px.
+    h_prob = np.zeros((4, 5), np.float32)
+    h_prob[2, 3] = 1.0
+    img = np.full((100, 100, 3), 255, np.uint8)  # picture at 4 µm/px: 8 level-0 px per picture px
+    out = figures.overlay_heatmap(img, 4.0, h_prob, 32.0, (32.0, 0.0), 0.5, opacity=1.0)
+    red = (out[..., 0] == 200) & (out[..., 1] == 20)
+    rows, cols = np.nonzero(red)
+    # cell (2, 3) covers level-0 x in [32 + 3*64, 32 + 4*64) = [224, 288) → picture px 28..35, y [128, 192) → 16..23
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (16, 23, 28, 35)
+    assert np.all(out[:16] >= 200)  # above: cells of probability 0 stay untouched (transparent)
+
+
+def test_size_plot_draws_each_deposit_against_the_0_2_and_2_0_mm_lines():
+    svg = figures.size_bars_svg([("#1", 0.15, "itc"), ("#2", 1.2, "micro"), ("#3", 4.0, "macro")])
+    root = ElementTree.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    texts = [t.text for t in root.iter(f"{ns}text")]
+    assert "0.15 mm" in texts and "1.20 mm" in texts and "4.00 mm" in texts
+    dashed = [ln for ln in root.iter(f"{ns}line") if ln.get("stroke-dasharray")]
+    assert len(dashed) == 2
+    x_02, x_20 = sorted(float(ln.get("x1")) for ln in dashed)
+    bars = [r for r in root.iter(f"{ns}rect") if r.get("stroke") == "#222"]
+    ends = sorted(float(r.get("x")) + float(r.get("width")) for r in bars)
+    assert ends[0] < x_02 < ends[1] < x_20 < ends[2]
+
+
+# ---------------------------------------------------------------- the real report
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    """A real `micromets case` run on the bundled demo manifest (reports off: the tests write them)."""
+    if not DEMO.is_file():
+        pytest.skip(f"demo case not found at {DEMO}")
+    from micromets.case import run_case
+    from micromets.model import Detector
+
+    out = tmp_path_factory.mktemp("case")
+    cases = run_case(DEMO, out, detector=Detector.load(), report=False)
+    return out / cases[0]["patient"]
+
+
+@pytest.fixture(scope="module")
+def written(case_dir):
+    html = write_report(case_dir)
+    return html, case_dir / "report.pdf", json.loads((case_dir / "case.json").read_text())
+
+
+def _slide_results(case_dir: Path, case: dict) -> list[dict]:
+    return [json.loads((case_dir / sid / "result.json").read_text()) for n in case["nodes"] for sid in n["slides"]]
+
+
+def test_pdf_text_shows_stage_classes_and_sizes(written, case_dir, artifacts):
+    html, pdf, case = written
+    assert pdf.is_file()
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    (artifacts / "report.txt").write_text(text)
+    assert case["pn_stage"] in text
+    assert "Research use only" in text
+    for node in case["nodes"]:
+        assert f"Node {node['node']}" in text
+        assert node["node_class"] in text
+    for result in _slide_results(case_dir, case):
+        assert result["sha256"][:16] in text
+        for lesion in result["lesions"]:
+            assert f"{lesion['diameter_mm']:.3f}" in text
+
+
+def test_pdf_pages_carry_the_pictures(written, case_dir, artifacts):
+    html, pdf, case = written
+    prefix = artifacts / "report-page"
+    for old in artifacts.glob("report-page*.png"):
+        old.unlink()
+    subprocess.run(["pdftoppm", "-r", "50", "-png", str(pdf), str(prefix)], check=True)
+    pages = sorted(artifacts.glob("report-page*.png"))
+    assert len(pages) >= 1 + len(case["nodes"])
+    coloured_pages = 0
+    for page in pages:
+        rgb = np.asarray(Image.open(page).convert("RGB")).astype(int)
+        coloured_pages += (rgb.max(axis=2) - rgb.min(axis=2) > 60).mean() > 0.02  # tissue pictures on it
+    assert coloured_pages >= sum(1 for node in case["nodes"] if node["slides"])
+
+
+def test_html_is_self_contained_with_one_thumbnail_per_slide_and_one_crop_per_positive_slide(written, case_dir):
+    html, _, case = written
+    text = html.read_text()
+    assert "src=\"http" not in text and "href=\"http" not in text  # nothing fetched from the network
+    results = _slide_results(case_dir, case)
+    thumbs = text.count('class="slide-thumb"')
+    crops = text.count('class="deposit-crop"')
+    assert thumbs == len(results)
+    assert crops == sum(1 for r in results if r["lesions"])
+    for uri in text.split('src="data:image/')[1:]:
+        payload = uri.split(",", 1)[1].split('"', 1)[0]
+        img = Image.open(io.BytesIO(base64.b64decode(payload)))
+        assert min(img.size) > 50
+
+
+@pytest.mark.browser
+def test_html_renders_in_chromium_with_all_images_loaded(written, tmp_path, artifacts):
+    html, _, case = written
+    browser = report_pdf.find_chromium()
+    if browser is None:
+        pytest.skip("chromium not installed")
+    shot = artifacts / "report-chromium.png"
+    dom = subprocess.run([browser, *report_pdf.chromium_flags(str(tmp_path / "profile")), "--dump-dom",
+                          html.as_uri()], capture_output=True, text=True, timeout=120)
+    assert case["pn_stage"] in dom.stdout
+    subprocess.run([browser, *report_pdf.chromium_flags(str(tmp_path / "profile2")), "--window-size=1000,1400",
+                    f"--screenshot={shot}", html.as_uri()], capture_output=True, timeout=120)
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert (rgb.max(axis=2) - rgb.min(axis=2) > 60).mean() > 0.001  # class badges / stage box drawn in colour
+
+
+def test_report_survives_a_missing_slide_image(case_dir, tmp_path):
+    copy = tmp_path / case_dir.name
+    shutil.copytree(case_dir, copy)
+    case = json.loads((copy / "case.json").read_text())
+    sid = case["nodes"][0]["slides"][0]
+    result_path = copy / sid / "result.json"
+    result = json.loads(result_path.read_text())
+    result["path"] = str(tmp_path / "moved-away.tiff")
+    result_path.write_text(json.dumps(result))
+    html = write_report(copy, pdf=False)
+    text = html.read_text()
+    assert "moved-away.tiff: no such file" in text
+    assert case["pn_stage"] in text
+
+
+def test_without_chromium_the_html_is_written_and_one_warning_says_so(case_dir, tmp_path, monkeypatch):
+    copy = tmp_path / case_dir.name
+    shutil.copytree(case_dir, copy)
+    (copy / "report.pdf").unlink(missing_ok=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr(report_pdf, "_warned_missing", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_report(copy)
+        write_report(copy)
+    assert (copy / "report.html").is_file() and not (copy / "report.pdf").exists()
+    assert [str(w.message) for w in caught] == ["Chromium not found on PATH: writing the HTML report only, no PDF"]
+
+
+def test_missing_case_json_is_one_clear_error(tmp_path):
+    with pytest.raises(MicrometsError, match=r"case\.json: not found"):
+        write_report(tmp_path)
+
+
+def test_cli_rebuilds_the_report_and_refuses_an_empty_folder(case_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    copy = tmp_path / "out" / case_dir.name
+    shutil.copytree(case_dir, copy)
+    (copy / "report.html").unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "micromets", "report", str(copy.parent), "--no-pdf"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (copy / "report.html").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, "-m", "micromets", "report", str(empty)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"micromets: error: {empty}: no case.json here or in its "
+                                                "sub-folders (run `micromets case` first)"]

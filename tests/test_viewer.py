@@ -1,0 +1,325 @@
+"""Viewer: catalogue, HTTP API, safety (only catalogued slides, no path traversal, loopback), concurrency and cache
+on a real `micromets case` output served by real uvicorn; then an end-to-end run in headless Chromium."""
+
+import http.client
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from openslide import OpenSlide
+from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
+
+from micromets.errors import MicrometsError
+from micromets.report.figures import CLASS_COLOURS, heatmap_rgba
+from micromets.viewer import create_app
+from micromets.viewer.catalog import build_catalog
+from micromets.viewer.latency import tile_latency
+from micromets.viewer.server import BackgroundServer, free_port
+from micromets.viewer.tiles import TileCache
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo" / "manifest.csv"
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """A real `micromets case` run on the bundled demo manifest."""
+    if not DEMO.is_file():
+        pytest.skip(f"demo case not found at {DEMO}")
+    from micromets.case import run_case
+    from micromets.model import Detector
+
+    out = tmp_path_factory.mktemp("case")
+    run_case(DEMO, out, detector=Detector.load(), report=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(results_dir):
+    app = create_app(results_dir)
+    with BackgroundServer(app) as base_url:
+        yield base_url, app
+
+
+def _positive_key(app) -> str:
+    """The catalogue key of the slide with the largest deposit."""
+    return max(app.state.catalog.slides, key=lambda k: app.state.catalog.slides[k].result["largest_deposit_mm"])
+
+
+def test_catalogue_lists_every_case_node_and_slide(results_dir):
+    catalog = build_catalog(results_dir)
+    cases = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/case.json"))]
+    assert [c["patient"] for c in catalog.cases] == [c["patient"] for c in cases]
+    for mine, theirs in zip(catalog.cases, cases):
+        assert mine["pn_stage"] == theirs["pn_stage"]
+        assert [n["node_class"] for n in mine["nodes"]] == [n["node_class"] for n in theirs["nodes"]]
+        for node, their_node in zip(mine["nodes"], theirs["nodes"]):
+            assert [catalog.slides[k].result["slide_id"] for k in node["slides"]] == their_node["slides"]
+    assert len(catalog.slides) == len(list(results_dir.rglob("result.json")))
+
+
+def test_a_folder_without_results_is_refused(tmp_path):
+    with pytest.raises(MicrometsError, match="no result.json found"):
+        build_catalog(tmp_path)
+
+
+def test_slide_api_and_lesions_are_level0_and_sorted_by_size(server, results_dir):
+    base, app = server
+    key = _positive_key(app)
+    entry = app.state.catalog.slides[key]
+    summary = httpx.get(f"{base}/api/slides/{key}").json()
+    assert summary["pn_stage"] == json.loads((entry.result_dir.parent / "case.json").read_text())["pn_stage"]
+    assert summary["node_class"] == entry.result["node_class"]
+    sizes = [les["diameter_mm"] for les in summary["lesions"]]
+    assert sizes == sorted(sizes, reverse=True) and len(sizes) == entry.result["n_lesions"] > 0
+    geo = httpx.get(f"{base}/api/slides/{key}/lesions.geojson").json()
+    by_id = {les["id"]: les for les in entry.result["lesions"]}
+    for feature in geo["features"]:
+        ring = feature["geometry"]["coordinates"][0][0]
+        assert ring[:-1] == by_id[feature["id"]]["l0_outline"][0][: len(ring) - 1]
+        assert feature["properties"]["class"] == by_id[feature["id"]]["class"]
+
+
+def test_heatmap_layer_is_one_pixel_block_per_cell(server):
+    base, app = server
+    key = _positive_key(app)
+    entry = app.state.catalog.slides[key]
+    h_prob = np.load(entry.result_dir / entry.result["heatmap"]["file"])
+    img = np.asarray(Image.open(io.BytesIO(httpx.get(f"{base}/api/slides/{key}/heatmap.png").content)))
+    k = img.shape[0] // h_prob.shape[0]
+    assert img.shape[:2] == (h_prob.shape[0] * k, h_prob.shape[1] * k) and k >= 1
+    expected = heatmap_rgba(h_prob)
+    assert np.array_equal(img[::k, ::k], expected) and np.array_equal(img[k - 1::k, k - 1::k], expected)
+    assert np.all(img[::k, ::k, 3][h_prob < 0.02] == 0) and img[..., 3].max() > 0
+
+
+def test_tiles_are_openslide_deepzoom_tiles(server):
+    base, app = server
+    key = _positive_key(app)
+    dzi = httpx.get(f"{base}/dzi/{key}/slide.dzi")
+    assert dzi.status_code == 200 and "<Image" in dzi.text
+    gen = DeepZoomGenerator(OpenSlide(str(app.state.catalog.slides[key].slide_path)), 254, 1, limit_bounds=False)
+    level = gen.level_count - 3
+    resp = httpx.get(f"{base}/dzi/{key}/slide_files/{level}/0_0.jpeg")
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+    mine = np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB")).astype(int)
+    ref = np.asarray(gen.get_tile(level, (0, 0)).convert("RGB")).astype(int)
+    assert mine.shape == ref.shape and np.abs(mine - ref).mean() < 4  # JPEG quality 80
+    cols, rows = gen.level_tiles[level]
+    assert httpx.get(f"{base}/dzi/{key}/slide_files/{level}/{cols}_0.jpeg").status_code == 404
+    assert httpx.get(f"{base}/dzi/{key}/slide_files/{gen.level_count}/0_0.jpeg").status_code == 404
+
+
+@pytest.mark.parametrize("raw_path", [
+    "/dzi/..%2F..%2F..%2Fetc%2Fpasswd/slide.dzi",
+    "/dzi/../../../../etc/passwd",
+    "/api/slides/..%2F..%2Fetc%2Fpasswd",
+    "/api/slides/%2Fetc%2Fpasswd/heatmap.png",
+    "/static/../../../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..%2F..%2F..%2Fpyproject.toml",
+    "/static/%2e%2e/app.py",
+    "/dzi/not-a-slide/slide.dzi",
+])
+def test_path_traversal_and_unknown_slides_get_404(server, raw_path):
+    base, _ = server
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", raw_path)  # sent byte for byte, no client-side normalisation
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 404, (raw_path, resp.status)
+    assert b"root:" not in body and b"[project]" not in body
+
+
+def test_concurrent_tile_requests_all_succeed_and_agree(server):
+    base, app = server
+    key = _positive_key(app)
+    with app.state.tiles.generator(key) as gen:
+        level = gen.level_count - 1
+        cols, rows = gen.level_tiles[level]
+    urls = [f"/dzi/{key}/slide_files/{level}/{c}_{r}.jpeg" for r in range(min(rows, 4)) for c in range(min(cols, 4))]
+    got: dict[str, set] = {u: set() for u in urls}
+    lock = threading.Lock()
+
+    def client():
+        with httpx.Client(base_url=base, timeout=60) as http_client:
+            for url in urls:
+                resp = http_client.get(url)
+                assert resp.status_code == 200
+                with lock:
+                    got[url].add(resp.content)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(v) == 1 for v in got.values())  # every client saw the same bytes for a tile
+    assert app.state.tiles.cache.hits >= len(urls)
+
+
+def test_tile_cache_is_lru_and_bounded_in_bytes():
+    cache = TileCache(max_bytes=10)
+    cache.put("a", b"1234")
+    cache.put("b", b"1234")
+    assert cache.get("a") == b"1234"  # a is now the most recent
+    cache.put("c", b"1234")  # 12 bytes > 10: evicts the least recently used, b
+    assert cache.get("b") is None and cache.get("a") == b"1234" and cache.get("c") == b"1234"
+    assert cache.n_bytes == 8
+
+
+def test_cli_binds_loopback_by_default(results_dir):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "micromets", "view", str(results_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        listening = []
+        while not listening and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            listening = [c.laddr for c in psutil.Process(proc.pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN]
+        assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", port)]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/catalog").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_cli_view_of_a_folder_without_results_is_one_line_exit_2(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    done = subprocess.run([sys.executable, "-m", "micromets", "view", str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "no result.json found" in done.stderr
+
+
+def test_latency_benchmark_is_bounded_and_error_free(results_dir):
+    out = tile_latency(results_dir, n_clients=8, max_requests=80, max_seconds=30)
+    for name in ("cold", "warm"):
+        assert out[name]["errors"] == 0 and 0 < out[name]["n"] <= 40
+        assert 0 < out[name]["p50_ms"] <= out[name]["p95_ms"]
+
+
+# ---------------------------------------------------------------- end to end in the browser
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromedriver") is None or shutil.which("chromium") is None:
+        pytest.skip("chromium / chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="micromets-selenium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--window-size=1280,860", "--force-device-scale-factor=1", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, script: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def _viewer_pixels(driver, path: Path) -> np.ndarray:
+    driver.save_screenshot(str(path))
+    rect = driver.execute_script("const r = document.getElementById('viewer').getBoundingClientRect();"
+                                 "return [r.left, r.top, r.width, r.height];")
+    x, y, w, h = (int(v) for v in rect)
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)[y:y + h, x:x + w]
+
+
+def _near(rgb: np.ndarray, colour, tol: int = 40) -> np.ndarray:
+    return np.abs(rgb - np.asarray(colour)).max(axis=2) <= tol
+
+
+LOADED = ("const w = micromets.viewer.world; return w.getItemCount() === 2 && micromets.state.heatmapItem !== null"
+          " && w.getItemAt(0).getFullyLoaded() && w.getItemAt(1).getFullyLoaded();")
+
+
+@pytest.mark.browser
+def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    base, app = server
+    key = _positive_key(app)
+    entry = app.state.catalog.slides[key]
+    browser.get(base + "/")
+    # open the case: click the slide of the positive node in the case tree
+    link = _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');")
+    link.click()
+    _wait(browser, f"return micromets.state.key === '{key}';")
+    _wait(browser, LOADED)
+    time.sleep(0.5)
+    top = browser.find_element(By.ID, "topbar").text
+    assert entry.result["node_class"] in top
+    case = json.loads((entry.result_dir.parent / "case.json").read_text())
+    assert browser.find_element(By.ID, "pn-stage").text == case["pn_stage"]
+
+    with_heatmap = _viewer_pixels(browser, artifacts / "viewer-1-heatmap.png")
+    browser.find_element(By.ID, "heatmap-toggle").click()
+    _wait(browser, "return micromets.state.heatmapItem.getOpacity() === 0;")
+    time.sleep(0.5)
+    without = _viewer_pixels(browser, artifacts / "viewer-2-no-heatmap.png")
+    changed = np.abs(with_heatmap - without).max(axis=2) > 25
+    assert changed.mean() > 0.002, "toggling the heatmap changed no pixels"
+    red = (with_heatmap[..., 0] > 150) & (with_heatmap[..., 1] < 110) & (with_heatmap[..., 2] < 120)
+    assert (red & changed).sum() > 20, "no tumour-coloured heatmap cells drawn"
+
+    before = browser.execute_script("const v = micromets.viewer.viewport; const c = v.getCenter(true);"
+                                    "return [c.x, c.y, v.getZoom(true)];")
+    browser.find_elements(By.CSS_SELECTOR, "#lesion-list li")[0].click()
+    time.sleep(1.5)
+    _wait(browser, LOADED)
+    after = browser.execute_script("const v = micromets.viewer.viewport; const c = v.getCenter(true);"
+                                   "return [c.x, c.y, v.getZoom(true)];")
+    assert after[2] > before[2] * 1.5, "the viewport did not zoom in on the deposit"
+    largest = max(entry.result["lesions"], key=lambda les: les["diameter_mm"])
+    pts = np.concatenate([np.asarray(r) for r in largest["l0_outline"]])
+    cx, cy = (pts.min(0) + pts.max(0)) / 2 / entry.result["l0_width"]
+    assert abs(after[0] - cx) < 0.02 and abs(after[1] - cy) < 0.02, "the viewport is not centred on the deposit"
+    zoomed = _viewer_pixels(browser, artifacts / "viewer-3-deposit.png")
+    outline = _near(zoomed, CLASS_COLOURS[largest["class"]], tol=30)
+    assert outline.sum() > 200, "no outline pixels of the deposit's class colour"
+
+    # ruler: a 300 px drag reads 300 px × µm per screen px
+    browser.find_element(By.ID, "ruler-toggle").click()
+    overlay = browser.find_element(By.ID, "overlay")
+    ActionChains(browser).move_to_element_with_offset(overlay, -150, 0).click_and_hold() \
+        .move_by_offset(300, 0).release().perform()
+    um_per_px = browser.execute_script("const v = micromets.viewer.viewport; const s = micromets.state.slide;"
+                                       "return s.l0_mpp * s.l0_width * v.getBoundsNoRotate(true).width /"
+                                       " v.getContainerSize().x;")
+    readout = browser.find_element(By.ID, "ruler-readout").text
+    value, unit = readout.split()
+    measured_um = float(value) * (1000 if unit == "mm" else 1)
+    assert measured_um == pytest.approx(300 * um_per_px, rel=0.03)
+    _viewer_pixels(browser, artifacts / "viewer-4-ruler.png")
