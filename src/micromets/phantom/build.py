@@ -3,7 +3,8 @@
 `build_phantom` writes, in `out_dir`:
 
 - `<name>.tiff`: pyramidal tiled JPEG TIFF at `l0_mpp` µm/px (`pyramid.write_pyramid`, OpenSlide generic-tiff);
-- `<name>.xml`: lesion outlines as ASAP XML, `<name>.geojson`: the same as GeoJSON (level-0 px);
+- `<name>.xml`: lesion outlines as ASAP XML, `<name>.geojson`: the same as QuPath GeoJSON with each lesion's
+  class, maximum Feret diameter (mm) and area (mm²) (level-0 px; writers of `micromets.annotations`);
 - a row in `manifest.csv` (replacing any earlier row of the same name), columns `MANIFEST_COLUMNS`:
   name, slide file, expected node class (CAMELYON17 labels), lesion classes and maximum Feret diameters (mm,
   `;`-separated), size and resolution, seed, tile folders. Paths are relative to the manifest's folder.
@@ -19,14 +20,15 @@ import os
 import re
 from pathlib import Path
 
+from micromets.annotations import write_asap_xml, write_geojson
 from micromets.errors import MicrometsError
 from micromets.phantom.layout import expected_node_class, load_outlines, make_layout, parse_lesions
 from micromets.phantom.pyramid import write_pyramid
 from micromets.phantom.render import PhantomRenderer
 from micromets.phantom.texture import load_tiles
-from micromets.phantom.truth import write_asap_xml, write_geojson
 
 MANIFEST = "manifest.csv"
+ASAP_GROUP = "metastases"
 MANIFEST_COLUMNS = (
     "name", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
     "lesion_diameters_mm", "l0_mpp", "l0_width", "l0_height", "size_mm", "lesions", "shape", "seed",
@@ -75,6 +77,21 @@ def _update_manifest(out_dir: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_truth(out_dir: Path, name: str, layout) -> None:
+    """`<name>.xml` (ASAP, group `metastases` as in CAMELYON17) and `<name>.geojson` with per-lesion numbers."""
+    outlines = [les.outline_l0 for les in layout.lesions]
+    mm2_per_px = (layout.l0_mpp / 1000.0) ** 2
+    write_asap_xml(out_dir / f"{name}.xml", outlines, names=[f"lesion {les.lesion_id}" for les in layout.lesions],
+                   group=ASAP_GROUP)
+    properties = [
+        {"name": f"lesion {les.lesion_id}", "lesion_id": les.lesion_id, "class": les.size_class,
+         "shape": les.shape, "diameter_mm": les.diameter_mm, "area_mm2": les.outline_l0.area * mm2_per_px,
+         "l0_mpp": layout.l0_mpp}
+        for les in layout.lesions
+    ]
+    write_geojson(out_dir / f"{name}.geojson", outlines, properties)
+
+
 def build_phantom(
     out_dir: str | Path,
     normal_tiles: str | Path,
@@ -113,8 +130,7 @@ def build_phantom(
                   jpeg_quality=jpeg_quality,
                   description=f"micromets phantom {name} seed={seed} lesions={lesions} mpp={l0_mpp}")
     os.replace(tmp_path, slide_path)
-    write_asap_xml(out_dir / f"{name}.xml", layout)
-    write_geojson(out_dir / f"{name}.geojson", layout, node_class)
+    write_truth(out_dir, name, layout)
     row = {
         "name": name,
         "slide_path": slide_path.name,
