@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+import shapely
 from openslide import OpenSlide
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
@@ -55,7 +56,7 @@ def server(results_dir):
 
 def _positive_key(app) -> str:
     """The catalogue key of the slide with the largest deposit."""
-    return max(app.state.catalog.slides, key=lambda k: app.state.catalog.slides[k].result["largest_deposit_mm"])
+    return max(app.state.catalog.slides, key=lambda k: app.state.catalog.slides[k].result["largest_deposit_mm"] or 0)
 
 
 def test_catalogue_lists_every_case_node_and_slide(results_dir):
@@ -103,6 +104,21 @@ def test_heatmap_layer_is_one_pixel_block_per_cell(server):
     expected = heatmap_rgba(h_prob)
     assert np.array_equal(img[::k, ::k], expected) and np.array_equal(img[k - 1::k, k - 1::k], expected)
     assert np.all(img[::k, ::k, 3][h_prob < 0.02] == 0) and img[..., 3].max() > 0
+
+
+def test_cells_of_a_deposit_add_up_to_its_cell_count(server):
+    base, app = server
+    key = _positive_key(app)
+    entry = app.state.catalog.slides[key]
+    lesion = next(les for les in entry.result["lesions"] if les["n_cells"] is not None)
+    geo = httpx.get(f"{base}/api/slides/{key}/lesions/{lesion['id']}/cells.geojson", timeout=120).json()
+    assert geo["properties"]["n_cells"] == sum(f["properties"]["nuclei"] for f in geo["features"])
+    # analyze counted on the unrounded outline; result.json stores it to 0.1 px: a boundary nucleus may differ
+    assert abs(geo["properties"]["n_cells"] - lesion["n_cells"]) <= max(2, 0.02 * lesion["n_cells"])
+    outline = shapely.MultiPolygon([shapely.Polygon(ring) for ring in lesion["l0_outline"]])
+    xy = np.array([f["geometry"]["coordinates"] for f in geo["features"]])
+    assert shapely.contains_xy(outline.buffer(2 / entry.result["l0_mpp"]), xy[:, 0], xy[:, 1]).all()
+    assert httpx.get(f"{base}/api/slides/{key}/lesions/9999/cells.geojson").status_code == 404
 
 
 def test_tiles_are_openslide_deepzoom_tiles(server):
@@ -294,21 +310,33 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     red = (with_heatmap[..., 0] > 150) & (with_heatmap[..., 1] < 110) & (with_heatmap[..., 2] < 120)
     assert (red & changed).sum() > 20, "no tumour-coloured heatmap cells drawn"
 
-    before = browser.execute_script("const v = micromets.viewer.viewport; const c = v.getCenter(true);"
-                                    "return [c.x, c.y, v.getZoom(true)];")
+    # look at the top-left corner first, then click the largest deposit in the side list
+    browser.execute_script("micromets.viewer.viewport.fitBounds(new OpenSeadragon.Rect(0, 0, 0.1, 0.1), true);")
+    before = browser.execute_script("const c = micromets.viewer.viewport.getCenter(true); return [c.x, c.y];")
     browser.find_elements(By.CSS_SELECTOR, "#lesion-list li")[0].click()
     time.sleep(1.5)
     _wait(browser, LOADED)
     after = browser.execute_script("const v = micromets.viewer.viewport; const c = v.getCenter(true);"
-                                   "return [c.x, c.y, v.getZoom(true)];")
-    assert after[2] > before[2] * 1.5, "the viewport did not zoom in on the deposit"
+                                   "const b = v.getBoundsNoRotate(true); return [c.x, c.y, b.x, b.y, b.width, b.height];")
+    w = entry.result["l0_width"]
     largest = max(entry.result["lesions"], key=lambda les: les["diameter_mm"])
-    pts = np.concatenate([np.asarray(r) for r in largest["l0_outline"]])
-    cx, cy = (pts.min(0) + pts.max(0)) / 2 / entry.result["l0_width"]
-    assert abs(after[0] - cx) < 0.02 and abs(after[1] - cy) < 0.02, "the viewport is not centred on the deposit"
+    pts = np.concatenate([np.asarray(r) for r in largest["l0_outline"]]) / w  # viewport units
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    assert np.hypot(after[0] - before[0], after[1] - before[1]) > 0.05, "the viewport did not move"
+    assert abs(after[0] - (x0 + x1) / 2) < 0.01 and abs(after[1] - (y0 + y1) / 2) < 0.01, "not centred on it"
+    bx, by, bw, bh = after[2:]
+    assert bx <= x0 and by <= y0 and x1 <= bx + bw and y1 <= by + bh, "the deposit is not all in view"
+    assert bw * bh <= 4 * max(x1 - x0, y1 - y0, 200 / entry.result["l0_mpp"] / w) ** 2 * 1.5 ** 2
+    if largest["n_cells"]:
+        _wait(browser, "return micromets.state.cells.length > 0;", timeout_s=120)
+        assert "nuclei" in browser.find_element(By.ID, "cells-readout").text
+        time.sleep(0.5)
     zoomed = _viewer_pixels(browser, artifacts / "viewer-3-deposit.png")
     outline = _near(zoomed, CLASS_COLOURS[largest["class"]], tol=30)
     assert outline.sum() > 200, "no outline pixels of the deposit's class colour"
+    if largest["n_cells"]:
+        dots = _near(zoomed, (255, 235, 59), tol=20) | _near(zoomed, (255, 152, 0), tol=20)
+        assert dots.sum() > 10 * min(largest["n_cells"], 50), "nuclei dots not drawn"
 
     # ruler: a 300 px drag reads 300 px × µm per screen px
     browser.find_element(By.ID, "ruler-toggle").click()

@@ -169,6 +169,16 @@ def _model_card() -> dict | None:
         return None
 
 
+def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested card entries → ``[("heldout auc", "0.93"), …]`` (floats to 4 significant digits)."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix} {k}".strip())]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}[{i}]")]
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return [(prefix, text)]
+
+
 def render_report_html(patient_dir: str | Path) -> str:
     """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
     patient_dir = Path(patient_dir)
@@ -176,12 +186,15 @@ def render_report_html(patient_dir: str | Path) -> str:
     nodes = [_node_view(patient_dir, node) for node in case["nodes"]]
     results = [s.result for n in nodes for s in n.slides if s.result is not None]
     threshold = results[0]["threshold"] if results else None
+    card = _model_card()
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
         case=case,
         nodes=nodes,
         results=results,
-        card=_model_card(),
+        card=card,
+        card_metrics=flatten(card.get("metrics", {})) if card else [],
+        card_split=flatten(card.get("split", {})) if card else [],
         software_version=__version__,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         research_use=RESEARCH_USE,

@@ -6,6 +6,8 @@ Routes (``KEY`` is a catalogue key, see :mod:`micromets.viewer.catalog`; nothing
 - ``GET /api/catalog`` — cases → nodes → slide keys, with pN stage and node classes;
 - ``GET /api/slides/KEY`` — one slide: size (level-0 px), µm/px, heatmap placement, lesions sorted by size;
 - ``GET /api/slides/KEY/lesions.geojson`` — lesion outlines, level-0 pixels;
+- ``GET /api/slides/KEY/lesions/ID/cells.geojson`` — nuclei of one H&E deposit (points, level-0 pixels; found
+  on request as ``micromets analyze`` counts them, see :mod:`micromets.viewer.cells`);
 - ``GET /api/slides/KEY/heatmap.png`` — the heatmap, one RGBA pixel per cell, placed by the front end at the
   cell grid's level-0 origin and size (``cell_um / l0_mpp`` level-0 px per cell);
 - ``GET /dzi/KEY/slide.dzi`` and ``GET /dzi/KEY/slide_files/LEVEL/COL_ROW.jpeg`` — Deep Zoom descriptor and tiles.
@@ -28,6 +30,7 @@ from PIL import Image
 
 from micromets.report.figures import CLASS_COLOURS, heatmap_rgba, prob_colours
 from micromets.viewer.catalog import Catalog, SlideEntry, build_catalog, lesions_geojson, slide_summary
+from micromets.viewer.cells import lesion_cells_geojson
 from micromets.viewer.tiles import TileServer
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,6 +60,8 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None) -
     tiles = tile_server or TileServer(catalog)
     heatmaps: dict[str, bytes] = {}
     heatmap_lock = threading.Lock()
+    cells_cache: dict[tuple[str, int], dict] = {}
+    cells_lock = threading.Lock()
     app = FastAPI(title="micromets viewer", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.catalog = catalog
     app.state.tiles = tiles
@@ -80,6 +85,20 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None) -
     @app.get("/api/slides/{key}/lesions.geojson")
     def api_lesions(key: str) -> JSONResponse:
         return JSONResponse(lesions_geojson(_entry(catalog, key)), media_type="application/geo+json")
+
+    @app.get("/api/slides/{key}/lesions/{lesion_id:int}/cells.geojson")
+    def api_cells(key: str, lesion_id: int) -> JSONResponse:
+        entry = _entry(catalog, key)
+        lesion = next((les for les in entry.result.get("lesions", []) if les["id"] == lesion_id), None)
+        if lesion is None or entry.result.get("stain") != "he":
+            raise HTTPException(status_code=404, detail="no such H&E lesion")
+        with cells_lock:
+            data = cells_cache.get((key, lesion_id))
+        if data is None:
+            data = lesion_cells_geojson(entry.result["path"], entry.result["l0_mpp"], lesion)
+            with cells_lock:
+                cells_cache[(key, lesion_id)] = data
+        return JSONResponse(data, media_type="application/geo+json")
 
     @app.get("/api/slides/{key}/heatmap.png")
     def api_heatmap(key: str) -> Response:

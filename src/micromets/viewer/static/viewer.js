@@ -6,7 +6,7 @@
 
 const state = {
   catalog: null, slide: null, key: null, features: [], selected: null,
-  heatmapItem: null, ruler: null, rulerMode: false, colours: {},
+  heatmapItem: null, ruler: null, rulerMode: false, colours: {}, cells: [],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -92,8 +92,23 @@ function draw() {
       ctx.fillText(label, lx, ly - 4);
     }
   }
+  if ($("cells-toggle").checked) drawCells(ctx, t);
   drawScaleBar(ctx, t, rect);
   if (state.ruler) drawRuler(ctx, t);
+}
+
+function drawCells(ctx, t) {
+  const r = Math.max(2, Math.min(6, 3 / t.umPerPx)); // a ~6 µm dot, 2-6 screen px
+  ctx.lineWidth = 1;
+  for (const f of state.cells) {
+    const [ex, ey] = t.toEl(...f.geometry.coordinates);
+    ctx.beginPath();
+    ctx.arc(ex, ey, r, 0, 2 * Math.PI);
+    ctx.fillStyle = f.properties.nuclei > 1 ? "#ff9800" : "#ffeb3b";
+    ctx.fill();
+    ctx.strokeStyle = "#000";
+    ctx.stroke();
+  }
 }
 
 function drawScaleBar(ctx, t, rect) {
@@ -144,6 +159,7 @@ function setHeatmapOpacity() {
 $("heatmap-toggle").addEventListener("change", setHeatmapOpacity);
 $("heatmap-opacity").addEventListener("input", setHeatmapOpacity);
 $("outline-toggle").addEventListener("change", redraw);
+$("cells-toggle").addEventListener("change", redraw);
 
 // ruler: while active, drags on the slide measure instead of panning
 $("ruler-toggle").addEventListener("click", () => {
@@ -181,6 +197,20 @@ function zoomToLesion(lesion) {
   const side = Math.max(x1 - x0, y1 - y0, minSide) * 1.5;
   const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
   viewer.viewport.fitBounds(new OpenSeadragon.Rect((cx - side / 2) / w, (cy - side / 2) / w, side / w, side / w));
+  state.cells = [];
+  redraw();
+  if (state.slide.stain === "he") loadCells(state.key, lesion);
+}
+
+async function loadCells(key, lesion) {
+  $("cells-readout").textContent = `finding the cells of #${lesion.id}…`;
+  const resp = await fetch(`/api/slides/${encodeURIComponent(key)}/lesions/${lesion.id}/cells.geojson`);
+  if (!resp.ok || state.key !== key || state.selected !== lesion.id) return;
+  const geo = await resp.json();
+  state.cells = geo.features;
+  $("cells-readout").textContent = geo.properties.not_counted
+    ? `#${lesion.id}: not counted (${geo.properties.not_counted})`
+    : `#${lesion.id}: ${geo.properties.n_cells} nuclei`;
   redraw();
 }
 
@@ -191,7 +221,8 @@ function showSlideInfo(s) {
   $("node-class").textContent = s.node_class;
   $("node-class").style.background = classColour(s.node_class);
   $("slide-name").textContent = `${s.slide_id} (${s.stain === "ihc" ? "IHC" : "H&E"}, ${s.l0_mpp.toFixed(3)} µm/px)`;
-  $("largest").textContent = `largest deposit ${s.largest_deposit_mm.toFixed(2)} mm`;
+  $("largest").textContent = s.largest_deposit_mm == null ? "no deposit"
+    : `largest deposit ${s.largest_deposit_mm.toFixed(2)} mm`;
   const list = $("lesion-list");
   list.innerHTML = "";
   for (const les of s.lesions) {
@@ -212,6 +243,8 @@ async function openSlide(key) {
   const s = await resp.json();
   const geo = await (await fetch(`/api/slides/${encodeURIComponent(key)}/lesions.geojson`)).json();
   state.key = key; state.slide = s; state.selected = null; state.ruler = null; state.heatmapItem = null;
+  state.cells = [];
+  $("cells-readout").textContent = "";
   state.features = geo.features.map((f) => {
     const pts = f.geometry.coordinates.flatMap((poly) => poly[0]);
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
