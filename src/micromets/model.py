@@ -1,0 +1,190 @@
+"""The tumour detector seam: an ONNX model plus its model card, run with onnxruntime (never torch).
+
+A model directory holds ``model.onnx`` and ``model.json`` (the card, schema in docs/DESIGN.md). The card says at
+which resolution (``input_mpp``, µm/px) and patch size (``patch_px``) the model looks, how pixels are scaled, how
+stain is normalised and how the network output becomes a tumour probability. :class:`Detector` applies all of that
+itself, so callers hand it plain uint8 RGB patches at ``input_mpp``:
+
+    det = Detector.load()                 # the shipped default (src/micromets/models/default)
+    prob = det.predict(patches)           # (N, patch_px, patch_px, 3) uint8 -> (N,) float32 in [0, 1]
+
+Stain normalisation (``card["stain_normalisation"]``, see :mod:`micromets.normalise`): with method ``macenko`` the
+source stain vectors are estimated from the slide's own tissue — from the sample given to
+:meth:`Detector.set_stain_reference` (one estimate per slide, what the heatmap does), or else from the tissue of
+each ``predict`` batch — and mapped onto the card's reference vectors.
+
+Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
+is below ``min_fraction`` is background and gets probability 0 without being shown to the network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from micromets import normalise
+from micromets.errors import MicrometsError
+
+_REQUIRED = ("name", "version", "family", "input_mpp", "patch_px", "input", "output", "classes", "tumour_class_index")
+
+
+def default_model_dir() -> Path:
+    """Folder of the shipped default model (``src/micromets/models/default``)."""
+    return Path(__file__).resolve().parent / "models" / "default"
+
+
+class Detector:
+    """An ONNX tumour-patch classifier with its card; see the module docstring."""
+
+    def __init__(self, model_dir: Path, card: dict, session) -> None:
+        self.model_dir = model_dir
+        self.card = card
+        self.name: str = card["name"]
+        self.version: str = card["version"]
+        self.input_mpp: float = float(card["input_mpp"])
+        self.patch_px: int = int(card["patch_px"])
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        spec = card["input"]
+        self._mean = np.asarray(spec.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
+        self._std = np.asarray(spec.get("std", [1.0, 1.0, 1.0]), dtype=np.float32)
+        stain = card.get("stain_normalisation", {"method": "none"})
+        self._stain_method: str = stain.get("method", "none")
+        if self._stain_method not in ("none", "macenko"):
+            raise MicrometsError(f"{model_dir / 'model.json'}: unknown stain_normalisation method {self._stain_method!r}")
+        target = stain.get("target", {}).get("stain_vectors_od")
+        self._target_he = normalise.REFERENCE_HE if target is None else np.asarray(target, dtype=np.float32)
+        self._slide_transform: np.ndarray | None = None
+        tissue = card.get("tissue_filter", {})
+        self._tissue_beta = float(tissue.get("beta", 0.15))
+        self._tissue_min_fraction = float(tissue.get("min_fraction", 0.0))
+        self.batch_size: int = int(card.get("batch_size", 128))
+
+    @classmethod
+    def load(cls, model_dir: str | Path | None = None, intra_op_threads: int = 2) -> "Detector":
+        """Load ``model.onnx`` + ``model.json`` from ``model_dir`` (None = the shipped default).
+
+        ``intra_op_threads``: onnxruntime threads for one batch (2 = the two cores of a small machine).
+        Raises :class:`MicrometsError` naming the file when the folder, ONNX file or card is missing or invalid.
+        """
+        import onnxruntime as ort
+
+        folder = default_model_dir() if model_dir is None else Path(model_dir)
+        card_path, onnx_path = folder / "model.json", folder / "model.onnx"
+        if not card_path.is_file() or not onnx_path.is_file():
+            raise MicrometsError(f"{folder}: not a model folder (needs model.onnx and model.json)")
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError) as err:
+            raise MicrometsError(f"{card_path}: unreadable model card ({err})") from None
+        missing = [key for key in _REQUIRED if key not in card]
+        if missing:
+            raise MicrometsError(f"{card_path}: model card lacks {', '.join(missing)}")
+        if card["output"] not in ("softmax", "sigmoid"):
+            raise MicrometsError(f"{card_path}: output must be 'softmax' or 'sigmoid', not {card['output']!r}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(intra_op_threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for broken files
+            raise MicrometsError(f"{onnx_path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
+        return cls(folder, card, session)
+
+    @property
+    def cell_um(self) -> float:
+        """Side of the field one patch covers, in µm (``patch_px * input_mpp``)."""
+        return self.patch_px * self.input_mpp
+
+    def set_stain_reference(self, rgb_tissue_sample: np.ndarray | None) -> None:
+        """Estimate the slide's stain vectors once from a uint8 RGB sample of its tissue (any shape, last axis 3).
+
+        Every later :meth:`predict` maps patches with this one per-slide estimate. ``None`` goes back to estimating
+        from each predict batch. Has no effect for a model whose card says ``stain_normalisation.method = none``.
+        """
+        if rgb_tissue_sample is None:
+            self._slide_transform = None
+            return
+        source_he = normalise.macenko_stain_matrix(rgb_tissue_sample, beta=self._tissue_beta)
+        self._slide_transform = normalise.stain_transform(source_he, self._target_he)
+
+    def normalise(self, rgb: np.ndarray) -> np.ndarray:
+        """The stain-normalised uint8 RGB batch the network sees (card's method; per-slide estimate if set)."""
+        if self._stain_method == "none":
+            return rgb
+        transform = self._slide_transform
+        if transform is None:
+            source_he = normalise.macenko_stain_matrix(rgb, beta=self._tissue_beta)
+            transform = normalise.stain_transform(source_he, self._target_he)
+        return normalise.apply_stain_transform(rgb, transform)
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """Tumour probability, float32 (N,), of uint8 RGB patches (N, patch_px, patch_px, 3) at ``input_mpp``."""
+        p = self.patch_px
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[1:] != (p, p, 3):
+            raise MicrometsError(
+                f"model {self.name}: predict expects uint8 RGB patches of shape (N, {p}, {p}, 3), got "
+                f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}"
+            )
+        prob = np.zeros(len(rgb), dtype=np.float32)
+        keep = normalise.tissue_fraction(rgb, self._tissue_beta) >= self._tissue_min_fraction
+        if not keep.any():
+            return prob
+        idx = np.flatnonzero(keep)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start:start + self.batch_size]
+            prob[chunk] = self._run(self.normalise(rgb[chunk]))
+        return prob
+
+    def windows(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
+        """Model patches (N, patch_px, patch_px, 3) covering one uint8 RGB image of resolution ``mpp`` µm/px.
+
+        The image is resampled to ``input_mpp`` (Lanczos). A side shorter than ``patch_px`` is padded by
+        reflection (centred); a longer one is covered by ``ceil(side / patch_px)`` windows, the last aligned to
+        the far edge (so windows overlap a little rather than leave a strip unscored).
+        """
+        from PIL import Image
+
+        if mpp <= 0:
+            raise MicrometsError(f"resolution must be > 0 µm/px, got {mpp}")
+        h, w = rgb.shape[:2]
+        scale = mpp / self.input_mpp
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if size != (w, h):
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        p = self.patch_px
+        pad = [(max(0, p - n) // 2, max(0, p - n) - max(0, p - n) // 2) for n in rgb.shape[:2]]
+        if any(a or b for a, b in pad):
+            rgb = np.pad(rgb, pad + [(0, 0)], mode="reflect" if min(rgb.shape[:2]) > 1 else "edge")
+        starts = [np.unique(np.minimum(np.arange(0, n, p), n - p)) for n in rgb.shape[:2]]
+        return np.stack([rgb[y:y + p, x:x + p] for y in starts[0] for x in starts[1]])
+
+    def score_image(self, rgb: np.ndarray, mpp: float) -> float:
+        """Tumour probability of a whole image (tile) at ``mpp`` µm/px: the maximum over its :meth:`windows`.
+
+        A tile counts as tumour when any model field in it does (the CAMELYON convention that a patch is
+        positive if it contains tumour). Stain vectors are estimated from the tile itself.
+        """
+        patches = self.windows(rgb, mpp)
+        previous = self._slide_transform
+        self.set_stain_reference(patches)
+        try:
+            return float(self.predict(patches).max())
+        finally:
+            self._slide_transform = previous
+
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
+        x = (rgb.astype(np.float32) * np.float32(1.0 / 255.0) - self._mean) / self._std
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        out = self._session.run(None, {self._input_name: x})[0].astype(np.float32)
+        k = int(self.card["tumour_class_index"])
+        if self.card["output"] == "softmax":
+            out = out - out.max(axis=1, keepdims=True)
+            e = np.exp(out)
+            return e[:, k] / e.sum(axis=1)
+        logit = out[:, k] if out.ndim == 2 else out
+        return 1.0 / (1.0 + np.exp(-logit))
