@@ -1,0 +1,99 @@
+"""`micromets batch`: many slides → per-slide folders + a results store, resumable, optionally on Dask."""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from micromets.cli.app import app
+
+
+@app.command("batch")
+def batch(
+    inputs: list[str] = typer.Argument(..., help="Folders (searched recursively for .svs .tif .tiff .ndpi .vms .vmu "
+                                                 ".scn .mrxs .svslide .bif), glob patterns (quote them; ** recurses), "
+                                                 "case manifests (.csv: patient,node,slide_path[,stain]"
+                                                 "[,osna_copies_per_ul]) or single slide files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each slide gets OUT/<slide_id>/ "
+                                                      "(OUT/<slide_id>~<hash>/ when another file has that name)."),
+    db: Optional[str] = typer.Option(None, "--db", help="Results store: a SQLite file path or sqlite:///path "
+                                                        "(default OUT/results.sqlite)."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="0 = analyse in this process; N = start a Dask "
+                                                                   "LocalCluster of N worker processes (a slide that "
+                                                                   "crashes its worker then fails alone)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use an existing Dask cluster at "
+                                                                      "tcp://host:port instead; its workers must "
+                                                                      "see the slides and OUT at the same paths."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime threads per worker "
+                                                                         "(default: cores ÷ workers)."),
+    timeout_s: float = typer.Option(3600.0, "--slide-timeout-s", min=0, help="A slide still being analysed after "
+                                                                             "this many seconds is stopped and "
+                                                                             "recorded as failed (0 = no limit)."),
+    force: bool = typer.Option(False, "--force", help="Recompute slides already done with the same model and "
+                                                      "settings (their folders and rows are replaced)."),
+    identity: str = typer.Option("quick", "--identity", help="Slide content id: quick = SHA-256 of size, mtime, "
+                                                             "first and last MiB (renames keep it, rewrites change "
+                                                             "it); full = SHA-256 of the whole file."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Override every slide's level-0 resolution, in µm/px."),
+    stain: Optional[str] = typer.Option(None, "--stain", help="he or ihc for every slide (default: the manifest's "
+                                                              "stain column, else detected)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the "
+                                                              "bundled model)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap "
+                                                                        "cell is tumour (default: the model card's)."),
+    gap_um: Optional[float] = typer.Option(None, "--gap-um", help="Deposits closer than this (µm) form one lesion "
+                                                                  "(default 75 µm, CAMELYON)."),
+    stage_mode: str = typer.Option("camelyon17", "--stage-mode", help="pN staging of manifest patients: camelyon17 "
+                                                                      "or ajcc8."),
+) -> None:
+    """Analyse a whole archive unattended, resumably, on one machine or a Dask cluster.
+
+    Each slide is identified by its content (see --identity), so a renamed slide is not recomputed and a changed
+    one is. Slides already done with the same model and settings (model name and version, --mpp, --stain,
+    --threshold, --gap-um) are skipped unless --force. Every result folder appears whole (written aside, then
+    renamed into place) and its row — node class (AJCC 8: ITC <= 0.2 mm, micro > 0.2 and <= 2.0 mm, macro > 2.0
+    mm), largest deposit in mm, maximum tumour probability, lesions with diameter in mm and area in mm² — is
+    committed in one transaction; killing the batch at any moment loses at most the slides in flight, and
+    rerunning completes them. Bad files (unreadable, not a slide, no resolution, a folder named like a slide) are
+    recorded as failed with their reason and the others go on; the exit code is then 2. List the results with
+    `micromets results --db OUT/results.sqlite`.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from micromets.batch.run import run_batch
+    from micromets.errors import MicrometsError
+
+    console = Console(stderr=True)
+    counts = {"done": 0, "failed": 0, "skipped": 0}
+    with Progress(TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("[green]{task.fields[done]} done[/] · [red]{task.fields[failed]} failed[/] · "
+                             "{task.fields[skipped]} skipped · {task.fields[remaining]} remaining"),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("batch", total=None, done=0, failed=0, skipped=0, remaining="?")
+
+        def on_event(kind: str, row: dict) -> None:
+            if kind == "planned":
+                bar.update(task, total=row["total"], remaining=row["total"])
+                return
+            counts[kind] += 1
+            if kind == "failed":
+                console.print(f"[red]failed[/] {escape(row['error'])}", soft_wrap=True)
+            total = bar.tasks[0].total or 0
+            bar.update(task, advance=1, remaining=int(total - sum(counts.values())), **counts)
+
+        summary = run_batch(inputs, out, db, mode="thorough", mpp=mpp, stain=stain, threshold=threshold,
+                            gap_um=gap_um, model_dir=model, identity=identity, force=force, workers=workers,
+                            scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
+
+    table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")
+    for column in ("done", "skipped (done before)", "failed", "negative", "itc", "micro", "macro"):
+        table.add_column(column, justify="right")
+    classes = [row.get("node_class") for row in summary.rows if row["status"] == "done"]
+    table.add_row(str(summary.n_done), str(summary.n_skipped), str(summary.n_failed),
+                  *(str(classes.count(c)) for c in ("negative", "itc", "micro", "macro")))
+    Console().print(table)
+    if summary.n_failed:
+        raise typer.Exit(code=MicrometsError.exit_code)
