@@ -22,6 +22,8 @@ def phantom(
     shape: str = typer.Option("blob", "--shape", help="Lesion outline: blob (lobulated), disc, or camelyon16 (real outlines, needs --polygons)."),
     polygons: Optional[Path] = typer.Option(None, "--polygons", help="Folder of CAMELYON16 polygon JSON files for --shape camelyon16."),
     jpeg_quality: int = typer.Option(80, "--jpeg-quality", min=1, max=100, help="JPEG quality of the TIFF tiles."),
+    patient: str = typer.Option("", "--patient", help="Patient id recorded in the manifest (groups nodes for pN staging in micromets bench)."),
+    node: str = typer.Option("", "--node", help="Node label recorded in the manifest."),
 ) -> None:
     """Build one phantom slide: a lymph node (capsule, cortex, perinodal fat, glass) from real normal tiles, with
     tumour lesions of prescribed maximum Feret diameter (mm) from real tumour tiles.
@@ -40,6 +42,6 @@ def phantom(
     except ValueError:
         raise MicrometsError(f"--size-mm must be WIDTH,HEIGHT in mm, got {size_mm!r}") from None
     row = build_phantom(out, normal_tiles, tumour_tiles, tiles_mpp, lesions, (width_mm, height_mm), mpp, seed,
-                        name, shape, polygons, jpeg_quality)
+                        name, shape, polygons, jpeg_quality, patient, node)
     typer.echo(f"{out / row['slide_path']}: {row['l0_width']} x {row['l0_height']} px at {mpp} µm/px, "
                f"{row['n_lesions']} lesion(s) {row['lesion_diameters_mm'] or '-'} mm, node class {row['node_class']}")

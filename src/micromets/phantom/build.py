@@ -5,9 +5,10 @@
 - `<name>.tiff`: pyramidal tiled JPEG TIFF at `l0_mpp` µm/px (`pyramid.write_pyramid`, OpenSlide generic-tiff);
 - `<name>.xml`: lesion outlines as ASAP XML, `<name>.geojson`: the same as QuPath GeoJSON with each lesion's
   class, maximum Feret diameter (mm) and area (mm²) (level-0 px; writers of `micromets.annotations`);
-- a row in `manifest.csv` (replacing any earlier row of the same name), columns `MANIFEST_COLUMNS`:
-  name, slide file, expected node class (CAMELYON17 labels), lesion classes and maximum Feret diameters (mm,
-  `;`-separated), size and resolution, seed, tile folders. Paths are relative to the manifest's folder.
+- a row in `manifest.csv` (replacing any earlier row of the same name), columns `MANIFEST_COLUMNS`: name,
+  patient and node (optional, to group phantoms into patients), slide file, expected node class (CAMELYON17
+  labels), lesion classes and maximum Feret diameters (mm, `;`-separated), size and resolution, seed, tile
+  folders. Paths are relative to the manifest's folder.
 
 The phantom is fully determined by (tile folders, tiles_mpp, lesions, size_mm, l0_mpp, seed, shape, outlines):
 rebuilding with the same arguments gives the same pixels and the same ground truth.
@@ -30,7 +31,7 @@ from micromets.phantom.texture import load_tiles
 MANIFEST = "manifest.csv"
 ASAP_GROUP = "metastases"
 MANIFEST_COLUMNS = (
-    "name", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
+    "name", "patient", "node", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
     "lesion_diameters_mm", "l0_mpp", "l0_width", "l0_height", "size_mm", "lesions", "shape", "seed",
     "normal_tiles", "tumour_tiles", "tiles_mpp",
 )
@@ -105,12 +106,15 @@ def build_phantom(
     shape: str = "blob",
     polygons: str | Path | None = None,
     jpeg_quality: int = 80,
+    patient: str = "",
+    node: str = "",
 ) -> dict:
     """Write `<name>.tiff/.xml/.geojson` into `out_dir`, add the manifest row and return it.
 
     `lesions` is `itc:N,micro:N,macro:N` (each optionally `@DIAMETER_MM`) or `none`; `size_mm` is the slide's
     (width, height) in mm; `shape` is `blob`, `disc` or `camelyon16` (real CAMELYON16 outlines from the
-    `polygons` folder, scaled to the drawn diameter).
+    `polygons` folder, scaled to the drawn diameter). `patient` and `node` (optional) group phantoms into
+    patients for staging (`micromets bench` scores the pN stage of such groups).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +137,8 @@ def build_phantom(
     write_truth(out_dir, name, layout)
     row = {
         "name": name,
+        "patient": patient,
+        "node": node,
         "slide_path": slide_path.name,
         "xml_path": f"{name}.xml",
         "geojson_path": f"{name}.geojson",
