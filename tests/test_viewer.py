@@ -71,6 +71,14 @@ def test_catalogue_lists_every_case_node_and_slide(results_dir):
     assert len(catalog.slides) == len(list(results_dir.rglob("result.json")))
 
 
+def test_slides_analysed_on_their_own_are_listed_without_a_case(results_dir, tmp_path):
+    slide_dir = next(results_dir.rglob("result.json")).parent
+    shutil.copytree(slide_dir, tmp_path / "analyze-out" / slide_dir.name)
+    catalog = build_catalog(tmp_path / "analyze-out")
+    assert list(catalog.slides) == [slide_dir.name]
+    assert [(c["patient"], c["nodes"][0]["slides"]) for c in catalog.cases] == [(None, [slide_dir.name])]
+
+
 def test_a_folder_without_results_is_refused(tmp_path):
     with pytest.raises(MicrometsError, match="no result.json found"):
         build_catalog(tmp_path)

@@ -55,7 +55,8 @@ def html_to_pdf(html_path: Path, pdf_path: Path, timeout_s: float = 180.0) -> bo
     html_path, pdf_path = Path(html_path).resolve(), Path(pdf_path).resolve()
     tmp_pdf = pdf_path.with_name(pdf_path.name + ".part")
     with tempfile.TemporaryDirectory(prefix="micromets-chromium-") as profile:
-        cmd = [browser, *chromium_flags(profile), "--no-pdf-header-footer", f"--print-to-pdf={tmp_pdf}",
+        cmd = [browser, *chromium_flags(profile), "--no-pdf-header-footer",
+               "--print-to-pdf-no-header", f"--print-to-pdf={tmp_pdf}",
                html_path.as_uri()]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
