@@ -17,8 +17,8 @@ noise and quantised to uint8. The absorbers:
 The slide's own H and DAB vectors are those of Ruifrok & Johnston rotated by a few degrees (stain variation),
 dye strengths vary per slide, and the glass is slightly off-white — so analysis has to estimate them.
 
-Tumour cells are packed on a jittered hexagonal lattice (13 µm spacing); a cell is the Voronoi region of its
-centre within radius 7.5 µm. Clusters have prescribed cell counts; each truth cluster records its cell centres
+Tumour cells are packed on a jittered hexagonal lattice (12 µm spacing); a cell is the Voronoi region of its
+centre within radius 7 µm. Clusters have prescribed cell counts; each truth cluster records its cell centres
 (level-0 px), count, extent (max Feret of the cell centres + one cell diameter) and expected AJCC 8 class.
 
 Tiles are rendered independently (`render_region`) from a global object list and coordinate-hashed noise, so
@@ -37,16 +37,18 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from micromets.errors import MicrometsError
+from micromets.rules import ajcc8
 from micromets.stain import DAB_OD, HAEMATOXYLIN_OD
 
 #: Absorber OD vectors (R, G, B), unit length.
 HAEMOSIDERIN_OD = np.array([0.155, 0.339, 0.928]) / np.linalg.norm([0.155, 0.339, 0.928])
 ANTHRACOTIC_OD = np.ones(3) / math.sqrt(3.0)
 
-CELL_SPACING_UM = 13.0
-CELL_RADIUS_UM = 7.5
+CELL_SPACING_UM = 12.0
+CELL_RADIUS_UM = 7.0
 MEMBRANE_UM = 1.0
 LYMPH_GRID_UM = 8.0
+BLUR_UM = 0.6  # optical blur, Gaussian σ
 
 
 def _rotate_towards(v: np.ndarray, w: np.ndarray, degrees: float) -> np.ndarray:
@@ -119,7 +121,8 @@ class IhcPhantom:
     def render_region(self, l0_x: int, l0_y: int, l0_w: int, l0_h: int) -> np.ndarray:
         """(l0_h, l0_w, 3) uint8 RGB of the level-0 rectangle; identical wherever the same pixel is rendered."""
         mpp = self.l0_mpp
-        pad = max(2, math.ceil(2.0 / mpp))  # blur support
+        sigma_px = BLUR_UM / mpp
+        pad = math.ceil(4.0 * sigma_px) + 2  # beyond the Gaussian's truncation radius (4 σ)
         x0, y0, w, h = l0_x - pad, l0_y - pad, l0_w + 2 * pad, l0_h + 2 * pad
         xs = ((x0 + np.arange(w) + 0.5) * mpp).astype(np.float32)
         ys = ((y0 + np.arange(h) + 0.5) * mpp).astype(np.float32)
@@ -176,7 +179,6 @@ class IhcPhantom:
                                     + amount_hem * np.float32(HAEMOSIDERIN_OD[ch])
                                     + amount_black * np.float32(ANTHRACOTIC_OD[ch]))
         light = self.background_rgb.astype(np.float32) * np.power(np.float32(10.0), -od)
-        sigma_px = 0.6 / mpp
         light = ndi.gaussian_filter(light, sigma=(sigma_px, sigma_px, 0), mode="nearest")
         light = light[pad:pad + l0_h, pad:pad + l0_w]
         iy, ix = np.mgrid[l0_y:l0_y + l0_h, l0_x:l0_x + l0_w]
@@ -333,8 +335,9 @@ def make_ihc_phantom(
 ) -> IhcPhantom:
     """A phantom IHC slide of `size_mm` (width, height) at `l0_mpp` µm/px with the given clusters and decoys.
 
-    `itc_sizes` / `micro_sizes` are cell counts of tumour clusters (an ITC cluster must have < 200 cells and stay
-    ≤ 0.2 mm; a micrometastasis cluster > 200 cells). Clusters and decoys are placed inside the tissue, at least
+    `itc_sizes` / `micro_sizes` are cell counts of tumour clusters; each cluster's expected class is
+    :func:`micromets.rules.ajcc8.node_class` of its extent and cell count (150 cells stay ≤ 0.2 mm: ITC).
+    Clusters and decoys are placed inside the tissue, at least
     `min_separation_um` apart (more than the 75 µm lesion-grouping gap) and 80 µm inside the tissue border.
     """
     if any(n < 1 for n in itc_sizes + micro_sizes):
@@ -388,7 +391,7 @@ def make_ihc_phantom(
                                         rng.uniform(2.9, 3.6, n), rng.uniform(0, math.pi, n)]))
             owner.append(np.full(n, index))
             extent = _extent_mm(pts)
-            expected = "itc" if (n < 200 and extent <= 0.2) else ("micro" if extent <= 2.0 else "macro")
+            expected = ajcc8.node_class(extent, n)
             phantom.clusters.append({"kind": kind, "n_cells": n, "centre_um": (float(c[0]), float(c[1])),
                                      "extent_mm": round(extent, 4), "expected_class": expected})
         else:
