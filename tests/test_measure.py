@@ -16,6 +16,8 @@ from micromets.measure import (
     mask_to_polygons_l0,
     max_feret,
     measure_lesions,
+    rasterize_l0,
+    repair,
 )
 
 
@@ -127,3 +129,125 @@ def test_mask_to_polygons_l0_geometry():
     assert single.centroid.x == pytest.approx(1000 + 2.5 * scale)
     assert single.centroid.y == pytest.approx(2000 + 15.5 * scale)
 
+
+
+# ---------------------------------------------------------------- real CAMELYON16 reference outlines
+
+CAMELYON16_MPP = 0.243  # level-0 µm/px of the CAMELYON16 scans
+RASTER_MPP = 8.0  # the heatmap route: outlines rasterised at 8 µm/px
+
+
+def _pairwise_max_sq(a, b):
+    best = 0.0
+    for i in range(0, len(a), 256):
+        best = max(best, float(((a[i : i + 256, None, :] - b[None, :, :]) ** 2).sum(-1).max()))
+    return best
+
+
+def brute_force_max_vertex_distance(xy, grid=32):
+    """max |p - q| over all vertex pairs; cell pairs whose bounding boxes cannot beat the best pair so far are
+    skipped (an exact pruning by bounding-box distance, no convex hull involved)."""
+    xy = np.unique(xy, axis=0)
+    if len(xy) <= 2000:
+        return math.sqrt(_pairwise_max_sq(xy, xy))
+    lo = xy.min(0)
+    size = (xy.max(0) - lo) / grid * (1 + 1e-9) + 1e-12
+    cell = np.floor((xy - lo) / size).astype(int)
+    cid = cell[:, 0] * grid + cell[:, 1]
+    order = np.argsort(cid, kind="stable")
+    xy, cid = xy[order], cid[order]
+    _, starts = np.unique(cid, return_index=True)
+    ends = np.append(starts[1:], len(xy))
+    bmin, bmax = np.minimum.reduceat(xy, starts), np.maximum.reduceat(xy, starts)
+    best = _pairwise_max_sq(xy[starts], xy[starts])
+    dx = np.maximum(bmax[:, None, 0] - bmin[None, :, 0], bmax[None, :, 0] - bmin[:, None, 0])
+    dy = np.maximum(bmax[:, None, 1] - bmin[None, :, 1], bmax[None, :, 1] - bmin[:, None, 1])
+    upper = np.triu(dx**2 + dy**2)
+    ii, jj = np.nonzero(upper >= best)
+    for k in np.argsort(-upper[ii, jj]):
+        i, j = ii[k], jj[k]
+        if upper[i, j] < best:
+            break
+        best = max(best, _pairwise_max_sq(xy[starts[i] : ends[i]], xy[starts[j] : ends[j]]))
+    return math.sqrt(best)
+
+
+def test_brute_force_helper_is_exact():
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(5000, 2)) * [3000, 1000]
+    hull = hull_vertices(shapely.MultiPoint(xy))
+    assert brute_force_max_vertex_distance(xy) == pytest.approx(max_feret(hull)[0], rel=1e-12)
+    assert brute_force_max_vertex_distance(xy) == pytest.approx(math.sqrt(_pairwise_max_sq(xy, xy)), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def camelyon16_measured(shared_data):
+    """{slide: (annotations, outlines, lesions)} for every CAMELYON16 polygon file."""
+    from micromets.annotations import read_annotations
+
+    out = {}
+    for path in sorted((shared_data / "camelyon16_polygons").glob("*.json")):
+        annotation = read_annotations(path, "camelyon16-json")
+        outlines = annotation.geometries_l0()
+        out[path.stem] = (annotation, outlines, measure_lesions(outlines, CAMELYON16_MPP))
+    assert len(out) == 55
+    return out
+
+
+def test_camelyon16_feret_equals_brute_force(camelyon16_measured, artifacts):
+    from micromets.rules.ajcc8 import node_class
+
+    rows = ["slide,n_lesions,largest_diameter_mm,largest_area_mm2,ellipse_major_mm,node_class"]
+    for slide, (_, outlines, lesions) in camelyon16_measured.items():
+        assert lesions, slide
+        for lesion in lesions:
+            brute = brute_force_max_vertex_distance(shapely.get_coordinates(lesion.geometry_l0))
+            assert lesion.diameter_mm == pytest.approx(brute * CAMELYON16_MPP / 1000, rel=1e-12), slide
+        largest = lesions[0]
+        rows.append(
+            f"{slide},{len(lesions)},{largest.diameter_mm:.4f},{largest.area_mm2:.4f},"
+            f"{largest.ellipse_major_mm:.4f},{node_class(largest.diameter_mm)}"
+        )
+    (artifacts / "camelyon16_measure_table.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_camelyon16_grouping_equals_dilate_and_union(camelyon16_measured):
+    """The gap rule computed literally (dilate every outline by 75/2 µm, union, components) on the slides with
+    several small deposits gives the same lesions as the exact distance chains."""
+    for slide in ("Tumor_008", "Tumor_010", "Tumor_017", "Tumor_028", "Tumor_035", "Tumor_040", "Tumor_048"):
+        _, outlines, lesions = camelyon16_measured[slide]
+        parts = shapely.get_parts(repair(np.array(outlines, dtype=object)))
+        blobs = shapely.get_parts(shapely.union_all(shapely.buffer(parts, 75 / CAMELYON16_MPP / 2, quad_segs=32)))
+        assert len(blobs) == len(lesions), slide
+        inside = shapely.intersection(blobs, shapely.union_all(parts))
+        blob_areas = sorted(shapely.area(inside) * (CAMELYON16_MPP / 1000) ** 2)
+        assert blob_areas == pytest.approx(sorted(lesion.area_mm2 for lesion in lesions), rel=1e-9), slide
+
+
+def test_camelyon16_raster_route_same_class(camelyon16_measured):
+    """outline → mask at 8 µm/px → iso-line polygons → lesions: same AJCC class as the exact outlines, except
+    where the exact diameter lies within one mask pixel of 0.2 or 2.0 mm."""
+    from micromets.rules.ajcc8 import node_class
+
+    pixel_mm = RASTER_MPP / 1000
+    for slide, (_, outlines, lesions) in camelyon16_measured.items():
+        valid = list(repair(np.array(outlines, dtype=object)))
+        minx, miny, maxx, maxy = shapely.total_bounds(np.array(valid, dtype=object))
+        step = RASTER_MPP / CAMELYON16_MPP
+        origin = (minx - 4 * step, miny - 4 * step)
+        shape = (int((maxy - origin[1]) / step) + 5, int((maxx - origin[0]) / step) + 5)
+        mask = rasterize_l0(valid, shape, RASTER_MPP, CAMELYON16_MPP, origin)
+        raster = measure_lesions(mask_to_polygons_l0(mask, RASTER_MPP, CAMELYON16_MPP, origin), CAMELYON16_MPP)
+        exact_mm, raster_mm = lesions[0].diameter_mm, raster[0].diameter_mm
+        assert abs(raster_mm - exact_mm) <= 2 * pixel_mm, slide
+        near_boundary = min(abs(exact_mm - 0.2), abs(exact_mm - 2.0)) <= pixel_mm
+        if not near_boundary:
+            assert node_class(raster_mm) == node_class(exact_mm), slide
+
+
+def test_rasterize_round_trip_geometry():
+    square = shapely.box(100, 100, 740, 420)  # 640 x 320 level-0 px = 20 x 10 cells of 32 px
+    mask = rasterize_l0([square], (20, 30), mask_mpp=8.0, l0_mpp=0.25)
+    assert mask.sum() == 20 * 10
+    [back] = mask_to_polygons_l0(mask, 8.0, 0.25)
+    assert back.symmetric_difference(square).area / square.area < 0.06
