@@ -127,11 +127,30 @@ def test_detect_stain_brown_fraction_boundary_is_inclusive():
 
 
 def test_detect_stain_sparse_dab_counts_only_without_eosin():
-    # 12 brown of 10,000 (0.12 %) on pure haematoxylin: IHC; with 1 % eosin-pink pixels: H&E
-    kind, reason = stain.detect_stain(_pixels(0, 12, 9988))
+    # 12 brown of 5,000 (0.24 %) on pure haematoxylin: IHC; with 1 % eosin-pink pixels: H&E
+    kind, reason = stain.detect_stain(_pixels(0, 12, 4988))
     assert kind == "ihc" and "sparse" in reason
-    kind, _ = stain.detect_stain(_pixels(100, 12, 9888))
+    kind, _ = stain.detect_stain(_pixels(50, 12, 4938))
     assert kind == "he"
+
+
+def test_detect_stain_no_eosin_on_a_whole_slide_is_a_counterstain():
+    # 10,000 stained pixels, 10 pink (0.1 %, boundary inclusive): IHC; 11 pink: H&E
+    kind, reason = stain.detect_stain(_pixels(10, 0, 9990))
+    assert kind == "ihc" and "no eosin" in reason
+    assert stain.detect_stain(_pixels(11, 0, 9989))[0] == "he"
+    # fewer than 10,000 stained pixels do not decide by the absence of eosin
+    assert stain.detect_stain(_pixels(0, 0, 9999))[0] == "he"
+
+
+def test_real_he_whole_slide_is_he(shared_data):
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    with open_slide(shared_data / "slides" / "cmu_small_region.svs") as slide:
+        tissue = tissue_mask(slide)
+    kind, reason = stain.detect_stain(tissue.rgb, tissue.mask)
+    assert kind == "he", reason
 
 
 def test_detect_stain_with_too_little_tissue_or_bad_mask():

@@ -40,6 +40,9 @@ SPARSE_BROWN_FRACTION_MIN = 0.0005
 SPARSE_BROWN_PIXELS_MIN = 10
 #: ... and at most this fraction of stained pixels eosin-pink (red OD < half the green OD).
 PINK_FRACTION_MAX = 0.005
+#: No eosin at all (at most this fraction pink over at least this many stained pixels) is a counterstain only.
+NO_EOSIN_PINK_MAX = 0.001
+NO_EOSIN_PIXELS_MIN = 10_000
 #: Fewer stained pixels than this and the detector does not decide from colour (too little tissue).
 MIN_STAINED_PIXELS = 200
 
@@ -218,8 +221,13 @@ def detect_stain(rgb: np.ndarray, tissue_mask: np.ndarray | None = None) -> tupl
        green OD; eosin absorbs green, the IHC counterstain haematoxylin does not leave pink). H&E tissue has
        1.4–99 % pink pixels on the real tiles.
 
-    Limitation: an IHC slide with no DAB at all (a negative node without background DAB) looks like pale
-    haematoxylin and is reported as H&E; the reason says so and the user can override the stain.
+    3. Every H&E section has eosin; an IHC section has none (its counterstain is haematoxylin only): IHC when
+       at most 0.1 % of at least 10,000 stained pixels are eosin-pink, even without visible brown (weak or
+       sparse DAB is not brown on an 8 µm/px thumbnail, where it mixes with the nuclei).
+
+    Limitations: rules 2–3 need a whole slide's thumbnail (tiles of pure lymphocytes or mucin have 0.3–2 %
+    pink pixels — close to the limits); a faded H&E slide without visible eosin would be taken for IHC. The
+    reason states the numbers; the user can override the stain.
 
     Returns ``(stain, reason)``; the reason is one line with the measured numbers.
     """
@@ -247,4 +255,7 @@ def detect_stain(rgb: np.ndarray, tissue_mask: np.ndarray | None = None) -> tupl
     if brown >= SPARSE_BROWN_FRACTION_MIN and n_brown >= SPARSE_BROWN_PIXELS_MIN and pink <= PINK_FRACTION_MAX:
         return "ihc", (f"sparse DAB without eosin: {numbers}; IHC when brown >= {SPARSE_BROWN_FRACTION_MIN:.2%} "
                        f"and pink <= {PINK_FRACTION_MAX:.1%}")
+    if n >= NO_EOSIN_PIXELS_MIN and pink <= NO_EOSIN_PINK_MAX:
+        return "ihc", (f"no eosin (haematoxylin counterstain only): {numbers}; IHC when pink <= "
+                       f"{NO_EOSIN_PINK_MAX:.1%} over >= {NO_EOSIN_PIXELS_MIN} stained pixels")
     return "he", f"no DAB: {numbers}"
