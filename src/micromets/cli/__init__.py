@@ -9,6 +9,7 @@ from micromets.errors import MicrometsError
 from micromets.cli import analyze  # noqa: F401,E402
 from micromets.cli import train, score_tiles  # noqa: F401,E402
 from micromets.cli import phantom  # noqa: F401,E402
+from micromets.cli import bench  # noqa: F401,E402
 from micromets.cli import case  # noqa: F401,E402
 from micromets.cli import batch, results, threshold  # noqa: F401,E402
 from micromets.cli import report, view  # noqa: F401,E402

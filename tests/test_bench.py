@@ -1,0 +1,103 @@
+"""The bench's scoring against hand-computed expectations for a perfect and an empty detector.
+
+The tiny phantom set is built from the CC0 CAMELYON16 tiles bundled in src/micromets/data/tiles (tumor_001,
+tumor_004, tumor_064). No model runs here: "perfect" reports the ground truth itself, "empty" reports nothing,
+both through the same scoring code as real pipeline results.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from micromets.bench import markdown, read_truths, score, truth_result
+from micromets.phantom.build import build_phantom
+
+TILES = Path(__file__).resolve().parents[1] / "src" / "micromets" / "data" / "tiles"
+
+MPP = 1.944  # coarse phantoms: the scoring works in level-0 px and mm whatever the resolution
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """A: negative; B: micro 0.8 mm + ITC 0.12 mm; C: macro 2.3 mm. Patients p1 = A + B (pN1mi), p2 = C (pN1)."""
+    out = tmp_path_factory.mktemp("tiny")
+    for name, patient, node, lesions, size in (("a", "p1", "1", "none", (1.5, 1.2)),
+                                               ("b", "p1", "2", "micro:1@0.8,itc:1@0.12", (2.4, 2.0)),
+                                               ("c", "p2", "1", "macro:1@2.3", (3.8, 3.4))):
+        build_phantom(out, TILES / "normal", TILES / "tumor", 0.243, lesions, size, MPP, seed=7, name=name,
+                      patient=patient, node=node)
+    return read_truths(out / "manifest.csv")
+
+
+def test_truths_read_back_from_the_manifest_and_xml(tiny_set):
+    assert [t.name for t in tiny_set] == ["a", "b", "c"]
+    assert [t.node_class for t in tiny_set] == ["negative", "micro", "macro"]
+    assert sorted(tiny_set[1].classes) == ["itc", "micro"]
+    assert sorted(tiny_set[1].diameters_mm) == [0.12, 0.8]
+
+
+def test_perfect_detector_scores_are_the_best_possible(tiny_set):
+    report = score(tiny_set, [truth_result(t) for t in tiny_set])
+    assert report["n_false_positives"] == 0
+    assert report["froc"] == pytest.approx(1.0)
+    assert report["slide_auc"] == pytest.approx(1.0)
+    sens = report["sensitivity_at_1fp_per_slide"]
+    assert [sens[c]["n_lesions"] for c in ("itc", "micro", "macro")] == [1, 1, 1]
+    assert [sens[c]["sensitivity"] for c in ("itc", "micro", "macro")] == [1.0, 1.0, 1.0]
+    for cls in ("itc", "micro", "macro"):
+        assert abs(report["diameter_error"][cls]["mean_error_mm"]) < 1e-9
+    assert report["node_confusion"]["rows_truth_cols_predicted"] == [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0],
+                                                                     [0, 0, 0, 1]]
+    assert report["node_accuracy"] == 1.0
+    assert report["patients"] == {"p1": {"truth": "pN1mi", "predicted": "pN1mi"},
+                                  "p2": {"truth": "pN1", "predicted": "pN1"}}
+    assert report["kappa"] == 1.0
+
+
+def test_empty_detector_scores_are_the_worst_possible(tiny_set):
+    report = score(tiny_set, [truth_result(t, detected=False) for t in tiny_set])
+    assert report["n_false_positives"] == 0
+    assert report["froc"] == 0.0
+    assert report["slide_auc"] == pytest.approx(0.5)  # every slide scores 0: all ties
+    assert [report["sensitivity_at_1fp_per_slide"][c]["sensitivity"] for c in ("itc", "micro", "macro")] == [0, 0, 0]
+    assert all(report["diameter_error"][c]["n"] == 0 for c in ("itc", "micro", "macro"))
+    assert report["node_confusion"]["rows_truth_cols_predicted"] == [[1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0],
+                                                                     [1, 0, 0, 0]]
+    assert report["node_accuracy"] == pytest.approx(1 / 3)
+    # truth (pN1mi, pN1) vs (pN0, pN0): observed and chance-expected quadratic disagreement are both 13/16
+    assert report["kappa"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_false_positive_above_the_true_lesions_costs_the_quarter_fp_operating_point(tiny_set):
+    """One FP (probability 1.0) on slide A, true lesions at 0.8: 1/3 FP per slide once the FP is let in.
+
+    FROC: at 1/4 FP/slide only detections above 1.0 count (sensitivity 0); at 1/2 … 8 the FP is allowed and both
+    non-ITC lesions are found (sensitivity 1): mean = 5/6. Sensitivity at <= 1 FP/slide stays 1 for every class.
+    """
+    results = [truth_result(t) for t in tiny_set]
+    for result in results:
+        for lesion in result["lesions"]:
+            lesion["max_probability"] = 0.8
+    fp = shapely.Point(200, 200).buffer(100)
+    results[0] = {"node_class": "micro", "largest_deposit_mm": 0.39,
+                  "lesions": [{"l0_outline": [np.asarray(fp.exterior.coords).tolist()], "diameter_mm": 0.39,
+                               "max_probability": 1.0, "class": "micro"}]}
+    report = score(tiny_set, results)
+    assert report["n_false_positives"] == 1
+    assert report["froc"] == pytest.approx(5 / 6)
+    assert [report["sensitivity_at_1fp_per_slide"][c]["sensitivity"] for c in ("itc", "micro", "macro")] == [1, 1, 1]
+    # slide scores A 1.0 (negative), B 0.8, C 0.8: the negative slide ranks first, AUC = 0
+    assert report["slide_auc"] == pytest.approx(0.0)
+    assert report["node_confusion"]["rows_truth_cols_predicted"][0] == [0, 0, 1, 0]
+
+
+def test_markdown_table_lists_every_mode_and_speed_row(tiny_set):
+    acc = score(tiny_set, [truth_result(t) for t in tiny_set])
+    report = {"date": "2026-01-01T00:00:00+00:00", "micromets": "0.1.0", "elapsed_s": 1.0,
+              "machine": {"cpus": 2}, "phantoms": {"n_slides": 3},
+              "model": {"name": "perfect", "version": "-", "input_mpp": 0.5, "patch_px": 96},
+              "modes": {"perfect": acc}, "skipped_modes": {}, "speed": [], "baseline": []}
+    text = markdown(report)
+    assert "| perfect | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
