@@ -7,6 +7,7 @@ from micromets.errors import MicrometsError
 
 # Sub-command modules register themselves on import.
 from micromets.cli import analyze  # noqa: F401,E402
+from micromets.cli import measure, stage, evaluate  # noqa: F401,E402
 from micromets.cli import train, score_tiles  # noqa: F401,E402
 from micromets.cli import phantom  # noqa: F401,E402
 from micromets.cli import bench  # noqa: F401,E402
