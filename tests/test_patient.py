@@ -37,3 +37,17 @@ def test_plain_class_strings_and_errors():
         stage_patient(["negative"], "tnm9")
     with pytest.raises(MicrometsError):
         stage_patient([])
+
+
+def test_total_tumour_load_in_reason_and_summary():
+    from micromets.patient import tumour_load
+
+    nodes = [node("1", "negative", osna=9000), node("2", "micro", 0.5, osna=7000), node("3", "negative")]
+    load = tumour_load(nodes)
+    assert load == {"ttl_copies_per_ul": 16000.0, "ttl_cutoff_copies_per_ul": 15000.0, "ttl_high_risk": True,
+                    "n_nodes": 2}
+    stage, reason = stage_patient(nodes)
+    assert stage == "pN1"  # the OSNA "++" node counts as a macrometastasis (stronger finding wins)
+    assert "total tumour load 16,000 copies/µL over 2 sentinel node(s), above the 15,000 cut-off" in reason
+    assert "not above the 20,000" in stage_patient(nodes, ttl_cutoff_copies_per_ul=20000)[1]
+    assert tumour_load([node("1", "micro", 1.0)]) is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from micromets.errors import MicrometsError
 from micromets.rules import NODE_CLASSES, node_class_rank
 from micromets.rules import ajcc8, camelyon17
+from micromets.rules.osna import TTL_CUTOFF, total_tumour_load, ttl_high_risk
 
 MODES = ("camelyon17", "ajcc8")
 
@@ -21,7 +22,30 @@ def _node_dict(node, index: int) -> dict:
     return node
 
 
-def _reason(mode: str, stage: str, nodes: list[dict]) -> str:
+def tumour_load(nodes: list[dict], cutoff_copies_per_ul: float = TTL_CUTOFF) -> dict | None:
+    """OSNA total tumour load over the sentinel nodes that have an OSNA value, or None when none has.
+
+    Returns ``{"ttl_copies_per_ul", "ttl_cutoff_copies_per_ul", "ttl_high_risk", "n_nodes"}``; high risk means
+    TTL ``>`` the cut-off (default 15,000 copies/µL, Peg et al. 2013, see ``rules.osna``): non-sentinel nodes
+    are likely involved.
+    """
+    copies = [
+        n["osna_copies_per_ul"]
+        for n in nodes
+        if isinstance(n, dict) and n.get("osna_copies_per_ul") is not None and n.get("sentinel", True)
+    ]
+    if not copies:
+        return None
+    ttl = total_tumour_load(copies)
+    return {
+        "ttl_copies_per_ul": ttl,
+        "ttl_cutoff_copies_per_ul": float(cutoff_copies_per_ul),
+        "ttl_high_risk": ttl_high_risk(ttl, cutoff_copies_per_ul),
+        "n_nodes": len(copies),
+    }
+
+
+def _reason(mode: str, stage: str, nodes: list[dict], load: dict | None) -> str:
     counts = {cls: sum(n["node_class"] == cls for n in nodes) for cls in NODE_CLASSES}
     n_positive = counts["micro"] + counts["macro"]
     parts = [
@@ -42,12 +66,23 @@ def _reason(mode: str, stage: str, nodes: list[dict]) -> str:
     mol = [str(n.get("node", i)) for i, n in enumerate(nodes) if n.get("mol_only")]
     if mol:
         parts.append(f"positive by OSNA only (mol+): node {', '.join(mol)}")
+    if load is not None:
+        risk = "above" if load["ttl_high_risk"] else "not above"
+        parts.append(
+            f"OSNA total tumour load {load['ttl_copies_per_ul']:,.0f} copies/µL over {load['n_nodes']} sentinel "
+            f"node(s), {risk} the {load['ttl_cutoff_copies_per_ul']:,.0f} cut-off for non-sentinel involvement"
+        )
     rule = "CAMELYON17 rule" if mode == "camelyon17" else "AJCC 8 rule"
     return f"{rule} → {stage}: " + "; ".join(parts) + "."
 
 
 def stage_patient(
-    nodes: list[dict], mode: str = "camelyon17", *, sentinel_only: bool | None = None, molecular: str = "fuse"
+    nodes: list[dict],
+    mode: str = "camelyon17",
+    *,
+    sentinel_only: bool | None = None,
+    molecular: str = "fuse",
+    ttl_cutoff_copies_per_ul: float = TTL_CUTOFF,
 ) -> tuple[str, str]:
     """pN stage of one patient and the reason in one sentence.
 
@@ -58,6 +93,7 @@ def stage_patient(
     mode : ``"camelyon17"`` (pN0, pN0(i+), pN1mi, pN1, pN2) or ``"ajcc8"`` (pN0 … pN3a with modifiers).
     sentinel_only : ajcc8 only; default: every node is sentinel unless a node says ``"sentinel": False``.
     molecular : ajcc8 only; ``"fuse"`` or ``"ajcc"``, see ``rules.ajcc8.stage_patient_ajcc8``.
+    ttl_cutoff_copies_per_ul : OSNA total-tumour-load cut-off quoted in the reason (see :func:`tumour_load`).
     """
     if mode not in MODES:
         raise MicrometsError(f"unknown staging mode {mode!r} (expected camelyon17 or ajcc8)")
@@ -70,4 +106,4 @@ def stage_patient(
         if sentinel_only is None:
             sentinel_only = all(n.get("sentinel", True) for n in rows)
         stage = ajcc8.stage_patient_ajcc8(rows, sentinel_only=sentinel_only, molecular=molecular)
-    return stage, _reason(mode, stage, rows)
+    return stage, _reason(mode, stage, rows, tumour_load(rows, ttl_cutoff_copies_per_ul))
