@@ -1,0 +1,50 @@
+"""Batch scale-out benchmark: the same phantom slides through `micromets batch` with 1 and 2 Dask workers.
+
+    PYTHONPATH=src .venv/bin/python bench/batch_speedup.py [--slides 8] [--size-mm 2.0] [--workers 1,2]
+
+Builds `--slides` phantom slides (bundled CC0 CAMELYON16 tiles, 0.243 µm/px, `--size-mm` square, one 0.5 mm
+micrometastasis each; cached in bench/work/batch-speedup/), runs `micromets.batch.speedup.measure_speedup` and
+writes the report to bench/results/batch-speedup-<UTC time>.json (and prints it). Target: >= 1.8x from 1 to 2
+workers on 2 otherwise idle cores.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from micromets.batch.speedup import measure_speedup
+from micromets.phantom.build import build_phantom
+
+HERE = Path(__file__).resolve().parent
+TILES = HERE.parent / "src" / "micromets" / "data" / "tiles"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slides", type=int, default=8, help="number of phantom slides")
+    parser.add_argument("--size-mm", type=float, default=2.0, help="side of each square phantom, mm")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare, comma-separated")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per worker")
+    args = parser.parse_args()
+    work = HERE / "work" / "batch-speedup"
+    slides = []
+    for seed in range(args.slides):
+        name = f"speed_{args.size_mm:g}mm_{seed}"
+        path = work / "slides" / f"{name}.tiff"
+        if not path.exists():
+            build_phantom(work / "slides", TILES / "normal", TILES / "tumor", 0.243, "micro:1@0.5",
+                          (args.size_mm, args.size_mm), seed=seed, name=name)
+        slides.append(path)
+    report = measure_speedup(slides, work / "runs", tuple(int(w) for w in args.workers.split(",")), args.threads)
+    report.update(slide_size_mm=args.size_mm, date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    target = results / f"batch-speedup-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    target.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    print(f"written to {target}")
+
+
+if __name__ == "__main__":
+    main()

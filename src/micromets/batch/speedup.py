@@ -1,0 +1,51 @@
+"""The batch's scale-out, measured: the same slides analysed with 1, 2, … Dask workers in one run.
+
+`measure_speedup` runs `micromets.batch.run.run_batch` once per worker count on the same slide list (each into a
+fresh output folder, so nothing is skipped) and reports for each: wall seconds of the whole run, seconds of
+compute (from the LocalCluster being up to the last slide committed, i.e. without cluster start-up), slides per
+minute, and the speed-up of both against the first worker count. onnxruntime gets the same number of threads per
+worker in every run (`threads_per_worker`, default 1), so the ratio measures process scale-out and not thread
+scale-up. The machine's load average before and after is recorded: on a shared machine the ratio is a lower
+bound of what idle cores would give.
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from micromets.batch.run import run_batch
+from micromets.errors import MicrometsError
+
+
+def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike,
+                    worker_counts: tuple[int, ...] = (1, 2), threads_per_worker: int = 1,
+                    model_dir: str | None = None) -> dict:
+    """Analyse `slides` once per entry of `worker_counts` (Dask LocalCluster processes) and return the timings
+    (see the module docstring). Raises `MicrometsError` if any slide fails: a speed-up over failures means
+    nothing."""
+    work_dir = Path(work_dir)
+    for path in slides:  # warm the page cache so that the first run does not pay the disk reads alone
+        with open(path, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    load_before = os.getloadavg()
+    runs = []
+    for workers in worker_counts:
+        out = work_dir / f"workers-{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
+                            timeout_s=None)
+        wall_s = time.perf_counter() - started
+        if summary.n_failed or summary.n_done != len(slides):
+            errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
+            raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
+        runs.append({"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
+                     "slides_per_min": round(60 * len(slides) / summary.compute_s, 2)})
+    for run in runs:
+        run["speedup_wall"] = round(runs[0]["wall_s"] / run["wall_s"], 3)
+        run["speedup_compute"] = round(runs[0]["compute_s"] / run["compute_s"], 3)
+    return {"n_slides": len(slides), "cpu_count": os.cpu_count(), "threads_per_worker": threads_per_worker,
+            "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
+            "runs": runs}
