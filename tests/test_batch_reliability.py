@@ -221,18 +221,20 @@ def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, sh
 def _kill_and_resume(slides: list[Path], out: Path, kills: int, workers: int, seed: int,
                      max_delay_s: float) -> int:
     """Run the real `micromets batch` `kills` times, SIGKILLing it after a random delay, then once to the end.
-    Returns how many runs were actually killed mid-way."""
+    Every second attempt uses --force, so there is always work in flight to interrupt (and the replacement of
+    published folders is interrupted too). Returns how many attempts were actually killed mid-way."""
     rng = random.Random(seed)
     args = CLI + ["batch", *map(str, slides), "--out", str(out), "--workers", str(workers)]
     killed = 0
-    for _ in range(kills):
-        proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        time.sleep(rng.uniform(0.5, max_delay_s))
-        if proc.poll() is None:
+    for attempt in range(kills):
+        proc = subprocess.Popen(args + ["--force"] * (attempt % 2), env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, max_delay_s))
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the CLI and any Dask worker processes it started
             killed += 1
-        proc.wait(timeout=60)
+            proc.wait(timeout=60)
     final = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr
     return killed
@@ -256,7 +258,7 @@ def _check_exactly_one_complete_result(slides: list[Path], out: Path) -> None:
 def test_sigkill_at_random_moments_then_resume(tmp_path, shared_data):
     slides = make_slides(tmp_path / "slides", shared_data, n=3)
     out = tmp_path / "out"
-    killed = _kill_and_resume(slides, out, kills=2, workers=0, seed=1, max_delay_s=8.0)
+    killed = _kill_and_resume(slides, out, kills=3, workers=0, seed=1, max_delay_s=6.0)
     _check_exactly_one_complete_result(slides, out)
     assert killed >= 1
 

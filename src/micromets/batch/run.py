@@ -105,7 +105,8 @@ class BatchSummary:
     n_done: int = 0
     n_failed: int = 0
     n_skipped: int = 0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # whole run, wall clock
+    compute_s: float = 0.0  # from the executor being ready (Dask cluster up) to the last slide committed
     rows: list[dict] = field(default_factory=list)
 
 
@@ -262,8 +263,10 @@ def analyze_job(job: SlideJob) -> SlideOutcome:
 
 @contextmanager
 def _batch_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `out` for the whole run (two batches must not publish into one folder)."""
+    """Create `out` and hold an exclusive lock on it for the whole run (two batches must not publish into one
+    folder)."""
     try:
+        out.mkdir(parents=True, exist_ok=True)
         fh = open(out / LOCK, "a")
     except OSError as err:
         raise MicrometsError(f"{out}: output folder not writable ({err.strerror})") from err
@@ -279,9 +282,8 @@ def _batch_lock(out: Path) -> Iterator[None]:
 
 
 def _prepare_out(out: Path) -> None:
-    """Create `out`, remove staging/trash leftovers of killed runs, and prove it is writable."""
+    """Remove staging/trash leftovers of killed runs (under the lock) and prove `out` is writable."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
         for leftover in (STAGING, TRASH):
             shutil.rmtree(out / leftover, ignore_errors=True)
         (out / STAGING).mkdir()
@@ -318,11 +320,14 @@ def _publish(outcome: SlideOutcome, out: Path, folder: str) -> Path:
     return target
 
 
-def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None) -> Iterator[SlideOutcome]:
-    """Run `jobs` and yield outcomes as they finish: in-process (``workers == 0`` and no scheduler) or on Dask."""
+def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
+              timing: dict[str, float]) -> Iterator[SlideOutcome]:
+    """Run `jobs` and yield outcomes as they finish: in-process (``workers == 0`` and no scheduler) or on Dask.
+    ``timing["ready"]`` is set to the `time.perf_counter` at which the executor is ready."""
     if not jobs:
         return
     if workers == 0 and scheduler is None:
+        timing["ready"] = time.perf_counter()
         yield from map(analyze_job, jobs)
         return
     from distributed import Client, LocalCluster, as_completed
@@ -337,6 +342,7 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None) -> Iter
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
+        timing["ready"] = time.perf_counter()
         futures = client.map(analyze_job, jobs, pure=False)
         by_future = dict(zip(futures, jobs))
         for future in as_completed(futures):
@@ -396,8 +402,8 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
             "threshold": threshold, "gap_um": DEFAULT_GAP_UM if gap_um is None else float(gap_um)}
     job_args = {"mode": mode, "mpp": mpp, "threshold": threshold, "gap_um": base["gap_um"], "model_dir": model_dir,
                 "threads": threads or (1 if scheduler else _default_threads(workers)), "timeout_s": timeout_s}
-    _prepare_out(out)
     with _batch_lock(out), open_store(db if db is not None else out / "results.sqlite") as store:
+        _prepare_out(out)
         run_settings = {**base, "stain": stain, "identity": identity, "model_dir": model_dir, "force": force}
         executor = f"dask:{scheduler}" if scheduler else (f"dask-local:{workers}" if workers else "in-process")
         run_key = settings_key({**base, "stain": stain})
@@ -406,8 +412,10 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
         staging = out / STAGING / f"run{run_id}"
         jobs, rows = _plan(slides, store, base, stain, identity, force, out, staging, job_args, run_id, summary,
                            notify)
-        for outcome in _outcomes(jobs, workers, scheduler):
+        timing: dict[str, float] = {}
+        for outcome in _outcomes(jobs, workers, scheduler, timing):
             _commit(outcome, store, out, run_id, rows[outcome.job.path], summary, notify)
+        summary.compute_s = time.perf_counter() - timing.get("ready", time.perf_counter())
         if any(item.patient is not None for item in inputs):
             _record_cases(inputs, rows, store, run_id, settings_key({**base, "stain": stain, "stage": stage_mode}),
                           stage_mode)
