@@ -234,7 +234,7 @@ def measure_lesions(geoms_l0: Iterable, l0_mpp: float, gap_um: float = DEFAULT_G
 def mask_to_polygons_l0(
     mask: np.ndarray, mask_mpp: float, l0_mpp: float, l0_origin: tuple[float, float] = (0.0, 0.0)
 ) -> list[shapely.Polygon]:
-    """Outlines of the 8-connected foreground components of a boolean mask, as level-0 pixel polygons.
+    """Outlines of the 8-connected foreground components of a boolean mask, as level-0 pixel (Multi)Polygons.
 
     Mask pixel (r, c) covers level-0 x in ``[ox + c*s, ox + (c+1)*s)`` and y likewise, with
     ``s = mask_mpp / l0_mpp`` (the heatmap-cell convention of DESIGN.md). The outline is the 0.5 iso-line
