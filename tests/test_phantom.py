@@ -19,7 +19,7 @@ def _gradient(l0_x, l0_y, l0_w, l0_h):
 
 def test_pyramid_opens_in_openslide_with_mpp_levels_and_pixels(tmp_path):
     path = tmp_path / "g.tiff"
-    dims = write_pyramid(path, 1300, 1000, 0.243, _gradient, tile_px=256)
+    dims = write_pyramid(path, 1300, 1000, 0.243, _gradient, tile_px=256, chunk_px=512)  # 3 windows per row
     assert dims == [(1300, 1000), (650, 500), (325, 250), (163, 125)]
     with openslide.OpenSlide(str(path)) as slide:
         assert slide.properties["openslide.vendor"] == "generic-tiff"

@@ -63,15 +63,15 @@ BUNDLED_TILES_MPP = 0.243
 
 #: The default phantom set: (patient, node, lesions, size_mm, seed, speed role). Level 0 at 0.243 µm/px (40×).
 DEFAULT_SET = (
-    ("bench_p1", "1", "none", (1.8, 1.5), 101, ""),
-    ("bench_p1", "2", "none", (1.8, 1.5), 102, ""),
-    ("bench_p2", "1", "itc:1", (1.8, 1.5), 201, ""),
-    ("bench_p2", "2", "none", (1.8, 1.5), 202, ""),
-    ("bench_p3", "1", "micro:1,itc:1", (2.4, 2.0), 301, "small"),
-    ("bench_p3", "2", "itc:2", (2.0, 1.7), 302, ""),
-    ("bench_p4", "1", "macro:1@2.3,itc:1", (3.8, 3.4), 401, ""),
-    ("bench_p4", "2", "micro:1", (2.0, 1.7), 402, ""),
-    ("bench_p5", "1", "micro:2,itc:2", (4.8, 4.0), 501, "large"),
+    ("bench_p1", "1", "none", (1.5, 1.2), 101, ""),
+    ("bench_p1", "2", "none", (1.5, 1.2), 102, ""),
+    ("bench_p2", "1", "itc:1", (1.5, 1.2), 201, ""),
+    ("bench_p2", "2", "none", (1.5, 1.2), 202, ""),
+    ("bench_p3", "1", "micro:1@0.7,itc:1", (2.0, 1.6), 301, "small"),
+    ("bench_p3", "2", "itc:2", (1.5, 1.2), 302, ""),
+    ("bench_p4", "1", "macro:1@2.2,itc:1", (3.6, 3.2), 401, ""),
+    ("bench_p4", "2", "micro:1@1.0", (2.0, 1.6), 402, ""),
+    ("bench_p5", "1", "micro:1@1.5,micro:1@0.4,itc:2", (4.0, 3.2), 501, "large"),  # 4x the area of "small"
 )
 #: --large adds a CAMELYON-size slide (100,000 × 200,000 px at 0.243 µm/px); building it takes hours.
 LARGE_SLIDE = ("bench_p6", "1", "macro:1,micro:2,itc:3", (24.3, 48.6), 601, "camelyon")

@@ -1,7 +1,8 @@
 """Streaming writer of pyramidal tiled JPEG TIFF files that OpenSlide reads as "generic tiled TIFF".
 
-`write_pyramid` asks a renderer for one row of tiles at a time (level-0 strips `tile_px` high, full width),
-JPEG-encodes the tiles of level 0 straight into the file and halves each strip into the level below. Every
+`write_pyramid` asks a renderer for one row of tiles at a time (level-0 strips `tile_px` high, full width, in
+windows of at most `chunk_px` columns), JPEG-encodes the tiles of level 0 straight into the file and halves
+each strip into the level below. Every
 level keeps at most one tile row of pixels pending; encoded tiles of the lower levels wait in a temporary spool
 file until level 0 is complete and are then copied into the TIFF without re-encoding. Peak memory is therefore
 a few strips (O(width × tile_px)), independent of the slide height, for slides up to CAMELYON scale
@@ -96,6 +97,7 @@ def write_pyramid(
     tile_px: int = 256,
     jpeg_quality: int = 80,
     description: str = "",
+    chunk_px: int = 4096,
 ) -> list[tuple[int, int]]:
     """Write an OpenSlide-readable pyramidal tiled JPEG TIFF by streaming level-0 strips from `render_region`.
 
@@ -104,11 +106,13 @@ def write_pyramid(
     path : output `.tif`/`.tiff` file (overwritten).
     l0_width, l0_height : level-0 size in pixels.
     l0_mpp : level-0 resolution in µm per pixel (written as pixels per centimetre = 10,000 / l0_mpp).
-    render_region : `render_region(l0_x, l0_y, l0_w, l0_h) -> (l0_h, l0_w, 3)` uint8 RGB; called once per tile
-        row with `l0_x = 0`, `l0_w = l0_width`, `l0_h = tile_px` (less for the last row), top to bottom.
+    render_region : `render_region(l0_x, l0_y, l0_w, l0_h) -> (l0_h, l0_w, 3)` uint8 RGB; called for each tile
+        row (`l0_h = tile_px`, less for the last row), top to bottom, in windows of at most `chunk_px` columns,
+        left to right.
     tile_px : tile side in pixels (a multiple of 16, as 4:2:0 JPEG needs).
     jpeg_quality : libjpeg quality 1–100.
     description : ImageDescription of level 0 (keep it free of vendor prefixes such as "Aperio").
+    chunk_px : widest window asked of `render_region` (bounds the renderer's working memory on wide slides).
 
     Returns the (width, height) of every level written, level 0 first.
     """
@@ -148,12 +152,16 @@ def write_pyramid(
         def level0_tiles() -> Iterator[bytes]:
             for l0_y in range(0, l0_height, tile_px):
                 l0_h = min(tile_px, l0_height - l0_y)
-                strip = np.asarray(render_region(0, l0_y, l0_width, l0_h))
-                if strip.shape != (l0_h, l0_width, 3) or strip.dtype != np.uint8:
-                    raise ValueError(
-                        f"render_region(0, {l0_y}, {l0_width}, {l0_h}) returned {strip.shape} {strip.dtype}, "
-                        f"expected ({l0_h}, {l0_width}, 3) uint8"
-                    )
+                strip = np.empty((l0_h, l0_width, 3), np.uint8)
+                for l0_x in range(0, l0_width, chunk_px):
+                    l0_w = min(chunk_px, l0_width - l0_x)
+                    part = np.asarray(render_region(l0_x, l0_y, l0_w, l0_h))
+                    if part.shape != (l0_h, l0_w, 3) or part.dtype != np.uint8:
+                        raise ValueError(
+                            f"render_region({l0_x}, {l0_y}, {l0_w}, {l0_h}) returned {part.shape} {part.dtype}, "
+                            f"expected ({l0_h}, {l0_w}, 3) uint8"
+                        )
+                    strip[:, l0_x:l0_x + l0_w] = part
                 encoded = list(_encode_tile_row(strip, tile_px, jpeg_quality))
                 # cascade before yielding: the TIFF writer stops pulling after the last tile it needs
                 push(0, _halve(strip), l0_y + l0_h >= l0_height)

@@ -118,14 +118,16 @@ class PhantomRenderer:
         if fat.any():
             membrane = np.zeros_like(fat)
             membrane[fat] = self._fat(l0_x, l0_y, fat)
-            out[fat & ~membrane] = FAT_RGB
-            out[membrane] = MEMBRANE_RGB
+            np.copyto(out, FAT_RGB, where=(fat & ~membrane)[..., None])
+            np.copyto(out, MEMBRANE_RGB, where=membrane[..., None])
         if node.any():
             tissue = synthesize(self.normal, l0_x, l0_y, l0_w, l0_h, self.seed, 0, needed=node)
             capsule = node & ~_fill(lay.cortex_l0, l0_x, l0_y, l0_w, l0_h)
-            tissue[capsule] = (1 - CAPSULE_MIX) * tissue[capsule] + CAPSULE_MIX * COLLAGEN_RGB
-            out[node] = tissue[node]
+            if capsule.any():
+                tissue[capsule] = (1 - CAPSULE_MIX) * tissue[capsule] + CAPSULE_MIX * COLLAGEN_RGB
+            np.copyto(out, tissue, where=node[..., None])
             tumour = self.lesion_mask(l0_x, l0_y, l0_w, l0_h)
             if tumour.any():
-                out[tumour] = synthesize(self.tumour, l0_x, l0_y, l0_w, l0_h, self.seed, 1, needed=tumour)[tumour]
-        return np.clip(out, 0, 255).astype(np.uint8)
+                tumour_rgb = synthesize(self.tumour, l0_x, l0_y, l0_w, l0_h, self.seed, 1, needed=tumour)
+                np.copyto(out, tumour_rgb, where=tumour[..., None])
+        return np.clip(out, 0, 255, out=out).astype(np.uint8)
