@@ -251,3 +251,32 @@ def test_rasterize_round_trip_geometry():
     assert mask.sum() == 20 * 10
     [back] = mask_to_polygons_l0(mask, 8.0, 0.25)
     assert back.symmetric_difference(square).area / square.area < 0.06
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 2000), st.integers(1, 200), st.integers(1, 200)),
+             min_size=1, max_size=12),
+    st.floats(0, 150),
+)
+def test_grouping_equals_pairwise_distance_closure(boxes, gap_um):
+    """Lesions = connected components of the graph 'distance <= gap' (checked by a plain union-find)."""
+    geoms = [shapely.box(x, y, x + w, y + h) for x, y, w, h in boxes]
+    parent = list(range(len(geoms)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(geoms)):
+        for j in range(i):
+            if geoms[i].distance(geoms[j]) <= gap_um:  # l0_mpp = 1: px = µm
+                parent[find(i)] = find(j)
+    groups = {}
+    for i in range(len(geoms)):
+        groups.setdefault(find(i), []).append(i)
+    expected = sorted(shapely.union_all([geoms[i] for i in g]).area for g in groups.values())
+    lesions = measure_lesions(geoms, 1.0, gap_um)
+    assert sorted(lesion.area_mm2 * 1e6 for lesion in lesions) == pytest.approx(expected)
+    assert sum(lesion.n_members for lesion in lesions) == len(geoms)
