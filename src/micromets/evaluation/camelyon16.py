@@ -7,7 +7,9 @@ metastases in women with breast cancer", JAMA 2017;318:2199-2210, and the challe
 * Reference ("evaluation") mask at level 5 (downsample 32; 7.776 µm/px for 0.243 µm/px scans): the tumour
   outlines rasterised (exclusion regions cut out), every pixel closer than 75 µm / 2 to tumour added
   (Euclidean distance transform, strict ``<``), holes filled, 8-connected components = lesions. Deposits less
-  than 75 µm (about 5 tumour cells) apart are therefore one lesion.
+  than 75 µm (about 5 tumour cells) apart are therefore one lesion. The outlines are rasterised directly at
+  level 5 (a pixel is tumour when its centre is inside), where the challenge read level 5 of a level-0 mask
+  pyramid: lesion borders can differ by one level-5 pixel (7.8 µm).
 * ITC lesions: fitted-ellipse major axis (``regionprops.major_axis_length``) ``< 275 µm`` (200 µm plus the
   dilation). A detection inside an ITC lesion is neither a hit nor a false positive; ITC lesions are not counted
   in the sensitivity.
