@@ -96,8 +96,9 @@ def test_a_false_positive_above_the_true_lesions_costs_the_quarter_fp_operating_
 def test_markdown_table_lists_every_mode_and_speed_row(tiny_set):
     acc = score(tiny_set, [truth_result(t) for t in tiny_set])
     report = {"date": "2026-01-01T00:00:00+00:00", "micromets": "0.1.0", "elapsed_s": 1.0,
-              "machine": {"cpus": 2}, "phantoms": {"n_slides": 3},
+              "machine": {"cpus": 2}, "phantoms": {"n_slides": 3, "tile_sources": {"/x/normal": ["tumor_004"]}},
               "model": {"name": "perfect", "version": "-", "input_mpp": 0.5, "patch_px": 96},
               "modes": {"perfect": acc}, "skipped_modes": {}, "speed": [], "baseline": []}
     text = markdown(report)
     assert "| perfect | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
+    assert "- phantom tiles `normal/` from: tumor_004" in text

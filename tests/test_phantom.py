@@ -177,3 +177,15 @@ def test_cli_phantom_bad_input_is_one_line_and_exit_2(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr
+
+
+def test_real_camelyon16_outlines_are_scaled_to_the_prescribed_diameter(shared_data):
+    from micromets.phantom.layout import load_outlines
+
+    outlines = load_outlines(shared_data / "camelyon16_polygons")
+    assert len(outlines) > 50
+    layout = make_layout((5.0, 4.0), 0.972, parse_lesions("micro:2@0.6,macro:1@2.4"), seed=4, shape="camelyon16",
+                         outlines=outlines)
+    measured = sorted(m.diameter_mm for m in measure_lesions([les.outline_l0 for les in layout.lesions], 0.972))
+    assert measured == pytest.approx([0.6, 0.6, 2.4], rel=1e-9)
+    assert all(les.shape == "camelyon16" and les.outline_l0.is_valid for les in layout.lesions)

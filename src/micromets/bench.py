@@ -420,6 +420,20 @@ def _speed_row(name: str, role: str, mode: str, run: dict) -> dict:
                                                             for k, v in shares.items()}}
 
 
+def _tile_sources(set_dir: Path, rows) -> dict:
+    """Source slides of the tiles each phantom was built from (file-name prefix before the level-0 x_y)."""
+    sources: dict[str, list[str]] = {}
+    for row in rows:
+        for key in ("normal_tiles", "tumour_tiles"):
+            folder = (set_dir / row.get(key, "")).resolve()
+            if str(folder) in sources or not folder.is_dir():
+                continue
+            stems = {"_".join(p.stem.split("_")[:-2]) or p.stem for p in folder.iterdir() if p.is_file()
+                     and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")}
+            sources[str(folder)] = sorted(stems)
+    return sources
+
+
 def run_bench(phantoms: str | Path | None = None, out_dir: str | Path = "bench/results",
               work_dir: str | Path = "bench/work", model_dir: str | Path | None = None,
               modes: tuple[str, ...] = ("thorough",), large: bool = False, baseline: bool = True,
@@ -458,7 +472,7 @@ def run_bench(phantoms: str | Path | None = None, out_dir: str | Path = "bench/r
                   "patch_px": card.get("patch_px"), "training_data": card.get("training_data"),
                   "split": card.get("split")},
         "phantoms": {"manifest": str(manifest.resolve()), "n_slides": len(truths),
-                     "tiles": sorted({(r.get("normal_tiles"), r.get("tumour_tiles")) for r in rows.values()})},
+                     "tile_sources": _tile_sources(manifest.parent, rows.values())},
         "modes": {}, "speed": [], "baseline": [], "skipped_modes": {},
     }
     runs_dir = work_dir / "runs" / started.strftime("%Y%m%dT%H%M%S")
@@ -526,6 +540,11 @@ def markdown(report: dict) -> str:
              f"({report['model']['input_mpp']} µm/px, {report['model']['patch_px']} px patches), "
              f"{report['machine']['cpus']} CPUs, {report['phantoms']['n_slides']} phantom slides, "
              f"{report['elapsed_s']} s in all.", ""]
+    for folder, slides in report["phantoms"].get("tile_sources", {}).items():
+        lines.append(f"- phantom tiles `{Path(folder).name}/` from: {', '.join(slides)}")
+    for item in report["model"].get("training_data") or []:
+        lines.append(f"- model trained on: {item.get('name', item) if isinstance(item, dict) else item}")
+    lines.append("")
     if report["modes"]:
         lines += ["## Accuracy", "",
                   "| mode | FROC | slide AUC | kappa (pN) | node acc. | sens. ITC @1FP | sens. micro @1FP | "
