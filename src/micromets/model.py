@@ -13,6 +13,10 @@ source stain vectors are estimated from the slide's own tissue — from the samp
 :meth:`Detector.set_stain_reference` (one estimate per slide, what the heatmap does), or else from the tissue of
 each ``predict`` batch — and mapped onto the card's reference vectors.
 
+Families (``card["family"]``): ``cnn`` takes the scaled pixels (``card["input"]``: NCHW float32); ``morphometry``
+(``card["input"]["layout"] = "features"``) takes the nuclear features of :mod:`micromets.morphometry`, computed
+here in numpy, and its ONNX graph is the classifier (feature scaling inside the graph).
+
 Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
 is below ``min_fraction`` is background and gets probability 0 without being shown to the network.
 """
@@ -178,8 +182,13 @@ class Detector:
             self._slide_transform = previous
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
-        x = (rgb.astype(np.float32) * np.float32(1.0 / 255.0) - self._mean) / self._std
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if self.card["input"].get("layout") == "features":  # morphometry family: numpy features → ONNX classifier
+            from micromets.morphometry import patch_features
+
+            x = patch_features(rgb, self.input_mpp, self._target_he)
+        else:
+            x = (rgb.astype(np.float32) * np.float32(1.0 / 255.0) - self._mean) / self._std
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         out = self._session.run(None, {self._input_name: x})[0].astype(np.float32)
         k = int(self.card["tumour_class_index"])
         if self.card["output"] == "softmax":

@@ -52,17 +52,27 @@ def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.25, bias: float = 0.05,
                  vector_sigma: float = 0.05, basis_he: np.ndarray = normalise.REFERENCE_HE) -> np.ndarray:
-    """Random stain concentrations and stain vectors (see module docstring); ``basis_he`` = the image's basis."""
-    src = normalise.complete_basis(basis_he).astype(np.float64)
-    dst_he = np.abs(src[:2] + rng.normal(0.0, vector_sigma, size=(2, 3)))
-    dst = normalise.complete_basis(dst_he).astype(np.float64)
-    scale = np.diag(rng.uniform(1.0 - sigma, 1.0 + sigma, size=3))
-    transform = np.linalg.inv(src) @ scale @ dst
-    od = normalise.optical_density(rgb)
+    """Random stain concentrations and stain vectors for each image of a (N, H, W, 3) batch (or one image).
+
+    ``basis_he`` is the images' stain basis (after normalisation: the reference). See the module docstring.
+    """
+    batch = rgb if rgb.ndim == 4 else rgb[None]
+    n = len(batch)
+    src_inv = np.linalg.inv(normalise.complete_basis(basis_he).astype(np.float64))
+    transforms, shifts = np.empty((n, 3, 3), np.float32), np.empty((n, 1, 3), np.float32)
+    for i in range(n):
+        dst_he = np.abs(np.asarray(basis_he, np.float64) + rng.normal(0.0, vector_sigma, size=(2, 3)))
+        dst = normalise.complete_basis(dst_he).astype(np.float64)
+        transforms[i] = src_inv @ np.diag(rng.uniform(1.0 - sigma, 1.0 + sigma, size=3)) @ dst
+        shifts[i, 0] = (rng.uniform(-bias, bias, size=3) * np.array([1.0, 1.0, 0.2])) @ dst
+    od = normalise.optical_density(batch).reshape(n, -1, 3)
     tissue = (od.sum(axis=-1, keepdims=True) > 0.15).astype(np.float32)  # no colour added to white background
-    shift = (rng.uniform(-bias, bias, size=3) * np.array([1.0, 1.0, 0.2])) @ dst
-    od_new = np.clip(od @ transform.astype(np.float32) + tissue * shift.astype(np.float32), 0.0, 3.0)
-    return np.clip(255.0 * np.exp(-np.log(10.0) * od_new) + 0.5, 0, 255).astype(np.uint8)
+    od_new = tissue * shifts  # (N, pixels, 3); a 3×3 product per image, written out (faster than batched matmul)
+    for k in range(3):
+        od_new += od[:, :, k:k + 1] * transforms[:, None, k, :]
+    od_new = np.clip(od_new, 0.0, 3.0)
+    out = np.clip(255.0 * np.exp(np.float32(-np.log(10.0)) * od_new) + 0.5, 0, 255).astype(np.uint8)
+    return out.reshape(batch.shape) if rgb.ndim == 4 else out.reshape(rgb.shape)
 
 
 def brightness_contrast(rgb: np.ndarray, rng: np.random.Generator, brightness: float = 0.08,
@@ -84,7 +94,11 @@ def blur(rgb: np.ndarray, rng: np.random.Generator, p: float = 0.3, max_sigma_px
 
 def augment(rgb: np.ndarray, size_px: int, rng: np.random.Generator) -> np.ndarray:
     """The full training augmentation of one (stain-normalised) image → a ``size_px`` uint8 crop."""
-    crop = dihedral(random_crop(rgb, size_px, rng), int(rng.integers(0, 8)))
-    crop = stain_jitter(crop, rng)
-    crop = brightness_contrast(crop, rng)
-    return blur(crop, rng)
+    return augment_batch([rgb], size_px, rng)[0]
+
+
+def augment_batch(images: list[np.ndarray], size_px: int, rng: np.random.Generator) -> np.ndarray:
+    """Augment each image of a list (stain-normalised, any sizes) → (N, size_px, size_px, 3) uint8."""
+    crops = np.stack([dihedral(random_crop(im, size_px, rng), int(rng.integers(0, 8))) for im in images])
+    crops = stain_jitter(crops, rng)
+    return np.stack([blur(brightness_contrast(c, rng), rng) for c in crops])

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from micromets import normalise
-from micromets.train.augment import augment, center_crop
+from micromets.train.augment import augment_batch, center_crop
 from micromets.train.data import Sample
 from micromets.train.net import PatchNet
 
@@ -84,7 +84,7 @@ def train_cnn(samples: list[Sample], patch_px: int, steps: int = 400, batch: int
     t0, running = time.perf_counter(), 0.0
     for step in range(steps):
         idx = rng.choice(len(samples), size=batch, p=weights)
-        crops = np.stack([augment(samples[i].rgb, patch_px, rng) for i in idx])
+        crops = augment_batch([samples[i].rgb for i in idx], patch_px, rng)
         loss = loss_fn(model(to_tensor(crops)), torch.from_numpy(labels[idx]))
         opt.zero_grad()
         loss.backward()
