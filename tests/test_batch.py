@@ -136,6 +136,22 @@ def test_two_worker_local_cluster_matches_in_process(tmp_path, slides):
         assert store.runs()[0]["executor"] == "dask-local:2"
 
 
+def test_existing_scheduler(tmp_path, slides):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = run_batch(slides[:1], tmp_path / "out", scheduler=cluster.scheduler_address)
+    assert summary.n_done == 1
+    with open_store(tmp_path / "out" / "results.sqlite") as store:
+        assert store.runs()[0]["executor"] == f"dask:{cluster.scheduler_address}"
+
+
+@pytest.mark.slow
+def test_unreachable_scheduler_is_a_clear_error(tmp_path, slides):
+    with pytest.raises(MicrometsError, match="cannot connect"):
+        run_batch(slides[:1], tmp_path / "out", scheduler="tcp://127.0.0.1:9")
+
+
 def test_manifest_batch_stages_patients(tmp_path, slides):
     manifest = tmp_path / "cases.csv"
     manifest.write_text("patient,node,slide_path,stain,osna_copies_per_ul\n"

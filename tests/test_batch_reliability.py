@@ -221,13 +221,13 @@ def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, sh
 def _kill_and_resume(slides: list[Path], out: Path, kills: int, workers: int, seed: int,
                      max_delay_s: float) -> int:
     """Run the real `micromets batch` `kills` times, SIGKILLing it after a random delay, then once to the end.
-    Every second attempt uses --force, so there is always work in flight to interrupt (and the replacement of
-    published folders is interrupted too). Returns how many attempts were actually killed mid-way."""
+    Two attempts in three use --force, so there is mostly work in flight to interrupt (the replacement of
+    published folders is interrupted too); the third resumes what the killed ones left. Returns how many attempts were actually killed mid-way."""
     rng = random.Random(seed)
     args = CLI + ["batch", *map(str, slides), "--out", str(out), "--workers", str(workers)]
     killed = 0
     for attempt in range(kills):
-        proc = subprocess.Popen(args + ["--force"] * (attempt % 2), env=ENV, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(args + ["--force"] * (attempt % 3 != 2), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             proc.wait(timeout=rng.uniform(0.3, max_delay_s))
@@ -268,9 +268,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, shared_data):
 def test_stress_many_kills(tmp_path, shared_data, workers):
     slides = make_slides(tmp_path / "slides", shared_data, n=5)
     out = tmp_path / "out"
-    killed = _kill_and_resume(slides, out, kills=10, workers=workers, seed=workers, max_delay_s=15.0)
+    killed = _kill_and_resume(slides, out, kills=10, workers=workers, seed=workers, max_delay_s=12.0)
     _check_exactly_one_complete_result(slides, out)
-    assert killed >= 5
+    assert killed >= 4
     print(f"workers={workers}: {killed} kills, {len(slides)} slides, exactly one complete result each")
 
 

@@ -48,6 +48,7 @@ from micromets.errors import MicrometsError
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 """File name endings (case-insensitive) that folder inputs collect: the formats OpenSlide 4 reads from one file."""
 
+SCHEDULER_CONNECT_TIMEOUT_S = 20
 STAGING = ".staging"
 TRASH = ".trash"
 LOCK = ".micromets-batch.lock"
@@ -335,7 +336,7 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
     if scheduler is not None:
         cluster = None
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{SCHEDULER_CONNECT_TIMEOUT_S}s")
         except OSError as err:
             raise MicrometsError(f"--scheduler {scheduler}: cannot connect ({err})") from err
     else:
