@@ -35,8 +35,9 @@ SCHEMA = "micromets.slide-result/1"
 MIN_TISSUE_MM2 = 0.01
 #: Resolution at which tumour nuclei are counted inside H&E lesions (µm/px).
 CELL_COUNT_MPP = 0.5
-#: Lesions larger than this (mm) are macrometastases whatever their cell count: cells are not counted.
-CELL_COUNT_MAX_MM = 2.0
+#: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
+#: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
+CELL_COUNT_MAX_MM = 0.5
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

@@ -47,7 +47,7 @@ def analyze(
             except MicrometsError as err:
                 failed += 1
                 bar.update(task, description=f"[red]{path.name}: failed")
-                console.print(f"micromets: error: {err}")
+                console.print(f"micromets: error: {err}", soft_wrap=True, markup=False, highlight=False)
                 continue
             largest = result["largest_deposit_mm"]
             size = f"largest {largest:.2f} mm" if largest is not None else "no deposit"

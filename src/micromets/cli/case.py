@@ -19,7 +19,7 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path]) -> list[di
 
     def on_slide(row, result, error):
         if error:
-            console.print(f"[red]micromets: error: {error}")
+            console.print(f"micromets: error: {error}", soft_wrap=True, markup=False, highlight=False)
         else:
             size = result["largest_deposit_mm"]
             size_text = f"largest {size:.2f} mm" if size is not None else "no deposit"
