@@ -89,3 +89,13 @@ def test_tissue_fraction_boundary_is_inclusive_at_beta():
 def test_bad_input_raises_micromets_error(bad):
     with pytest.raises(MicrometsError, match="uint8 RGB"):
         normalise.optical_density(bad)
+
+
+def test_lookup_table_matches_the_exact_map(shared_data):
+    rgb = np.asarray(Image.open(shared_data / "camelyon17_tiles" / "centre_2_patient_056_node_1.jpeg")
+                     .convert("RGB"))[:512, :512]
+    t = normalise.stain_transform(normalise.macenko_stain_matrix(rgb))
+    exact = normalise.apply_stain_transform(rgb, t).astype(int)
+    fast = normalise.apply_stain_lut(rgb, normalise.stain_lut(t)).astype(int)
+    assert np.abs(exact - fast).mean() < 1.5
+    assert np.abs(exact - fast).max() <= 12
