@@ -130,20 +130,20 @@ def test_detect_stain_brown_fraction_boundary_is_inclusive():
 
 
 def test_detect_stain_sparse_dab_counts_only_without_eosin():
-    # 12 brown of 5,000 (0.24 %) on pure haematoxylin: IHC; with 1 % eosin-pink pixels: H&E
-    kind, reason = stain.detect_stain(_pixels(0, 12, 4988))
+    # 12 brown of 4,000 (0.3 %) on pure haematoxylin: IHC; with 1 % eosin-pink pixels: H&E
+    kind, reason = stain.detect_stain(_pixels(0, 12, 3988))
     assert kind == "ihc" and "sparse" in reason
-    kind, _ = stain.detect_stain(_pixels(50, 12, 4938))
+    kind, _ = stain.detect_stain(_pixels(40, 12, 3948))
     assert kind == "he"
 
 
 def test_detect_stain_no_eosin_on_a_whole_slide_is_a_counterstain():
-    # 10,000 stained pixels, 10 pink (0.1 %, boundary inclusive): IHC; 11 pink: H&E
-    kind, reason = stain.detect_stain(_pixels(10, 0, 9990))
+    # 5,000 stained pixels, 5 pink (0.1 %, boundary inclusive): IHC; 6 pink: H&E
+    kind, reason = stain.detect_stain(_pixels(5, 0, 4995))
     assert kind == "ihc" and "no eosin" in reason
-    assert stain.detect_stain(_pixels(11, 0, 9989))[0] == "he"
-    # fewer than 10,000 stained pixels do not decide by the absence of eosin
-    assert stain.detect_stain(_pixels(0, 0, 9999))[0] == "he"
+    assert stain.detect_stain(_pixels(6, 0, 4994))[0] == "he"
+    # fewer than 5,000 stained pixels do not decide by the absence of eosin
+    assert stain.detect_stain(_pixels(0, 0, 4999))[0] == "he"
 
 
 def test_real_he_whole_slide_is_he(shared_data):

@@ -42,7 +42,7 @@ SPARSE_BROWN_PIXELS_MIN = 10
 PINK_FRACTION_MAX = 0.005
 #: No eosin at all (at most this fraction pink over at least this many stained pixels) is a counterstain only.
 NO_EOSIN_PINK_MAX = 0.001
-NO_EOSIN_PIXELS_MIN = 10_000
+NO_EOSIN_PIXELS_MIN = 5_000
 #: Fewer stained pixels than this and the detector does not decide from colour (too little tissue).
 MIN_STAINED_PIXELS = 200
 
@@ -217,7 +217,7 @@ def detect_stain(rgb: np.ndarray, tissue_mask: np.ndarray | None = None) -> tupl
        1.4–99 % pink pixels on the real tiles.
 
     3. Every H&E section has eosin; an IHC section has none (its counterstain is haematoxylin only): IHC when
-       at most 0.1 % of at least 10,000 stained pixels are eosin-pink, even without visible brown (weak or
+       at most 0.1 % of at least 5,000 stained pixels are eosin-pink, even without visible brown (weak or
        sparse DAB is not brown on an 8 µm/px thumbnail, where it mixes with the nuclei).
 
     Limitations: rules 2–3 need a whole slide's thumbnail (tiles of pure lymphocytes or mucin have 0.3–2 %
