@@ -178,3 +178,22 @@ def test_train_command_writes_model_and_card(tmp_path, shared_data):
     bad = subprocess.run(cmd[:4] + ["--folder", "nowhere", "--out", str(out)], capture_output=True, text=True,
                          env={"PYTHONPATH": REPO_SRC, "PATH": "/usr/bin"}, timeout=120)
     assert bad.returncode == 2 and "PATH@MPP" in bad.stderr
+
+
+def test_morphometry_family_exports_onnx_equal_to_numpy(tmp_path, shared_data):
+    from micromets import morphometry
+    from micromets.train import morpho
+
+    every = data.load_folder_per_class(shared_data / "camelyon16_patches", 0.243, 0.5, "camelyon16")
+    subset = fit.normalise_by_group(every[::5])
+    x, y = morpho.feature_rows(subset, 96, 0.5, crops_per_sample=1, seed=0)
+    assert x.shape == (len(subset), len(morphometry.FEATURES))
+    params = morpho.fit_logistic(x, y, morpho.source_weights(subset, 1))
+    card = fit.base_card("m", "0", 0.5, 96, 0)
+    card.update(morpho.morphometry_card_fields())
+    morpho.export_onnx(params, tmp_path, card)
+    det = Detector.load(tmp_path)
+    raw = np.stack([augment.center_crop(s.rgb, 96) for s in every[:10]])
+    det.set_stain_reference(raw)
+    expect = morpho.predict_logistic(params, morphometry.patch_features(det.normalise(raw), 0.5))
+    np.testing.assert_allclose(det.predict(raw), expect, atol=1e-5)

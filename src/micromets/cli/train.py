@@ -37,6 +37,7 @@ def train(
     wsi_patches: int = typer.Option(200, "--wsi-patches", help="Patches sampled per class and slide for --wsi."),
     input_mpp: float = typer.Option(0.5, "--input-mpp", help="Model resolution in µm/px; every dataset is resampled to it."),
     patch_px: int = typer.Option(96, "--patch-px", help="Model patch side in pixels at --input-mpp (heatmap cell = patch_px × input_mpp µm)."),
+    family: str = typer.Option("cnn", "--family", help="cnn (PatchNet on stain-normalised pixels) or morphometry (nuclear features → logistic regression)."),
     steps: int = typer.Option(300, "--steps", help="Training batches (64 augmented crops each) per fit."),
     width: int = typer.Option(16, "--width", help="Channels of the CNN's first stage (speed ∝ width²)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic for a seed)."),
@@ -45,7 +46,8 @@ def train(
     version: str = typer.Option("0.1.0", "--version", help="Model version for the card."),
     licence: str = typer.Option("Apache-2.0 (weights); see training_data for data licences", "--licence", help="Licence line for the card."),
 ) -> None:
-    """Train a tumour-vs-normal patch CNN (torch, CPU), export it to ONNX and write its model card.
+    """Train a tumour-vs-normal patch detector (CNN with torch on the CPU, or nuclear morphometry), export it to
+    ONNX and write its model card.
 
     Every dataset states its µm/px and is resampled to --input-mpp. Splits are by group (slide or patient, never
     by patch): with --cv-groups each group is held out in turn and the pooled out-of-fold AUC, sensitivity at 95 %
@@ -86,6 +88,8 @@ def train(
         training_data.append({"name": Path(slide_path).name, "annotation": xml_path, "licence": "as stated by the user"})
     if not samples:
         raise MicrometsError("no training data: give --recipe, --folder, --idc, --pcam or --wsi")
+    if family not in ("cnn", "morphometry"):
+        raise MicrometsError(f"--family {family!r}: choose cnn or morphometry")
     labels = {s.label for s in samples}
     if labels != {0, 1}:
         raise MicrometsError(f"training data must hold both normal and tumour images, found labels {sorted(labels)}")
@@ -97,6 +101,6 @@ def train(
     command = "micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     card = train_and_export(samples, out, name=name, version=version, input_mpp=input_mpp, patch_px=patch_px,
                             steps=steps, width=width, seed=seed, cv_groups=groups, training_data=training_data,
-                            command=command, licence=licence, checks=checks,
+                            command=command, licence=licence, checks=checks, family=family,
                             log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from micromets.train import morpho
 from micromets.train.data import Sample
 from micromets.train.fit import base_card, cross_validate, export_onnx, normalise_by_group, train_cnn
 
@@ -27,11 +28,12 @@ def split_summary(samples: list[Sample]) -> dict:
 def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, version: str, input_mpp: float,
                      patch_px: int, steps: int, width: int, seed: int, cv_groups: list[str],
                      training_data: list[dict], command: str, licence: str, log=print,
-                     checks=None) -> dict:
+                     checks=None, family: str = "cnn") -> dict:
     """Train, evaluate with ``cv_groups`` held out in turn, export ``out_dir/model.{onnx,json}``; returns the card.
 
-    ``checks(detector) -> dict``: extra evaluations of the exported model (e.g. unseen-stain tiles), put into
-    ``card["metrics"]``.
+    ``family``: ``cnn`` (:mod:`micromets.train.fit`) or ``morphometry`` (:mod:`micromets.train.morpho`; ``steps``
+    and ``width`` unused). ``checks(detector) -> dict``: extra evaluations of the exported model (e.g.
+    unseen-stain tiles), put into ``card["metrics"]``.
     """
     from micromets.model import Detector
 
@@ -41,29 +43,42 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
     kw = {"steps": steps, "width": width, "seed": seed}
     metrics: dict = {}
     if cv_groups:
-        cv, rows = cross_validate(samples, cv_groups, patch_px, log=log, **kw)
+        if family == "morphometry":
+            log("morphometry: leave-one-group-out")
+            cv, rows = morpho.cross_validate(samples, cv_groups, patch_px, input_mpp, seed=seed)
+        else:
+            cv, rows = cross_validate(samples, cv_groups, patch_px, log=log, **kw)
         metrics["held_out"] = {"protocol": "leave one group out over " + ", ".join(cv_groups) +
                                "; out-of-fold centre crops, pooled", **cv}
         metrics["held_out_predictions"] = rows
         log(f"held-out: AUC {cv['auc']:.3f}, sensitivity at 95% specificity "
             f"{cv['sensitivity_at_95_specificity']:.3f}, confusion at 0.5 {cv['confusion']}")
     log(f"final fit on {len(samples)} samples")
-    model = train_cnn(samples, patch_px, log=log, **kw)
     card = base_card(name, version, input_mpp, patch_px, width)
+    augmentation = ("random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ 0.25, vectors σ 0.05), "
+                    "brightness ±8 %, contrast ±15 %, blur p 0.3")
     card.update({
         "training_data": training_data,
         "split": {"unit": "group (slide / tile / patient)", "held_out_folds": cv_groups,
                   "final_model_trained_on": split_summary(samples)},
-        "training": {"steps": steps, "batch": 64, "seed": seed, "optimizer": "AdamW one-cycle, lr 3e-3",
-                     "augmentation": "random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ 0.25, vectors "
-                                     "σ 0.05), brightness ±8 %, contrast ±15 %, blur p 0.3",
-                     "sampling": "each class half; each source an equal share of its class",
-                     "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         "metrics": metrics,
         "date": dt.date.today().isoformat(), "command": command, "licence": licence,
     })
-    diff = export_onnx(model, out_dir, card, patch_px, seed)
-    card["onnx_vs_torch_max_abs_diff"] = diff
+    if family == "morphometry":
+        crops = 6
+        x, y = morpho.feature_rows(samples, patch_px, input_mpp, crops, seed)
+        params = morpho.fit_logistic(x, y, morpho.source_weights(samples, crops))
+        card.update(morpho.morphometry_card_fields())
+        card["training"] = {"rows": int(len(y)), "crops_per_sample": crops, "seed": seed, "augmentation": augmentation,
+                            "sampling": "row weights: each class half; each source an equal share of its class"}
+        morpho.export_onnx(params, out_dir, card)
+    else:
+        model = train_cnn(samples, patch_px, log=log, **kw)
+        card["training"] = {"steps": steps, "batch": 64, "seed": seed, "optimizer": "AdamW one-cycle, lr 3e-3",
+                            "augmentation": augmentation,
+                            "sampling": "each class half; each source an equal share of its class",
+                            "n_parameters": int(sum(p.numel() for p in model.parameters()))}
+        card["onnx_vs_torch_max_abs_diff"] = export_onnx(model, out_dir, card, patch_px, seed)
     if checks is not None:
         card["metrics"].update(checks(Detector.load(out_dir)))
     card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
