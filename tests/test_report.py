@@ -20,8 +20,9 @@ from micromets.errors import MicrometsError
 from micromets.report import figures, write_report
 from micromets.report import pdf as report_pdf
 
+from _demo_case import demo_case_output
+
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "demo" / "manifest.csv"
 
 
 # ---------------------------------------------------------------- figures
@@ -87,15 +88,9 @@ def test_size_plot_draws_each_deposit_against_the_0_2_and_2_0_mm_lines():
 
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
-    """A real `micromets case` run on the bundled demo manifest (reports off: the tests write them)."""
-    if not DEMO.is_file():
-        pytest.skip(f"demo case not found at {DEMO}")
-    from micromets.case import run_case
-    from micromets.model import Detector
-
-    out = tmp_path_factory.mktemp("case")
-    cases = run_case(DEMO, out, detector=Detector.load(), report=False)
-    return out / cases[0]["patient"]
+    """The patient folder of a real `micromets case` run on the bundled demo manifest."""
+    out = demo_case_output(tmp_path_factory)
+    return next(p.parent for p in out.glob("*/case.json"))
 
 
 @pytest.fixture(scope="module")

@@ -30,21 +30,15 @@ from micromets.viewer.latency import tile_latency
 from micromets.viewer.server import BackgroundServer, free_port
 from micromets.viewer.tiles import TileCache
 
+from _demo_case import demo_case_output
+
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "demo" / "manifest.csv"
 
 
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
-    """A real `micromets case` run on the bundled demo manifest."""
-    if not DEMO.is_file():
-        pytest.skip(f"demo case not found at {DEMO}")
-    from micromets.case import run_case
-    from micromets.model import Detector
-
-    out = tmp_path_factory.mktemp("case")
-    run_case(DEMO, out, detector=Detector.load(), report=False)
-    return out
+    """The output folder of a real `micromets case` run on the bundled demo manifest."""
+    return demo_case_output(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ CROP_LONG_PX = 560
 CROP_MIN_SIDE_UM = 300.0
 #: Thumbnail labels: only the largest few lesions are labelled, so labels stay readable.
 MAX_THUMB_LABELS = 12
+#: Model-card metrics and split entries listed in the report (the rest are counted).
+MAX_CARD_ENTRIES = 15
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("micromets", "templates"),
@@ -68,7 +70,7 @@ class NodeView:
     node: dict
     slides: list[SlideView]
     n_deposits: int
-    n_cells: int | None
+    n_cells: int | None  # tumour cells counted in the node's largest deposit (None: not counted)
     size_plot_svg: str
 
 
@@ -148,14 +150,14 @@ def _slide_view(patient_dir: Path, slide_id: str) -> SlideView:
 def _node_view(patient_dir: Path, node: dict) -> NodeView:
     slides = [_slide_view(patient_dir, slide_id) for slide_id in node["slides"]]
     lesions = [les for s in slides for les in s.lesions]
-    counts = [les["n_cells"] for les in lesions if les.get("n_cells") is not None]
+    largest = max(lesions, key=lambda les: les["diameter_mm"], default=None)
     deposits = [(f"{s.slide_id} #{les['id']}" if len(slides) > 1 else f"#{les['id']}", les["diameter_mm"],
                  les["class"]) for s in slides for les in s.lesions]
     return NodeView(
         node=node,
         slides=slides,
         n_deposits=sum(s.result["n_lesions"] for s in slides if s.result is not None),
-        n_cells=max(counts) if counts else None,
+        n_cells=largest.get("n_cells") if largest else None,
         size_plot_svg=figures.size_bars_svg(deposits),
     )
 
@@ -179,6 +181,13 @@ def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, text)]
 
 
+def _capped(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """At most ``MAX_CARD_ENTRIES`` card entries; the rest are counted, not listed (the card has them all)."""
+    if len(pairs) <= MAX_CARD_ENTRIES:
+        return pairs
+    return pairs[:MAX_CARD_ENTRIES] + [("…", f"{len(pairs) - MAX_CARD_ENTRIES} more entries in the model card")]
+
+
 def render_report_html(patient_dir: str | Path) -> str:
     """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
     patient_dir = Path(patient_dir)
@@ -193,8 +202,8 @@ def render_report_html(patient_dir: str | Path) -> str:
         nodes=nodes,
         results=results,
         card=card,
-        card_metrics=flatten(card.get("metrics", {})) if card else [],
-        card_split=flatten(card.get("split", {})) if card else [],
+        card_metrics=_capped(flatten(card.get("metrics", {}))) if card else [],
+        card_split=_capped(flatten(card.get("split", {}))) if card else [],
         software_version=__version__,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         research_use=RESEARCH_USE,
