@@ -3,8 +3,8 @@
 Regions, back to front:
 
 - glass: a flat near-white (noise-free: it costs nothing in the JPEG tiles);
-- perinodal fat: adipocytes, i.e. a Voronoi tessellation (cells ≈ `ADIPOCYTE_UM` across) drawn as thin pink
-  membranes around empty white cells;
+- perinodal fat: adipocytes, i.e. a Voronoi tessellation (cells ≈ `ADIPOCYTE_UM` across) drawn as thin
+  eosinophilic membranes around empty white cells;
 - node: texture from the NORMAL tile library (`texture.synthesize`, stream 0);
 - capsule: the outer `layout.CAPSULE_UM` of the node, the normal texture mixed with an eosinophilic collagen tone;
 - lesions: texture from the TUMOUR tile library (stream 1) inside each lesion outline, with a hard edge, so that
@@ -21,14 +21,28 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from micromets.normalise import REFERENCE_HE
 from micromets.phantom.layout import Layout
 from micromets.phantom.texture import TileLibrary, synthesize
 
+
+
+def _stained(h_conc: float, e_conc: float) -> np.ndarray:
+    """RGB of a pixel holding `h_conc` haematoxylin and `e_conc` eosin (Beer-Lambert, reference H&E vectors).
+
+    Drawing the synthetic structures as mixtures of the tiles' own stain vectors (`normalise.REFERENCE_HE`, the
+    Macenko estimate of the CAMELYON16 tiles) keeps them inside the slide's H&E colour plane, so they do not
+    distort a per-slide stain estimate the way an arbitrary pink would.
+    """
+    od = h_conc * REFERENCE_HE[0] + e_conc * REFERENCE_HE[1]
+    return (255.0 * 10.0 ** (-od)).astype(np.float32)
+
+
 GLASS_RGB = np.array([242.0, 240.0, 244.0], np.float32)
-COLLAGEN_RGB = np.array([236.0, 168.0, 200.0], np.float32)
+COLLAGEN_RGB = _stained(0.03, 0.25)
 CAPSULE_MIX = 0.55  # share of collagen tone in the capsule
 FAT_RGB = np.array([247.0, 244.0, 246.0], np.float32)
-MEMBRANE_RGB = np.array([214.0, 140.0, 182.0], np.float32)
+MEMBRANE_RGB = _stained(0.05, 0.35)
 ADIPOCYTE_UM = 70.0
 MEMBRANE_UM = 2.5
 
