@@ -67,19 +67,19 @@ def test_pigment_score_separates_dyes_from_pigments():
     assert ihc.pigment_score(ANTHRACOTIC_OD + 0.5 * stain.DAB_OD) > ihc.PIGMENT_SCORE_MAX
 
 
-def _cells_image(disc_area_um2: float, dab_od: float, px_um: float = 1.0, glass_left: bool = False):
-    """A 120 × 120 px field of faint background with one round DAB-stained cell (nucleus inside) in the middle."""
-    yy, xx = np.mgrid[:120, :120]
-    d_um = np.hypot(yy - 60, xx - 60) * px_um
+def _cells_image(disc_area_um2: float, dab_od: float, px_um: float = 1.0, glass_left: int = 0, size: int = 120):
+    """A `size`² px field of faint background with one round DAB-stained cell (nucleus inside) in the middle;
+    optionally the left `glass_left` columns are bare glass."""
+    yy, xx = np.mgrid[:size, :size]
+    d_um = np.hypot(yy - size // 2, xx - size // 2) * px_um
     radius = np.sqrt(disc_area_um2 / np.pi)
-    amounts = np.zeros((120, 120, 2))
+    amounts = np.zeros((size, size, 2))
     amounts[..., 0] = 0.08
     amounts[..., 1] = 0.03
     amounts[..., 1] += np.where(d_um <= radius, dab_od, 0)
     amounts[..., 0] += np.where(d_um <= 0.55 * radius, 0.4, 0)
     od = amounts @ stain.STANDARD_HDAB[:2]
-    if glass_left:
-        od[:, :50] = 0
+    od[:, :glass_left] = 0
     return stain.od_to_rgb(od)
 
 
@@ -96,11 +96,19 @@ def test_cell_size_and_background_thresholds():
 
 
 def test_dab_at_the_edge_of_the_section_is_artefact():
-    img = _cells_image(120, 0.6, glass_left=True)
-    img[:, 50:54] = stain.od_to_rgb(np.full((120, 4, 1), 0.6) * stain.DAB_OD)   # a DAB rim at the glass edge
+    # glass over the left 100 × 240 µm (24,000 µm² >= EDGE_GLASS_MIN_UM2): a DAB rim along it is artefact,
+    # the cell 14 µm from the glass is not
+    img = _cells_image(120, 0.6, glass_left=100, size=240)
+    img[:, 100:104] = stain.od_to_rgb(np.full((240, 4, 1), 0.6) * stain.DAB_OD)
     found = ihc.find_positive_cells(img, 1.0)
     assert len(found.cells_rc) == 1 and found.rejected["edge_px"] > 0
-    assert not found.positive[:, :58].any()
+    assert not found.positive[:, :108].any()
+    # a small hole in the section (a lumen of 40 × 40 µm) is not an edge: DAB lining it stays
+    img = _cells_image(120, 0.6, size=240)
+    img[20:60, 20:60] = 255
+    img[20:60, 60:64] = stain.od_to_rgb(np.full((40, 4, 1), 0.6) * stain.DAB_OD)
+    found = ihc.find_positive_cells(img, 1.0)
+    assert found.rejected["edge_px"] == 0 and found.positive[20:60, 60:64].any()
 
 
 def test_bad_input_is_refused():
