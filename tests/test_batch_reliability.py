@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def test_bad_files_fail_alone_and_stay_failed_once(tmp_path, good_slides, shared
 def test_batch_cli_reports_failures_and_exit_code(tmp_path, good_slides):
     (tmp_path / "bad.svs").write_bytes(b"II*\0garbage")
     proc = subprocess.run(CLI + ["batch", str(good_slides[0]), str(tmp_path / "bad.svs"), "--out",
-                                 str(tmp_path / "out")], env=ENV, capture_output=True, text=True, timeout=300)
+                                 str(tmp_path / "out"), "--workers", "0"], env=ENV, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "bad.svs" in proc.stderr and "Traceback" not in proc.stderr
     assert "batch run 1" in proc.stdout
@@ -144,7 +146,7 @@ def test_unreadable_slide_and_read_only_folder_without_permission_override(tmp_p
     shutil.copy(good_slides[1], readable)
     out = tmp_path / "out"
     run = dict(env=ENV, capture_output=True, text=True, timeout=300)
-    proc = subprocess.run(UNPRIVILEGED + CLI + ["batch", str(tmp_path / "in"), "--out", str(out)], **run)
+    proc = subprocess.run(UNPRIVILEGED + CLI + ["batch", str(tmp_path / "in"), "--out", str(out), "-w", "0"], **run)
     assert proc.returncode == 2, proc.stderr
     assert "locked.tif: cannot read slide file (Permission denied)" in proc.stderr
     with open_store(out / "results.sqlite") as store:
@@ -152,53 +154,54 @@ def test_unreadable_slide_and_read_only_folder_without_permission_override(tmp_p
     assert status == {"locked.tif": "failed", "readable.tif": "done"}
     read_only = tmp_path / "read_only"
     read_only.mkdir(mode=0o555)
-    proc = subprocess.run(UNPRIVILEGED + CLI + ["batch", str(readable), "--out", str(read_only / "out")], **run)
+    proc = subprocess.run(UNPRIVILEGED + CLI + ["batch", str(readable), "--out", str(read_only / "out"), "-w", "0"],
+                          **run)
     assert proc.returncode == 2 and "not writable" in proc.stderr.splitlines()[-1], proc.stderr
     assert not (read_only / "out").exists()
     locked.chmod(0o644)
 
 
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if proc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`mount(options)` mounts a fresh tmpfs and returns its path; every mount is undone at teardown."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        path = tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
-def test_read_only_and_full_disks_stop_cleanly(tmp_path, good_slides):
-    ro = tmp_path / "ro"
-    _mount_tmpfs(ro, "size=1m,ro")
-    try:
-        with pytest.raises(MicrometsError, match="not writable"):
-            run_batch(good_slides, ro / "out")
-    finally:
-        subprocess.run(["umount", str(ro)], check=True)
-    disk = tmp_path / "small"
-    _mount_tmpfs(disk, "size=4m")
-    try:
-        out = disk / "out"
-        first = run_batch(good_slides[:1], out)
-        assert first.n_done == 1
-        free = shutil.disk_usage(disk).free
-        (disk / "filler").write_bytes(b"\0" * (free - 48 * 1024))  # leave 48 KiB: less than one slide's outputs
-        try:  # the outputs or the store hit the full disk: failed slides or one clear error, never a traceback
-            summary = run_batch(good_slides, out, force=True)
-            errors = [r["error"] for r in summary.rows if r["status"] == "failed"]
-            assert errors and all("No space left on device" in e for e in errors), errors
-        except MicrometsError as err:
-            assert "No space left on device" in str(err) or "full" in str(err), str(err)
-    finally:
-        (disk / "filler").unlink(missing_ok=True)
-    try:
-        with open_store(out / "results.sqlite") as store:
-            assert store.integrity_ok()
-            for row in store.slides(status="done"):
-                assert {p.name for p in Path(row["out_dir"]).iterdir()} == {
-                    "result.json", "heatmap.npy", "heatmap.png", "lesions.geojson"}
-        after = run_batch(good_slides, out)  # space back: the batch completes
-        assert after.n_failed == 0 and after.n_done + after.n_skipped == len(good_slides)
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
+def test_read_only_and_full_disks_stop_cleanly(tmpfs, good_slides):
+    with pytest.raises(MicrometsError, match="not writable"):
+        run_batch(good_slides, tmpfs("size=1m,ro") / "out")
+    disk = tmpfs("size=4m")
+    out = disk / "out"
+    assert run_batch(good_slides[:1], out).n_done == 1
+    free = shutil.disk_usage(disk).free
+    (disk / "filler").write_bytes(b"\0" * (free - 48 * 1024))  # leave 48 KiB: less than one slide's outputs
+    try:  # the outputs or the store hit the full disk: failed slides or one clear error, never a traceback
+        summary = run_batch(good_slides, out, force=True)
+        errors = [r["error"] for r in summary.rows if r["status"] == "failed"]
+        assert errors and all("No space left on device" in e for e in errors), errors
+    except MicrometsError as err:
+        assert "No space left on device" in str(err) or "full" in str(err), str(err)
+    (disk / "filler").unlink()
+    with open_store(out / "results.sqlite") as store:
+        assert store.integrity_ok()
+        for row in store.slides(status="done"):
+            assert {p.name for p in Path(row["out_dir"]).iterdir()} == {
+                "result.json", "heatmap.npy", "heatmap.png", "lesions.geojson"}
+    after = run_batch(good_slides, out)  # space back: the batch completes
+    assert after.n_failed == 0 and after.n_done + after.n_skipped == len(good_slides)
 
 
 def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, shared_data):
@@ -282,3 +285,30 @@ def test_stress_bad_files_on_a_two_worker_cluster(tmp_path, shared_data):
     out = tmp_path / "out"
     summary = run_batch([folder], out, workers=2, timeout_s=60)
     _check_bad_batch(summary, expect, good, out / "results.sqlite")
+
+
+@pytest.mark.slow
+def test_a_dying_worker_fails_its_slides_and_the_batch_goes_on(tmp_path, good_slides):
+    import dask
+    import distributed  # noqa: F401 (loads its config defaults before the override below)
+    import psutil
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+            if workers:
+                time.sleep(3)  # let it import and start analysing
+                workers[0].kill()  # what the kernel's OOM killer or a segfault does to a worker
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        killer.start()
+        summary = run_batch(good_slides, tmp_path / "out", workers=1)
+    killer.join()
+    errors = [r["error"] for r in summary.rows if r["status"] == "failed"]
+    assert errors and all("worker process analysing it died" in e for e in errors), summary.rows
+    again = run_batch(good_slides, tmp_path / "out", workers=1)
+    assert again.n_failed == 0 and again.n_done == len(errors)

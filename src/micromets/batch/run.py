@@ -29,6 +29,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -340,7 +341,8 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
         except OSError as err:
             raise MicrometsError(f"--scheduler {scheduler}: cannot connect ({err})") from err
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
         client = Client(cluster)
     try:
         timing["ready"] = time.perf_counter()
@@ -351,7 +353,9 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
             try:
                 yield future.result()
             except Exception as err:  # the worker died on this slide (crash, memory) or the task was lost
-                yield SlideOutcome(job, "failed", error=f"{job.path}: worker failed ({type(err).__name__}: {err})")
+                reason = " ".join(str(err).split())[:200]
+                yield SlideOutcome(job, "failed", error=f"{job.path}: the worker process analysing it died (crash, "
+                                                        f"out of memory or killed; {type(err).__name__}: {reason})")
             finally:
                 future.release()
     finally:

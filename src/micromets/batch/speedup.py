@@ -5,17 +5,26 @@ fresh output folder, so nothing is skipped) and reports for each: wall seconds o
 compute (from the LocalCluster being up to the last slide committed, i.e. without cluster start-up), slides per
 minute, and the speed-up of both against the first worker count. onnxruntime gets the same number of threads per
 worker in every run (`threads_per_worker`, default 1), so the ratio measures process scale-out and not thread
-scale-up. The machine's load average before and after is recorded: on a shared machine the ratio is a lower
-bound of what idle cores would give.
+scale-up. The machine's load average before and after is recorded, and the CPU seconds the workers consumed
+(``worker_cpu_s``; ``cores_used`` = that ÷ compute seconds, ideally the worker count): on a shared machine
+``cores_used`` shows how much of the cores the batch actually got, and the speed-up is a lower bound of what idle
+cores would give.
 """
 
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
 
 from micromets.batch.run import run_batch
 from micromets.errors import MicrometsError
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of this process's finished child processes (the LocalCluster's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike,
@@ -35,14 +44,17 @@ def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike
         out = work_dir / f"workers-{workers}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
+        cpu_before = _children_cpu_s()
         summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
                             timeout_s=None)
         wall_s = time.perf_counter() - started
+        cpu_s = _children_cpu_s() - cpu_before
         if summary.n_failed or summary.n_done != len(slides):
             errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
             raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
         runs.append({"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
-                     "slides_per_min": round(60 * len(slides) / summary.compute_s, 2)})
+                     "slides_per_min": round(60 * len(slides) / summary.compute_s, 2), "worker_cpu_s": round(cpu_s, 2),
+                     "cores_used": round(cpu_s / summary.compute_s, 2)})
     for run in runs:
         run["speedup_wall"] = round(runs[0]["wall_s"] / run["wall_s"], 3)
         run["speedup_compute"] = round(runs[0]["compute_s"] / run["compute_s"], 3)

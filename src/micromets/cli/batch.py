@@ -18,9 +18,10 @@ def batch(
                                                       "(OUT/<slide_id>~<hash>/ when another file has that name)."),
     db: Optional[str] = typer.Option(None, "--db", help="Results store: a SQLite file path or sqlite:///path "
                                                         "(default OUT/results.sqlite)."),
-    workers: int = typer.Option(0, "--workers", "-w", min=0, help="0 = analyse in this process; N = start a Dask "
-                                                                   "LocalCluster of N worker processes (a slide that "
-                                                                   "crashes its worker then fails alone)."),
+    workers: int = typer.Option(1, "--workers", "-w", min=0, help="N = start a Dask LocalCluster of N worker "
+                                                                   "processes: a slide that crashes or exhausts its "
+                                                                   "worker fails alone. 0 = analyse in this process "
+                                                                   "(no start-up cost, but a crash stops the batch)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use an existing Dask cluster at "
                                                                       "tcp://host:port instead; its workers must "
                                                                       "see the slides and OUT at the same paths."),
