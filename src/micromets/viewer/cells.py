@@ -4,8 +4,8 @@ The cells are found again on request, exactly as ``micromets analyze`` counts th
 lesion's bounding box read at ``analyze.CELL_COUNT_MPP`` µm/px, counted inside the rasterised outline), so that
 their number adds up to the lesion's ``n_cells``. Each labelled nucleus becomes a Point at its centroid in level-0
 pixels with ``nuclei`` = 1, or ``round(area / TYPICAL_NUCLEUS_UM2)`` for a clump the watershed did not split;
-debris (< ``MIN_NUCLEUS_UM2``) is left out. Deposits larger than ``analyze.CELL_COUNT_MAX_MM`` are
-macrometastases whatever their cell count and are not counted (an empty collection says so).
+debris (< ``MIN_NUCLEUS_UM2``) is left out. Deposits larger than ``analyze.CELL_COUNT_MAX_MM`` are not counted,
+as in ``analyze`` (above 0.2 mm the size alone decides the class); an empty collection says so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def lesion_cells_geojson(slide_path: str, l0_mpp: float, lesion: dict) -> dict:
                                                          "count_mpp": CELL_COUNT_MPP}}
     if lesion["diameter_mm"] > CELL_COUNT_MAX_MM:
         return base | {"features": [], "properties": base["properties"] | {
-            "not_counted": f"deposit larger than {CELL_COUNT_MAX_MM} mm (macrometastasis whatever its cell count)"}}
+            "not_counted": f"deposit larger than {CELL_COUNT_MAX_MM:g} mm: its size alone decides its class"}}
     rings = [np.asarray(ring, dtype=np.float64) for ring in lesion["l0_outline"]]
     pts = np.concatenate(rings)
     x0, y0 = np.round(pts.min(axis=0)).astype(int)

@@ -10,6 +10,7 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
+const LABEL_MIN_PX = 24; // a lesion is labelled once it spans this many screen pixels (or is selected)
 
 const viewer = OpenSeadragon({
   element: $("viewer"),
@@ -66,6 +67,7 @@ function draw() {
   const t = transform();
   if ($("outline-toggle").checked) {
     ctx.font = "bold 13px DejaVu Sans, Arial, sans-serif";
+    const placed = []; // label boxes drawn so far: larger lesions first, later labels that would overlap are skipped
     for (const f of state.features) {
       const p = f.properties;
       const selected = state.selected === p.id;
@@ -84,7 +86,12 @@ function draw() {
       }
       const bbox = f.bbox;
       const [lx, ly] = t.toEl(bbox[0], bbox[1]);
+      const [rx, ry] = t.toEl(bbox[2], bbox[3]);
+      if (!selected && Math.max(rx - lx, ry - ly) < LABEL_MIN_PX) continue; // label what can be seen
       const label = `#${p.id} ${p.class} ${p.diameter_mm.toFixed(2)} mm`;
+      const box = [lx, ly - 18, lx + ctx.measureText(label).width, ly];
+      if (!selected && placed.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
+      placed.push(box);
       ctx.lineWidth = 3;
       ctx.strokeStyle = "rgba(20,20,20,0.9)";
       ctx.strokeText(label, lx, ly - 4);
@@ -249,7 +256,7 @@ async function openSlide(key) {
     const pts = f.geometry.coordinates.flatMap((poly) => poly[0]);
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
     return { ...f, bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
-  });
+  }).sort((a, b) => b.properties.diameter_mm - a.properties.diameter_mm);
   showSlideInfo(s);
   viewer.addOnceHandler("open", () => {
     if (!s.heatmap) return;
