@@ -8,7 +8,9 @@ The same measurement is `micromets.viewer.latency.tile_latency`, which `micromet
 
 import argparse
 import json
+import sys
 
+from micromets.errors import MicrometsError
 from micromets.viewer.latency import tile_latency
 
 if __name__ == "__main__":
@@ -18,4 +20,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    print(json.dumps(tile_latency(args.results_dir, args.clients, args.requests, args.seconds), indent=2))
+    try:
+        print(json.dumps(tile_latency(args.results_dir, args.clients, args.requests, args.seconds), indent=2))
+    except MicrometsError as err:
+        sys.exit(f"viewer_latency: error: {err}")

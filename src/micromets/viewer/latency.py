@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from micromets.viewer.app import create_app
 from micromets.viewer.server import BackgroundServer
@@ -79,7 +80,8 @@ def tile_latency(results_dir: str | Path, n_clients: int = 8, max_requests: int 
 
     Each of ``cold`` and ``warm`` holds ``n`` (tiles served), ``errors`` (non-200 or non-JPEG answers),
     ``p50_ms``, ``p95_ms``, ``max_ms`` and ``tiles_per_s``. At most ``max_requests // 2`` distinct tiles are
-    requested per pass; each pass stops after ``max_seconds / 2`` s.
+    requested per pass; each pass stops after ``max_seconds / 2`` s. ``cache_mb`` is the tile cache's size and
+    ``process_rss_mb`` the resident memory of this process (server and clients) after the run.
     """
     app = create_app(results_dir)
     urls = _tile_urls(app, max(1, max_requests // 2), seed)
@@ -90,4 +92,5 @@ def tile_latency(results_dir: str | Path, n_clients: int = 8, max_requests: int 
             lat, err = _run_clients(base_url, urls, n_clients, t0 + max_seconds / 2)
             out[name] = _summary(lat, err, time.monotonic() - t0)
     out["cache_mb"] = app.state.tiles.cache.n_bytes / 2**20
+    out["process_rss_mb"] = psutil.Process().memory_info().rss / 2**20
     return out
