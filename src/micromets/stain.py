@@ -47,7 +47,8 @@ NO_EOSIN_PIXELS_MIN = 5_000
 MIN_STAINED_PIXELS = 200
 
 
-def optical_density(rgb: np.ndarray, background: tuple[float, float, float] | np.ndarray = (255, 255, 255)) -> np.ndarray:
+def optical_density(rgb: np.ndarray,
+                    background: tuple[float, float, float] | np.ndarray = (255, 255, 255)) -> np.ndarray:
     """Optical density per channel, ``-log10(I / I0)``, float32, clipped at 0 (brighter than glass = 0 OD).
 
     `rgb` is uint8 (..., 3); `background` is the RGB of bare glass ``I0`` (per channel, 1–255). A zero

@@ -242,7 +242,8 @@ class IhcPhantom:
         nucleus_soft = np.clip((1.0 - q) / 0.15 + 0.5, 0.0, 1.0) * in_cell
         sub_d = amount_d[r0:r1, c0:c1]
         sub_h = amount_h[r0:r1, c0:c1]
-        sub_d += np.where(in_cell, dab * np.where(nucleus, 0.15, 1.0) + membrane * 0.35 * dab / 0.6, 0.0).astype(np.float32)
+        cytoplasm = dab * np.where(nucleus, 0.15, 1.0) + membrane * 0.35 * dab / 0.6   # membrane ≈ 1.6× cytoplasm
+        sub_d += np.where(in_cell, cytoplasm, 0.0).astype(np.float32)
         sub_h += (0.42 * nucleus_soft + 0.03 * in_cell).astype(np.float32)
 
     # ---------------------------------------------------------------- truth
