@@ -70,17 +70,17 @@ def test_heatmap_overlay_lands_on_the_cell_it_belongs_to():
 
 
 def test_size_plot_draws_each_deposit_against_the_0_2_and_2_0_mm_lines():
-    svg = figures.size_bars_svg([("#1", 0.15, "itc"), ("#2", 1.2, "micro"), ("#3", 4.0, "macro")])
+    svg = figures.size_bars_svg([("#1", 0.15, "itc"), ("#2", 1.2, "micro"), ("#3", 4.0, "macro"), ("#4", 0.004, "itc")])
     root = ElementTree.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
     texts = [t.text for t in root.iter(f"{ns}text")]
-    assert "0.15 mm" in texts and "1.20 mm" in texts and "4.00 mm" in texts
+    assert "0.15 mm" in texts and "1.20 mm" in texts and "4.00 mm" in texts and "0.004 mm" in texts
     dashed = [ln for ln in root.iter(f"{ns}line") if ln.get("stroke-dasharray")]
     assert len(dashed) == 2
     x_02, x_20 = sorted(float(ln.get("x1")) for ln in dashed)
     bars = [r for r in root.iter(f"{ns}rect") if r.get("stroke") == "#222"]
     ends = sorted(float(r.get("x")) + float(r.get("width")) for r in bars)
-    assert ends[0] < x_02 < ends[1] < x_20 < ends[2]
+    assert ends[1] < x_02 < ends[2] < x_20 < ends[3]
 
 
 # ---------------------------------------------------------------- the real report

@@ -302,6 +302,12 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     case = json.loads((entry.result_dir.parent / "case.json").read_text())
     assert browser.find_element(By.ID, "pn-stage").text == case["pn_stage"]
 
+    browser.execute_script("const r = document.getElementById('heatmap-opacity'); r.value = 20;"
+                           "r.dispatchEvent(new Event('input'));")
+    assert browser.execute_script("return micromets.state.heatmapItem.getOpacity();") == pytest.approx(0.2)
+    browser.execute_script("const r = document.getElementById('heatmap-opacity'); r.value = 60;"
+                           "r.dispatchEvent(new Event('input'));")
+    time.sleep(0.5)
     with_heatmap = _viewer_pixels(browser, artifacts / "viewer-1-heatmap.png")
     browser.find_element(By.ID, "heatmap-toggle").click()
     _wait(browser, "return micromets.state.heatmapItem.getOpacity() === 0;")
