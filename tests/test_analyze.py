@@ -96,3 +96,21 @@ def test_bad_manifest_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"micromets: error: {manifest}: unknown column(s) colour "
                                                 "(expected patient,node,slide_path,stain,osna_copies_per_ul)"]
+
+
+def test_ihc_slide_end_to_end_writes_cells_and_classifies_by_cell_count(tmp_path):
+    from micromets.phantom.ihc import make_ihc_phantom, write_ihc_phantom
+
+    phantom = make_ihc_phantom(seed=4, size_mm=(1.2, 1.2), itc_sizes=(20, 60), micro_sizes=(), n_haemosiderin=2,
+                               n_anthracotic=2, min_separation_um=200)
+    path = tmp_path / "ck.tiff"
+    write_ihc_phantom(path, phantom)
+    done = micromets("analyze", path, "--out", tmp_path / "o")
+    assert done.returncode == 0, done.stderr
+    result = check_slide_outputs(tmp_path / "o" / "ck")
+    assert result["stain"] == "ihc", result["stain_reason"]
+    assert result["node_class"] == "itc"  # two clusters of 20 and 60 cells, both < 200 cells and <= 0.2 mm
+    assert sorted(lesion["n_cells"] for lesion in result["lesions"]) == pytest.approx([20, 60], abs=3)
+    cells = json.loads((tmp_path / "o" / "ck" / "cells.geojson").read_text())["features"]
+    assert len(cells) == result["n_cells_total"] >= 75
+    assert all(f["geometry"]["type"] == "Point" for f in cells)

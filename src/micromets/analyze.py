@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from micromets import __version__
 from micromets.errors import MicrometsError
+from micromets.annotations import geojson_dict
 from micromets.heatmap import Heatmap
 from micromets.lesions import heatmap_outlines_l0, max_value_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
@@ -80,17 +81,18 @@ def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells
     return records
 
 
-def _geojson(records: list[dict], l0_mpp: float) -> dict:
-    """QuPath-compatible FeatureCollection of the lesions (level-0 px)."""
-    features = []
-    for rec in records:
-        coords = [[ring] for ring in rec["l0_outline"]]
-        geometry = {"type": "MultiPolygon", "coordinates": coords}
-        props = {k: v for k, v in rec.items() if k != "l0_outline"}
-        props["objectType"] = "annotation"
-        props["classification"] = {"name": f"Tumour ({rec['class']})"}
-        props["l0_mpp"] = l0_mpp
-        features.append({"type": "Feature", "id": f"lesion-{rec['id']}", "geometry": geometry, "properties": props})
+def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float) -> dict:
+    """QuPath-compatible FeatureCollection of the lesions (level-0 px), classified by size class."""
+    props = [{**{k: v for k, v in rec.items() if k != "l0_outline"}, "l0_mpp": l0_mpp,
+              "classification": {"name": f"Tumour ({rec['class']})"}} for rec in records]
+    return geojson_dict([m.geometry_l0 for m in measures], props)
+
+
+def _cells_geojson(cells_l0: np.ndarray) -> dict:
+    """QuPath detections: one Point per DAB-positive tumour cell (level-0 px)."""
+    features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(float(x), 1), round(float(y), 1)]},
+                 "properties": {"objectType": "detection", "classification": {"name": "Cytokeratin+ cell"}}}
+                for x, y in cells_l0]
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -118,7 +120,8 @@ def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict]) ->
     return image
 
 
-def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image) -> Path:
+def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image,
+                   geojson: dict[str, dict]) -> Path:
     """Write the slide folder under a temporary name, then rename it into place (all or nothing)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / slide_id
@@ -126,7 +129,8 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
     try:
         np.save(tmp / "heatmap.npy", heatmap.h_prob)
         overlay.save(tmp / "heatmap.png")
-        (tmp / "lesions.geojson").write_text(json.dumps(_geojson(result["lesions"], result["l0_mpp"])))
+        for name, collection in geojson.items():
+            (tmp / name).write_text(json.dumps(collection))
         (tmp / "result.json").write_text(json.dumps(result, indent=1))
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".old", dir=out_dir))
@@ -180,6 +184,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             measures = measure_lesions(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, gap_um)
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
+            cells_xy = None
         else:
             from micromets.ihc import analyze_ihc
 
@@ -216,5 +221,9 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "timing_s": timing,
         }
         overlay = render_overlay(tissue, heatmap, records)
-    _write_outputs(Path(out_dir), slide.slide_id, result, heatmap, overlay)
+        geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp)}
+        if cells_xy is not None:
+            geojson["cells.geojson"] = _cells_geojson(cells_xy)
+            result["n_cells_total"] = int(len(cells_xy))
+    _write_outputs(Path(out_dir), slide.slide_id, result, heatmap, overlay, geojson)
     return result
