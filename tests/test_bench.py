@@ -102,3 +102,26 @@ def test_markdown_table_lists_every_mode_and_speed_row(tiny_set):
     text = markdown(report)
     assert "| perfect | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |" in text
     assert "- phantom tiles `normal/` from: tumor_004" in text
+
+
+def test_bench_runs_the_real_pipeline_and_baseline_on_a_tiny_set(tmp_path):
+    """End to end on one small phantom with the shipped model: files, speed rows, baseline, memory are filled in.
+
+    Phantom tissue from the bundled CAMELYON16 tiles, which the shipped model was trained on: this test checks the
+    bench's plumbing, not the model's accuracy.
+    """
+    import json
+
+    from micromets.bench import run_bench
+
+    build_phantom(tmp_path / "set", TILES / "normal", TILES / "tumor", 0.243, "micro:1@0.5", (1.2, 1.0), 0.972,
+                  seed=3, name="tiny")
+    report = run_bench(tmp_path / "set", out_dir=tmp_path / "results", work_dir=tmp_path / "work", log=lambda m: None)
+    saved = json.loads((tmp_path / "results").glob("*.json").__next__().read_text())
+    assert saved["phantoms"]["n_slides"] == 1 and set(saved["modes"]) == {"thorough"}
+    assert saved["modes"]["thorough"]["n_slides"] == 1
+    [speed] = report["speed"]
+    assert speed["slide"] == "tiny" and speed["n_patches"] > 0 and speed["peak_rss_mb"] > 50
+    [base] = report["baseline"]
+    assert base["n_patches"] == speed["n_patches"] and base["speedup_of_thorough"] > 0
+    assert (tmp_path / "results").glob("*.md").__next__().read_text().startswith("# micromets bench")

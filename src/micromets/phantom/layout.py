@@ -33,7 +33,6 @@ from micromets.rules import ajcc8, camelyon17
 CAPSULE_UM = 30.0
 LESION_MARGIN_UM = 60.0  # lesion edge to capsule, at least
 LESION_SEPARATION_UM = 200.0  # lesion edge to lesion edge, at least (> 75 µm grouping + 2 heatmap cells)
-LESION_CLASSES = ("itc", "micro", "macro")
 DIAMETER_RANGES_MM = {"itc": (0.06, 0.18), "micro": (0.3, 1.8), "macro": (2.2, 3.0)}
 SHAPES = ("blob", "disc", "camelyon16")
 _N_VERTICES = 256
