@@ -8,7 +8,10 @@ worker in every run (`threads_per_worker`, default 1), so the ratio measures pro
 scale-up. The machine's load average before and after is recorded, and the CPU seconds the workers consumed
 (``worker_cpu_s``; ``cores_used`` = that ÷ compute seconds, ideally the worker count): on a shared machine
 ``cores_used`` shows how much of the cores the batch actually got, and the speed-up is a lower bound of what idle
-cores would give.
+cores would give. ``cpu_work_ratio`` (CPU seconds of this run ÷ those of the first) is the extra work scale-out
+costs (worker start-up, imports, one model load per worker), and ``speedup_if_one_core_per_worker`` = worker ratio
+÷ ``cpu_work_ratio`` is the speed-up the same work would reach if every worker had a core of its own: an estimate,
+not a measurement, to read beside the measured one when the machine is shared.
 """
 
 import os
@@ -58,6 +61,9 @@ def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike
     for run in runs:
         run["speedup_wall"] = round(runs[0]["wall_s"] / run["wall_s"], 3)
         run["speedup_compute"] = round(runs[0]["compute_s"] / run["compute_s"], 3)
+        run["cpu_work_ratio"] = round(run["worker_cpu_s"] / runs[0]["worker_cpu_s"], 3)
+        run["speedup_if_one_core_per_worker"] = round(
+            run["workers"] / runs[0]["workers"] / run["cpu_work_ratio"], 3)
     return {"n_slides": len(slides), "cpu_count": os.cpu_count(), "threads_per_worker": threads_per_worker,
             "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
             "runs": runs}
