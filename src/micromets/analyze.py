@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,6 +49,26 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: int, n_patches: int = 32,
+                 seed: int = 0) -> np.ndarray:
+    """Up to ``n_patches`` tissue patches (N, patch_px, patch_px, 3) read at ``sample_mpp``, spread over the slide
+    (a fixed random draw), for estimating the slide's stain vectors at the resolution the detector sees.
+
+    Stain vectors estimated from a low-resolution thumbnail are wrong: at 8 µm/px haematoxylin and eosin blend into
+    one colour, and the estimated directions nearly coincide.
+    """
+    from micromets.tiles import tile_grid
+
+    grid = tile_grid(slide, tissue, patch_px * sample_mpp, min_tissue_fraction=0.5)
+    cells = np.argwhere(grid.h_tissue)
+    if len(cells) == 0:
+        cells = np.argwhere(tile_grid(slide, tissue, patch_px * sample_mpp).h_tissue)
+    chosen = np.random.default_rng(seed).permutation(len(cells))[:n_patches]
+    l0_cell = grid.l0_cell
+    return np.stack([slide.read_at_mpp(round(c * l0_cell), round(r * l0_cell), math.ceil(l0_cell), math.ceil(l0_cell),
+                                       sample_mpp)[:patch_px, :patch_px] for r, c in cells[chosen]])
 
 
 def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
@@ -152,6 +173,11 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
 
     ``mpp`` overrides the slide's level-0 µm/px; ``stain`` forces ``"he"`` or ``"ihc"`` (default: detected);
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap.
+
+    Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
+    and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
+    value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
+    cells from becoming lesions.
     """
     if mode != "thorough":
         raise MicrometsError(f"unknown mode {mode!r} (expected thorough)")
@@ -175,13 +201,16 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             from micromets.model import Detector
 
             detector = detector or Detector.load()
-            detector.set_stain_reference(tissue.rgb[tissue.mask][None])
+            detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
             heatmap, heat_timing = compute_heatmap(slide, tissue, detector, progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
             threshold = float(detector.card.get("threshold", 0.5) if threshold is None else threshold)
-            measures = measure_lesions(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, gap_um)
+            seed_threshold = max(threshold, float(detector.card.get("seed_threshold", threshold)))
+            outlines = heatmap_outlines_l0(heatmap, threshold)
+            seeded = max_value_inside(heatmap, outlines) >= seed_threshold
+            measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
             cells_xy = None
@@ -191,7 +220,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             findings = analyze_ihc(slide, tissue)
             heatmap = findings.heatmap
             post_start = time.perf_counter()
-            threshold = None
+            threshold = seed_threshold = None
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
@@ -210,7 +239,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "l0_width": slide.l0_width, "l0_height": slide.l0_height,
             "stain": stain, "stain_reason": stain_reason,
             "tissue_area_mm2": round(tissue.area_mm2, 4),
-            "model": model_info, "mode": mode, "threshold": threshold, "gap_um": gap_um,
+            "model": model_info, "mode": mode, "threshold": threshold,
+            "seed_threshold": seed_threshold, "gap_um": gap_um,
             "heatmap": {"file": "heatmap.npy", "cell_um": heatmap.cell_um, "l0_origin": list(heatmap.l0_origin),
                         "shape": list(heatmap.h_prob.shape)},
             "node_class": slide_class,
