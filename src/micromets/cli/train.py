@@ -42,6 +42,7 @@ def train(
     width: int = typer.Option(16, "--width", help="Channels of the CNN's first stage (speed ∝ width²)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic for a seed)."),
     cv_groups: str = typer.Option("", "--cv-groups", help="Comma-separated groups (slides/patients) held out one at a time for the held-out metrics; empty = none."),
+    exclude_groups: str = typer.Option("", "--exclude-groups", help="Comma-separated groups (slides/patients) left out of training entirely, e.g. to keep a slide unseen for phantom tests."),
     name: str = typer.Option("micromets-cnn", "--name", help="Model name for the card."),
     version: str = typer.Option("0.1.0", "--version", help="Model version for the card."),
     licence: str = typer.Option("Apache-2.0 (weights); see training_data for data licences", "--licence", help="Licence line for the card."),
@@ -88,6 +89,11 @@ def train(
         training_data.append({"name": Path(slide_path).name, "annotation": xml_path, "licence": "as stated by the user"})
     if not samples:
         raise MicrometsError("no training data: give --recipe, --folder, --idc, --pcam or --wsi")
+    excluded = [g for g in exclude_groups.split(",") if g]
+    missing = sorted(set(excluded) - {s.group for s in samples})
+    if missing:
+        raise MicrometsError(f"--exclude-groups: no samples in group(s) {', '.join(missing)}")
+    samples = [s for s in samples if s.group not in excluded]
     if family not in ("cnn", "morphometry"):
         raise MicrometsError(f"--family {family!r}: choose cnn or morphometry")
     labels = {s.label for s in samples}
