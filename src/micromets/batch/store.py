@@ -252,8 +252,10 @@ class SqliteStore:
         return None if row is None or row[0] is None else json.loads(row[0])
 
     def lesions(self) -> list[dict]:
-        """All lesion rows, largest first."""
-        return [dict(r) for r in self._db.execute("SELECT * FROM lesions ORDER BY diameter_mm DESC")]
+        """All lesion rows with their slide's id and path, largest first."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT s.slide_id, s.path, l.* FROM lesions l JOIN slides s USING (content_id, settings_key)"
+            " ORDER BY l.diameter_mm DESC")]
 
     def nodes(self) -> list[dict]:
         """All node rows."""

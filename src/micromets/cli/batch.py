@@ -90,11 +90,12 @@ def batch(
                             scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
 
     table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")
-    for column in ("done", "skipped (done before)", "failed", "negative", "itc", "micro", "macro"):
+    for column in ("done", "skipped (done before)", "failed", "negative*", "itc*", "micro*", "macro*"):
         table.add_column(column, justify="right")
     classes = [row.get("node_class") for row in summary.rows if row["status"] == "done"]
     table.add_row(str(summary.n_done), str(summary.n_skipped), str(summary.n_failed),
                   *(str(classes.count(c)) for c in ("negative", "itc", "micro", "macro")))
+    table.caption = "* node classes of the slides analysed in this run (all runs: micromets results)"
     Console().print(table)
     if summary.n_failed:
         raise typer.Exit(code=MicrometsError.exit_code)

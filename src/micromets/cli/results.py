@@ -13,7 +13,7 @@ _WORKLIST_COLUMNS = ("rank", "slide_id", "max_probability", "node_class", "large
 _TABLE_COLUMNS = {
     "slides": ("slide_id", "status", "node_class", "largest_deposit_mm", "max_probability", "n_lesions", "l0_mpp",
                "stain", "error"),
-    "lesions": ("content_id", "lesion_id", "class", "diameter_mm", "area_mm2", "ellipse_major_mm", "max_probability",
+    "lesions": ("slide_id", "lesion_id", "class", "diameter_mm", "area_mm2", "ellipse_major_mm", "max_probability",
                 "n_cells"),
     "nodes": ("patient", "node", "node_class", "largest_deposit_mm", "osna_copies_per_ul", "decided_by"),
     "patients": ("patient", "stage_mode", "pn_stage", "stage_reason"),
