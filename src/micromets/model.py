@@ -10,9 +10,10 @@ itself, so callers hand it plain uint8 RGB patches at ``input_mpp``:
 
 Stain normalisation (``card["stain_normalisation"]``, see :mod:`micromets.normalise`): with method ``macenko`` the
 source stain vectors are estimated from the slide's own tissue — from the sample given to
-:meth:`Detector.set_stain_reference` (one estimate per slide, what the heatmap does), or else from the tissue of
+:meth:`Detector.set_stain_reference` (one estimate per slide: recommended for heatmaps), or else from the tissue of
 each ``predict`` batch — and mapped onto the card's reference vectors (the per-slide map goes through a
-64-level-per-channel look-up table of the exact map, :func:`micromets.normalise.stain_lut`: faster, ≤ 2/255 off).
+64-level-per-channel look-up table of the exact map, :func:`micromets.normalise.stain_lut`: faster; the output
+differs from the exact map by ≈ 1/255 on average).
 
 Families (``card["family"]``): ``cnn`` takes the scaled pixels (``card["input"]``: NCHW float32); ``morphometry``
 (``card["input"]["layout"] = "features"``) takes the nuclear features of :mod:`micromets.morphometry`, computed
