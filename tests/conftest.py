@@ -3,7 +3,9 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -24,4 +26,19 @@ def artifacts() -> Path:
     """A folder for pictures and tables that tests leave for a person to look at (git-ignored)."""
     path = REPO / "test-artifacts"
     path.mkdir(exist_ok=True)
+    return path
+
+
+def write_sparse_giant(path: Path, rgb_tile: np.ndarray, n_tiles: int = 256) -> Path:
+    """A one-level tiled JPEG TIFF declaring (256·n)² px at 0.25 µm/px whose every tile is ``rgb_tile``
+    (256 × 256 RGB): a file of under a megabyte that reads like a huge slide without a pyramid."""
+    tifffile.imwrite(path, rgb_tile[:256, :256], tile=(256, 256), compression="jpeg", photometric="rgb",
+                     resolution=(40_000, 40_000), resolutionunit="CENTIMETER")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        page = tif.pages[0]
+        offset, count = page.tags["TileOffsets"].value[0], page.tags["TileByteCounts"].value[0]
+        page.tags["ImageWidth"].overwrite(256 * n_tiles, dtype="I")
+        page.tags["ImageLength"].overwrite(256 * n_tiles, dtype="I")
+        page.tags["TileOffsets"].overwrite(np.full(n_tiles**2, offset, np.uint32))
+        page.tags["TileByteCounts"].overwrite(np.full(n_tiles**2, count, np.uint32))
     return path

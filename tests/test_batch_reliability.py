@@ -25,6 +25,7 @@ from PIL import Image
 from micromets.batch.run import LOCK, run_batch
 from micromets.batch.store import open_store
 from micromets.errors import MicrometsError
+import conftest
 from test_batch import make_slides, write_tile_slide
 
 CLI = [sys.executable, "-c", "from micromets.cli import main; main()"]
@@ -68,19 +69,9 @@ def write_bad_files(folder: Path, shared_data: Path, huge: bool = False) -> dict
 
 
 def write_sparse_giant(path: Path, shared_data: Path, n_tiles: int = 256) -> Path:
-    """A one-level tiled TIFF declaring (256·n)² px at 0.25 µm/px whose every tile is the same real JPEG tile:
-    a 0.5 MB file that reads like a 16 × 16 mm slide without a pyramid."""
-    rgb = np.asarray(Image.open(_tile(shared_data, 3)).convert("RGB"))[:256, :256]
-    tifffile.imwrite(path, rgb, tile=(256, 256), compression="jpeg", photometric="rgb",
-                     resolution=(40_000, 40_000), resolutionunit="CENTIMETER")
-    with tifffile.TiffFile(path, mode="r+b") as tif:
-        page = tif.pages[0]
-        offset, count = page.tags["TileOffsets"].value[0], page.tags["TileByteCounts"].value[0]
-        page.tags["ImageWidth"].overwrite(256 * n_tiles, dtype="I")
-        page.tags["ImageLength"].overwrite(256 * n_tiles, dtype="I")
-        page.tags["TileOffsets"].overwrite(np.full(n_tiles**2, offset, np.uint32))
-        page.tags["TileByteCounts"].overwrite(np.full(n_tiles**2, count, np.uint32))
-    return path
+    """A one-level TIFF declaring (256·n)² px whose every tile is the same real H&E tile (see conftest)."""
+    rgb = np.asarray(Image.open(_tile(shared_data, 3)).convert("RGB"))
+    return conftest.write_sparse_giant(path, rgb, n_tiles)
 
 
 def _check_bad_batch(summary, expect: dict[str, str], good: list[Path], db: Path) -> None:
@@ -211,7 +202,8 @@ def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, sh
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(MicrometsError, match="another micromets batch"):
             run_batch(good_slides, out)
-    giant = write_sparse_giant(tmp_path / "giant.tif", shared_data)
+    # 29,696² px: under slide.MAX_SMALLEST_LEVEL_PX, so it is analysed (slowly) rather than refused
+    giant = write_sparse_giant(tmp_path / "giant.tif", shared_data, n_tiles=116)
     start = time.perf_counter()
     summary = run_batch([giant], out, timeout_s=3)
     assert summary.rows[0]["status"] == "failed" and "timed out after 3 s" in summary.rows[0]["error"]

@@ -80,3 +80,12 @@ def test_bad_files_give_one_clear_line(tmp_path, content, message):
 def test_implausible_resolution_is_refused(tmp_path):
     with pytest.raises(MicrometsError, match="implausible resolution"):
         open_slide(_pyramid(tmp_path / "p.tiff"), mpp=500)
+
+
+def test_huge_flat_tiff_without_pyramid_is_refused_quickly(tmp_path):
+    from conftest import write_sparse_giant
+
+    tile = np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    path = write_sparse_giant(tmp_path / "flat.tiff", tile, n_tiles=256)  # 65,536² px, one level
+    with pytest.raises(MicrometsError, match=r"flat.tiff: no low-resolution level \(smallest level 65536×65536"):
+        open_slide(path)

@@ -148,6 +148,7 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
     final = out_dir / slide_id
     tmp = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".partial", dir=out_dir))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; results are for the user's group and the viewer too
         np.save(tmp / "heatmap.npy", heatmap.h_prob)
         overlay.save(tmp / "heatmap.png")
         for name, collection in geojson.items():

@@ -25,6 +25,9 @@ from micromets.errors import MicrometsError
 
 #: Resolutions outside this range (µm/px) are not plausible for a microscope slide scan.
 PLAUSIBLE_MPP = (0.05, 50.0)
+#: A slide whose smallest pyramid level holds more pixels than this has no usable low-resolution level: the
+#: tissue mask would have to decode gigapixels. Such files (a huge flat TIFF) must be converted to a pyramid.
+MAX_SMALLEST_LEVEL_PX = 1_000_000_000
 
 _UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0}
 
@@ -160,6 +163,11 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         osr.close()
         raise MicrometsError(f"{path}: resolution unknown (no mpp or TIFF resolution tags); pass --mpp")
     l0_mpp, source = found
+    l_w, l_h = osr.level_dimensions[-1]
+    if l_w * l_h > MAX_SMALLEST_LEVEL_PX:
+        osr.close()
+        raise MicrometsError(f"{path}: no low-resolution level (smallest level {l_w}×{l_h} px); "
+                             "convert it to a pyramidal slide first")
     if not PLAUSIBLE_MPP[0] <= l0_mpp <= PLAUSIBLE_MPP[1]:
         osr.close()
         raise MicrometsError(f"{path}: implausible resolution {l0_mpp:g} µm/px ({source})")
