@@ -1,5 +1,7 @@
 """Command line: `micromets <command>`. Each sub-command lives in its own module and registers on `app`."""
 
+import inspect
+import re
 import sys
 
 from micromets.cli.app import app
@@ -14,6 +16,16 @@ from micromets.cli import bench  # noqa: F401,E402
 from micromets.cli import case  # noqa: F401,E402
 from micromets.cli import batch, results, threshold  # noqa: F401,E402
 from micromets.cli import report, view  # noqa: F401,E402
+
+
+def _paragraphs(doc: str) -> str:
+    """A docstring as help text: lines of one paragraph joined, so the terminal wraps them evenly."""
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", inspect.cleandoc(doc))
+
+
+for _command in app.registered_commands:
+    if _command.help is None and _command.callback is not None and _command.callback.__doc__:
+        _command.help = _paragraphs(_command.callback.__doc__)
 
 
 def main() -> None:
