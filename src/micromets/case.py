@@ -119,6 +119,27 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]], failed_slides: list[dict],
+               stage_mode: str = "camelyon17") -> dict:
+    """The ``case.json`` dict of one patient from each node's evidence ``(node, slide results, OSNA copies/µL)``.
+
+    A node with neither a slide result nor an OSNA value (every slide failed) is left out of the staging; its
+    failures are in ``failed_slides`` and the case is marked incomplete.
+    """
+    from micromets.node import classify_node
+    from micromets.patient import stage_patient
+
+    nodes = [{"node": node, **classify_node(results, copies)}
+             for node, results, copies in evidence if results or copies is not None]
+    case = {"schema": SCHEMA, "patient": patient, "stage_mode": stage_mode, "failed_slides": failed_slides,
+            "complete": not failed_slides, "nodes": nodes}
+    if nodes:
+        case["pn_stage"], case["stage_reason"] = stage_patient(nodes, stage_mode)
+    else:
+        case["pn_stage"], case["stage_reason"] = None, "no node could be analysed"
+    return case
+
+
 def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camelyon17", detector=None,
              gap_um: float | None = None, report: bool = True,
              on_slide: Callable[[ManifestRow, dict | None, str | None], None] | None = None,
@@ -130,9 +151,6 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
     from micromets.analyze import analyze_slide
     from micromets.measure import DEFAULT_GAP_UM
     from micromets.model import Detector
-    from micromets.node import classify_node
-    from micromets.patient import stage_patient
-
     rows = read_manifest(manifest)
     detector = detector or Detector.load()
     out_dir = Path(out_dir)
@@ -154,20 +172,12 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
                 failed.append({"path": str(row.slide_path), "node": row.node, "error": error})
             if on_slide:
                 on_slide(row, results.get(row.line), error)
-        nodes = []
+        evidence = []
         for node in dict.fromkeys(r.node for r in prows):
             nrows = [r for r in prows if r.node == node]
-            slide_results = [results[r.line] for r in nrows if r.line in results]
             copies = next((r.osna_copies_per_ul for r in nrows if r.osna_copies_per_ul is not None), None)
-            if not slide_results and copies is None:
-                continue  # every slide of this node failed: listed in failed_slides, not staged
-            nodes.append({"node": node, **classify_node(slide_results, copies)})
-        case = {"schema": SCHEMA, "patient": patient, "stage_mode": stage_mode, "failed_slides": failed,
-                "complete": not failed, "nodes": nodes}
-        if nodes:
-            case["pn_stage"], case["stage_reason"] = stage_patient(nodes, stage_mode)
-        else:
-            case["pn_stage"], case["stage_reason"] = None, "no node could be analysed"
+            evidence.append((node, [results[r.line] for r in nrows if r.line in results], copies))
+        case = stage_case(patient, evidence, failed, stage_mode)
         patient_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(patient_dir / "case.json", case)
         if report:

@@ -505,16 +505,14 @@ def _record_cases(inputs: list[BatchInput], rows: dict[str, dict], store: Sqlite
                   stage_mode: str) -> None:
     """Stage every manifest patient from the stored slide results (`micromets.node`, `micromets.patient`) and
     commit one ``case.json`` dict per patient (schema ``micromets.case/1``)."""
-    from micromets.case import SCHEMA
-    from micromets.node import classify_node
-    from micromets.patient import stage_patient
+    from micromets.case import stage_case
 
     cases: dict[str, dict[str, list[BatchInput]]] = {}
     for item in inputs:
         if item.patient is not None:
             cases.setdefault(item.patient, {}).setdefault(item.node, []).append(item)
     for patient, nodes_of in cases.items():
-        nodes, failed = [], []
+        evidence, failed = [], []
         for node, items in nodes_of.items():
             results = []
             for item in items:
@@ -527,12 +525,6 @@ def _record_cases(inputs: list[BatchInput], rows: dict[str, dict], store: Sqlite
                 else:
                     results.append(result)
             copies = next((i.osna_copies_per_ul for i in items if i.osna_copies_per_ul is not None), None)
-            if results or copies is not None:
-                nodes.append({"node": node, **classify_node(results, copies)})
-        case = {"schema": SCHEMA, "patient": patient, "stage_mode": stage_mode, "failed_slides": failed,
-                "complete": not failed, "nodes": nodes}
-        if nodes:
-            case["pn_stage"], case["stage_reason"] = stage_patient(nodes, stage_mode)
-        else:
-            case["pn_stage"], case["stage_reason"] = None, "no node could be analysed"
+            evidence.append((node, results, copies))
+        case = stage_case(patient, evidence, failed, stage_mode)
         store.record_case(run_id, case_key, case)

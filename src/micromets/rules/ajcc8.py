@@ -28,10 +28,9 @@ Patient pN (axillary nodes): nodes with ITC only are excluded from the positive 
 
 from __future__ import annotations
 
-import math
 
 from micromets.errors import MicrometsError
-from micromets.rules import node_class_rank
+from micromets.rules import check_deposit, node_class_rank
 
 #: Largest dimension of an ITC cluster (mm, inclusive).
 ITC_MAX_MM = 0.2
@@ -50,12 +49,7 @@ def node_class(diameter_mm: float | None, n_cells: int | None = None) -> str:
     """
     if diameter_mm is None:
         return "negative"
-    if isinstance(diameter_mm, bool) or not isinstance(diameter_mm, (int, float)) or not math.isfinite(diameter_mm):
-        raise MicrometsError(f"deposit diameter must be a finite number of mm, got {diameter_mm!r}")
-    if diameter_mm < 0:
-        raise MicrometsError(f"deposit diameter must be >= 0 mm, got {diameter_mm!r}")
-    if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 0):
-        raise MicrometsError(f"tumour-cell count must be a whole number >= 0, got {n_cells!r}")
+    check_deposit(diameter_mm, n_cells)
     if diameter_mm > MICRO_MAX_MM:
         return "macro"
     if diameter_mm > ITC_MAX_MM:

@@ -24,10 +24,9 @@ Patient stage (simplified pN; reproduces all 100 official training patients):
 
 from __future__ import annotations
 
-import math
 
 from micromets.errors import MicrometsError
-from micromets.rules import node_class_rank
+from micromets.rules import check_deposit, node_class_rank
 
 #: Patient stages in the order of the challenge's kappa (weakest first).
 STAGES = ("pN0", "pN0(i+)", "pN1mi", "pN1", "pN2")
@@ -37,12 +36,7 @@ def node_class(diameter_mm: float | None, n_cells: int | None = None) -> str:
     """Class of one deposit by the CAMELYON17 wording, boundaries resolved toward the larger class."""
     if diameter_mm is None:
         return "negative"
-    if isinstance(diameter_mm, bool) or not isinstance(diameter_mm, (int, float)) or not math.isfinite(diameter_mm):
-        raise MicrometsError(f"deposit diameter must be a finite number of mm, got {diameter_mm!r}")
-    if diameter_mm < 0:
-        raise MicrometsError(f"deposit diameter must be >= 0 mm, got {diameter_mm!r}")
-    if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 0):
-        raise MicrometsError(f"tumour-cell count must be a whole number >= 0, got {n_cells!r}")
+    check_deposit(diameter_mm, n_cells)
     if diameter_mm >= 2.0:
         return "macro"
     if diameter_mm >= 0.2 or (n_cells is not None and n_cells >= 200):
