@@ -1,6 +1,5 @@
 """Lesion grouping by gap, exact maximum Feret diameter, area and fitted-ellipse axis."""
 
-import json
 import math
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Tile grid over tissue and the block reader: patches are the right pixels of the right cells."""
 
 import numpy as np
-import pytest
 
 from micromets.phantom.pyramid import write_pyramid
 from micromets.slide import open_slide
