@@ -2,14 +2,15 @@
 
 ``lymph-node-he`` (all under ../shared/data, see its README):
 
-- tumour: CAMELYON16 tumour patches (slides tumor_001, tumor_064; 0.243 µm/px), colorectal TUMOR tiles
-  (Kather 2016 at 0.495 µm/px, NCT-CRC-HE-100K at 0.5 µm/px) — a second carcinoma and other stains;
+- tumour: CAMELYON16 tumour patches (slides tumor_001, tumor_064; 0.243 µm/px). Colorectal TUMOR tiles are
+  left out: with them the held-out AUC was 0.687 and sensitivity at 95 % specificity 0.07, without them 0.701
+  and 0.29 (colorectal adenocarcinoma's dense dark glandular nuclei are not what a breast metastasis looks like);
 - normal: CAMELYON16 normal patches (tumor_004, tumor_064), the negative CAMELYON17 tiles of centres 0 and 2
   (patient_006_node_1, patient_056_node_1; ≈0.24 µm/px, whole tile = normal node incl. capsule, vessels,
   sinus), colorectal STROMA, LYMPHO, DEBRIS, ADIPOSE, EMPTY (Kather 2016) and ADI, BACK, DEB, LYM, MUS, STR (NCT);
 - never trained on (unseen-stain checks): CAMELYON17 tiles of centre 3 (patient_066_node_1, negative),
   centre 1 (patient_024_node_2, ITC node) and centre 4 (patient_097_node_3, macro node); colorectal COMPLEX,
-  MUCOSA, NORM, MUC (ambiguous for a lymph-node detector).
+  MUCOSA, NORM, MUC (ambiguous for a lymph-node detector), TUMOR and TUM (see above).
 
 Held-out protocol: leave one CAMELYON16 slide out (tumor_001, tumor_004, tumor_064), pooled.
 """
@@ -31,8 +32,8 @@ C17_TRAIN_TILES = ["centre_0_patient_006_node_1.jpeg", "centre_2_patient_056_nod
 #: tiles never seen in training, with their official node label
 C17_UNSEEN_TILES = {"centre_3_patient_066_node_1.jpeg": "negative", "centre_1_patient_024_node_2.jpeg": "itc",
                     "centre_4_patient_097_node_3.jpeg": "macro"}
-KATHER_CLASSES = {"01_TUMOR": 1, "02_STROMA": 0, "04_LYMPHO": 0, "05_DEBRIS": 0, "07_ADIPOSE": 0, "08_EMPTY": 0}
-NCT_CLASSES = {"TUM": 1, "ADI": 0, "BACK": 0, "DEB": 0, "LYM": 0, "MUS": 0, "STR": 0}
+KATHER_CLASSES = {"02_STROMA": 0, "04_LYMPHO": 0, "05_DEBRIS": 0, "07_ADIPOSE": 0, "08_EMPTY": 0}
+NCT_CLASSES = {"ADI": 0, "BACK": 0, "DEB": 0, "LYM": 0, "MUS": 0, "STR": 0}
 CV_GROUPS = ["tumor_001", "tumor_004", "tumor_064"]
 
 TRAINING_DATA = [
