@@ -54,8 +54,10 @@ class Detector:
         self._session = session
         self._input_name = session.get_inputs()[0].name
         spec = card["input"]
-        self._mean = np.asarray(spec.get("mean", [0.0, 0.0, 0.0]), dtype=np.float32)
-        self._std = np.asarray(spec.get("std", [1.0, 1.0, 1.0]), dtype=np.float32)
+        mean = np.asarray(spec.get("mean", [0.0, 0.0, 0.0]), dtype=np.float64)
+        std = np.asarray(spec.get("std", [1.0, 1.0, 1.0]), dtype=np.float64)
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._offset = (-mean / std).astype(np.float32)
         stain = card.get("stain_normalisation", {"method": "none"})
         self._stain_method: str = stain.get("method", "none")
         if self._stain_method not in ("none", "macenko"):
@@ -188,8 +190,11 @@ class Detector:
 
             x = patch_features(rgb, self.input_mpp, self._target_he)
         else:
-            x = (rgb.astype(np.float32) * np.float32(1.0 / 255.0) - self._mean) / self._std
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            # (x/255 - mean)/std as one multiply-add, written straight into NCHW order
+            x = np.empty((rgb.shape[0], 3, rgb.shape[1], rgb.shape[2]), np.float32)
+            for c in range(3):
+                np.multiply(rgb[..., c], self._scale[c], out=x[:, c], dtype=np.float32)
+                x[:, c] += self._offset[c]
         out = self._session.run(None, {self._input_name: x})[0].astype(np.float32)
         k = int(self.card["tumour_class_index"])
         if self.card["output"] == "softmax":
