@@ -9,6 +9,7 @@ import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_MANIFEST = REPO / "demo" / "manifest.csv"
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,18 @@ def shared_data() -> Path:
             pytest.fail(f"real data missing at {SHARED_DATA} (CI must have it)")
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_output(tmp_path_factory) -> Path:
+    """The output folder of one real `run_case` on the bundled demo manifest (shared by the tests that read it;
+    reports off: the report tests write them)."""
+    from micromets.case import run_case
+    from micromets.model import Detector
+
+    out = tmp_path_factory.mktemp("demo-case")
+    run_case(DEMO_MANIFEST, out, detector=Detector.load(), report=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from micromets.errors import MicrometsError
 from micromets.report import figures, write_report
 from micromets.report import pdf as report_pdf
 
-from _demo_case import demo_case_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,10 +86,9 @@ def test_size_plot_draws_each_deposit_against_the_0_2_and_2_0_mm_lines():
 
 
 @pytest.fixture(scope="module")
-def case_dir(tmp_path_factory):
+def case_dir(demo_output):
     """The patient folder of a real `micromets case` run on the bundled demo manifest."""
-    out = demo_case_output(tmp_path_factory)
-    return next(p.parent for p in out.glob("*/case.json"))
+    return next(p.parent for p in demo_output.glob("*/case.json"))
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,14 @@ from micromets.viewer.latency import tile_latency
 from micromets.viewer.server import BackgroundServer, free_port
 from micromets.viewer.tiles import TileCache
 
-from _demo_case import demo_case_output
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def results_dir(tmp_path_factory):
+def results_dir(demo_output):
     """The output folder of a real `micromets case` run on the bundled demo manifest."""
-    return demo_case_output(tmp_path_factory)
+    return demo_output
 
 
 @pytest.fixture(scope="module")
