@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OSD_DIR := src/micromets/viewer/static/vendor/openseadragon
 
-.PHONY: install demo test bench stress viewer-assets clean
+.PHONY: install demo test bench stress viewer-assets system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,15 @@ $(OSD_DIR)/openseadragon.min.js:
 demo: install  ## run the main job on the bundled demo case
 	$(BIN)/micromets demo --out demo-out
 
-test: install  ## the whole test suite
+# Debian's chromium + chromedriver (PDF report, browser tests) and poppler-utils (PDF checks); no browser download.
+system-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v pdftoppm >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver poppler-utils >/dev/null; \
+	else echo "chromium, chromium-driver or poppler-utils missing (install them as root): browser and PDF tests will skip"; fi
+
+test: install system-deps  ## the whole test suite
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install  ## speed, memory and accuracy benchmark on phantom slides (<= 20 min)

@@ -12,6 +12,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 DEMO_MANIFEST = REPO / "demo" / "manifest.csv"
 
 
+def require_tools(*names: str) -> None:
+    """Skip a test when a system tool it needs is missing (a user's machine); in CI, where `make test` installs
+    them, fail instead."""
+    import shutil
+
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} missing (make test installs them)")
+        pytest.skip(f"{', '.join(missing)} not installed")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The read-only real data folder (../shared/data). Always present in CI; skipped elsewhere when absent."""

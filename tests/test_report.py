@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
+from conftest import require_tools
 from PIL import Image
 
 from micromets.errors import MicrometsError
@@ -102,6 +103,7 @@ def _slide_results(case_dir: Path, case: dict) -> list[dict]:
 
 
 def test_pdf_text_shows_stage_classes_and_sizes(written, case_dir, artifacts):
+    require_tools("chromium", "pdftotext")
     html, pdf, case = written
     assert pdf.is_file()
     text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
@@ -119,6 +121,7 @@ def test_pdf_text_shows_stage_classes_and_sizes(written, case_dir, artifacts):
 
 
 def test_pdf_pages_carry_the_pictures(written, case_dir, artifacts):
+    require_tools("chromium", "pdftoppm", "pdfimages")
     html, pdf, case = written
     prefix = artifacts / "report-page"
     for old in artifacts.glob("report-page*.png"):
