@@ -8,11 +8,10 @@ and ``(ox, oy) = l0_origin``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from micromets.tiles import TileGrid, iter_patch_blocks, tile_grid
 
@@ -51,38 +50,14 @@ class HeatmapTiming:
     read_wait_s: float = 0.0
     inference_s: float = 0.0
     n_patches: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-def screened_cells(screen: Heatmap, grid: TileGrid, screen_threshold: float, dilate_cells: int = 1) -> np.ndarray:
-    """Cells of the fine ``grid`` whose centre lies in a screen cell above ``screen_threshold`` or within
-    ``dilate_cells`` screen cells of one (both grids start at level-0 (0, 0))."""
-    hot = screen.h_prob > screen_threshold
-    if dilate_cells:
-        hot = ndi.binary_dilation(hot, np.ones((3, 3), bool), iterations=dilate_cells)
-    rows, cols = grid.shape
-    ratio = grid.cell_um / screen.cell_um
-    s_r = np.minimum(((np.arange(rows) + 0.5) * ratio).astype(np.int64), hot.shape[0] - 1)
-    s_c = np.minimum(((np.arange(cols) + 0.5) * ratio).astype(np.int64), hot.shape[1] - 1)
-    return hot[np.ix_(s_r, s_c)]
 
 
 def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_size: int = 128,
                     block_cells: int = 8, readers: int = 2,
-                    progress: Callable[[int, int], None] | None = None,
-                    screen: Detector | None = None, screen_threshold: float = 0.2) -> tuple[Heatmap, HeatmapTiming]:
-    """Score every tissue cell of ``slide`` with ``detector``; ``progress(done, total)`` is called per batch.
-
-    With a ``screen`` detector (fast mode), the screen first scores the tissue at its own, coarser scale; the
-    fine detector then scores only the cells within one screen cell of a screen score above
-    ``screen_threshold``. The other tissue cells keep probability 0 and are not marked as scored.
-    """
+                    progress: Callable[[int, int], None] | None = None) -> tuple[Heatmap, HeatmapTiming]:
+    """Score every tissue cell of ``slide`` with ``detector``; ``progress(done, total)`` is called per batch."""
     cell_um = detector.patch_px * detector.input_mpp
     grid: TileGrid = tile_grid(slide, tissue, cell_um)
-    screen_timing = None
-    if screen is not None:
-        coarse, screen_timing = compute_heatmap(slide, tissue, screen, batch_size, block_cells, readers)
-        grid.h_tissue &= screened_cells(coarse, grid, screen_threshold)
     h_prob = np.zeros(grid.shape, np.float32)
     total = int(grid.h_tissue.sum())
     timing = HeatmapTiming()
@@ -116,9 +91,4 @@ def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_
         if sum(len(p) for p in pending_rc) >= batch_size:
             flush()
     flush()
-    if screen_timing is not None:
-        timing.read_s += screen_timing.read_s
-        timing.read_wait_s += screen_timing.read_wait_s
-        timing.inference_s += screen_timing.inference_s
-        timing.extra["screen_patches"] = screen_timing.n_patches
     return Heatmap(h_prob, grid.h_tissue, cell_um, slide.l0_mpp), timing
