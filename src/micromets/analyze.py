@@ -169,11 +169,13 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
 
 def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
                   detector=None, stain: str | None = None, threshold: float | None = None,
-                  gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None) -> dict:
+                  gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None,
+                  readers: int = 2) -> dict:
     """Analyse one slide and write its results folder; returns the result dict (``result.json``).
 
     ``mpp`` overrides the slide's level-0 µm/px; ``stain`` forces ``"he"`` or ``"ihc"`` (default: detected);
-    ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap.
+    ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
+    ``readers`` is the number of tile-reading threads that run ahead of inference.
 
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
@@ -203,7 +205,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
 
             detector = detector or Detector.load()
             detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
-            heatmap, heat_timing = compute_heatmap(slide, tissue, detector, progress=progress)
+            heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers,
+                                                      progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()

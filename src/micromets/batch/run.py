@@ -243,7 +243,7 @@ def analyze_job(job: SlideJob) -> SlideOutcome:
         detector = _worker_detector(job.model_dir, job.threads)
         result = call_with_timeout(lambda: analyze_slide(
             job.path, job.staging_dir, mpp=job.mpp, mode=job.mode, stain=job.stain, threshold=job.threshold,
-            gap_um=job.gap_um, detector=detector), job.timeout_s)
+            gap_um=job.gap_um, detector=detector, readers=job.threads), job.timeout_s)
         staged = Path(job.staging_dir) / str(result["slide_id"])
         if not (staged / "result.json").is_file():
             raise MicrometsError(f"{job.path}: analysis wrote no result.json")
@@ -365,7 +365,8 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
 
 
 def _default_threads(workers: int) -> int:
-    """onnxruntime threads per worker: the machine's cores shared evenly among the local workers."""
+    """Threads per worker (onnxruntime and tile readers each): the machine's cores shared evenly among the local
+    workers, so that N workers on N cores do not oversubscribe them."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 

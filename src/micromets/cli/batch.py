@@ -25,7 +25,8 @@ def batch(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use an existing Dask cluster at "
                                                                       "tcp://host:port instead; its workers must "
                                                                       "see the slides and OUT at the same paths."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime threads per worker "
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads per worker, for onnxruntime and for "
+                                                                         "tile reading each "
                                                                          "(default: cores ÷ workers)."),
     timeout_s: float = typer.Option(3600.0, "--slide-timeout-s", min=0, help="A slide still being analysed after "
                                                                              "this many seconds is stopped and "
