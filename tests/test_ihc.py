@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 from PIL import Image
 from skimage import color, feature, filters, morphology
 
-from micromets import ihc, stain
+from micromets import ihc, measure, stain
 from micromets.errors import MicrometsError
 from micromets.measure import measure_lesions
 from micromets.phantom.ihc import ANTHRACOTIC_OD, HAEMOSIDERIN_OD, make_ihc_phantom, write_ihc_phantom
@@ -109,6 +109,33 @@ def test_dab_at_the_edge_of_the_section_is_artefact():
     img[20:60, 60:64] = stain.od_to_rgb(np.full((40, 4, 1), 0.6) * stain.DAB_OD)
     found = ihc.find_positive_cells(img, 1.0)
     assert found.rejected["edge_px"] == 0 and found.positive[20:60, 60:64].any()
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 13])
+def test_box_tests_are_the_scipy_filters_they_replace(size):
+    # all-in-box = uniform filter == 1 (the glass squares), any-in-box = maximum filter (the reach of the glass),
+    # both centred as scipy's and at the image border
+    rng = np.random.default_rng(size)
+    before, after = size // 2, size - 1 - size // 2
+    for shape in [(1, 7), (9, 1), (37, 50), (64, 64)]:
+        dense, sparse = rng.random(shape) > 0.2, rng.random(shape) > 0.97
+        all_in = ndi.uniform_filter(dense.astype(np.float32), size=size) > 0.999
+        np.testing.assert_array_equal(~ihc._any_in_box(~dense, before, after), all_in)
+        np.testing.assert_array_equal(ihc._any_in_box(sparse, before, after), ndi.maximum_filter(sparse, size=size))
+
+
+@pytest.mark.parametrize("px_um", [1.0, 0.5])
+def test_cluster_outlines_closed_group_by_group_equal_closing_the_whole_image(px_um):
+    # specks and blobs scattered over an image, some within the 2 µm closing of each other, some on its border
+    rng = np.random.default_rng(1)
+    mask = ndi.binary_dilation(rng.random((300, 260)) > 0.9985, iterations=3)
+    mask[0:6, 100:110] = mask[150:156, 254:260] = True
+    disk = ihc._disk(2.0 / px_um)
+    whole = measure.mask_to_polygons_l0(ndi.binary_closing(mask, disk, border_value=0) | mask, px_um, 0.25, (8, 4))
+    rr, cc = np.nonzero(mask)
+    grouped = ihc._outlines_l0(rr, cc, mask.shape, px_um, 0.25, (8, 4))
+    assert len(grouped) == len(whole) > 20
+    assert shapely.equals(shapely.union_all(grouped), shapely.union_all(whole))
 
 
 def test_bad_input_is_refused():

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from micromets.errors import MicrometsError
 from micromets.phantom.pyramid import write_pyramid
-from micromets.slide import open_slide
+from micromets.slide import _on_white, open_slide
 
 
 def test_real_svs_opens_with_its_resolution_and_size(shared_data):
@@ -52,6 +53,19 @@ def test_tiff_resolution_tags_give_the_mpp(tmp_path):
 def test_mpp_override_wins(tmp_path):
     with open_slide(_pyramid(tmp_path / "p.tiff", mpp=0.243), mpp=0.5) as slide:
         assert slide.l0_mpp == 0.5 and slide.mpp_source == "override"
+
+
+def test_reads_past_the_edge_are_white_and_alpha_is_composited_on_white(tmp_path):
+    with open_slide(_pyramid(tmp_path / "p.tiff")) as slide:
+        inside = slide.read_region(0, 0, 0, 64, 48)
+        edge = slide.read_region(-32, -16, 0, 96, 64)
+        edge_small = slide.read_at_mpp(-32, -16, 96, 64, 1.0)
+    assert (edge[:16] == 255).all() and (edge[:, :32] == 255).all()
+    np.testing.assert_array_equal(edge[16:, 32:], inside)
+    assert edge.flags.writeable and edge_small.shape == (32, 48, 3) and (edge_small[:8, :16] == 255).all()
+    # openslide-python gives straight (not premultiplied) alpha: rgb·α + 255·(1 − α), rounded
+    rgba = Image.fromarray(np.array([[[200, 100, 0, 128], [10, 20, 30, 255], [0, 0, 0, 0]]], np.uint8), "RGBA")
+    np.testing.assert_array_equal(np.asarray(_on_white(rgba)), [[[227, 177, 127], [10, 20, 30], [255, 255, 255]]])
 
 
 def test_tiff_without_resolution_is_refused_unless_overridden(tmp_path):

@@ -83,11 +83,14 @@ class Slide:
 
         Returns an ``(l_h, l_w, 3)`` uint8 RGB array; transparent pixels (outside the scanned area) are white.
         """
+        return np.array(self._read_image(l0_x, l0_y, level, l_w, l_h))
+
+    def _read_image(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> Image.Image:
         try:
-            rgba = np.asarray(self._osr.read_region((int(l0_x), int(l0_y)), level, (int(l_w), int(l_h))))
+            rgba = self._osr.read_region((int(l0_x), int(l0_y)), level, (int(l_w), int(l_h)))
         except openslide.OpenSlideError as err:
             raise MicrometsError(f"{self.path}: cannot read region at level {level} ({err})") from err
-        return _rgba_to_rgb(rgba)
+        return _on_white(rgba)
 
     def level_for_mpp(self, target_mpp: float) -> int:
         """The coarsest level whose resolution is at least as fine as ``target_mpp``."""
@@ -105,10 +108,10 @@ class Slide:
         downsample = self.level_downsamples[level]
         l_w = max(1, math.ceil(l0_w / downsample))
         l_h = max(1, math.ceil(l0_h / downsample))
-        rgb = self.read_region(l0_x, l0_y, level, l_w, l_h)
-        if (l_w, l_h) == (out_w, out_h):
-            return rgb
-        return np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.BOX))
+        image = self._read_image(l0_x, l0_y, level, l_w, l_h)
+        if (l_w, l_h) != (out_w, out_h):
+            image = image.resize((out_w, out_h), Image.Resampling.BOX)
+        return np.array(image)
 
     def thumbnail(self, target_mpp: float, l0_chunk_px: int = 8192) -> tuple[np.ndarray, float]:
         """The whole slide at about ``target_mpp`` µm/px, read in windows (memory flat in slide size).
@@ -128,14 +131,14 @@ class Slide:
         return out, thumb_mpp
 
 
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """OpenSlide's premultiplied RGBA on a white background."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    a = alpha[..., None].astype(np.float32) / 255
-    return (rgb.astype(np.float32) + 255 * (1 - a)).clip(0, 255).astype(np.uint8)
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """openslide-python's RGBA image (straight, not premultiplied, alpha) composited over white, as RGB:
+    ``rgb·α + 255·(1 − α)``, all in Pillow's C code (an opaque read only drops alpha)."""
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba.convert("RGB")
+    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+    rgb.paste(rgba, mask=rgba)
+    return rgb
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
