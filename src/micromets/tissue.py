@@ -63,9 +63,9 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
 def tissue_from_rgb(rgb: np.ndarray, px_um: float,
                     min_object_um2: float = 2_000.0, max_hole_um2: float = 5_000.0) -> np.ndarray:
     """Tissue mask of an RGB image whose pixels are ``px_um`` µm wide."""
-    rgbf = rgb.astype(np.float32)
-    vmax = rgbf.max(axis=-1)
-    vmin = rgbf.min(axis=-1)
+    # channel max / min as two elementwise ops (a reduction over a length-3 axis is ~30× slower)
+    vmax = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
+    vmin = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
     saturation = np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1), 0)
     od_max = -np.log10(np.maximum(vmin, 1) / 255)
     candidate = od_max > GLASS_OD
