@@ -47,3 +47,24 @@ def test_patches_match_direct_reads(tmp_path):
             for (r, c), patch in zip(block.h_rc[:3], block.patches[:3]):
                 direct = slide.read_region(c * 64, r * 64, 0, 64, 64)
                 assert np.abs(patch.astype(int) - direct.astype(int)).max() <= 2
+
+
+def test_sparse_cells_read_only_their_box_and_match_direct_reads(tmp_path):
+    from micromets.tiles import TileGrid, read_block
+
+    def render(x, y, w, h):
+        yy, xx = np.mgrid[y:y + h, x:x + w]
+        return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
+
+    path = tmp_path / "sparse.tiff"
+    write_pyramid(path, 1024, 768, 0.5, render, jpeg_quality=95)
+    h_tissue = np.zeros((12, 16), bool)
+    h_tissue[[2, 4], [3, 6]] = True  # two cells of one 8 × 8 block, far from its corner
+    with open_slide(path) as slide:
+        grid = TileGrid(32.0, 0.5, h_tissue)
+        block = read_block(slide, grid, 0, 0, 8, patch_px=64, patch_mpp=0.5)
+        assert block.h_rc.tolist() == [[2, 3], [4, 6]]
+        for (r, c), patch in zip(block.h_rc, block.patches):
+            direct = slide.read_region(c * 64, r * 64, 0, 64, 64)
+            assert np.abs(patch.astype(int) - direct.astype(int)).max() <= 2
+        assert len(read_block(slide, grid, 8, 8, 8, patch_px=64, patch_mpp=0.5).h_rc) == 0

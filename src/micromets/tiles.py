@@ -84,10 +84,20 @@ def blocks_with_tissue(grid: TileGrid, block_cells: int) -> list[tuple[int, int]
 
 def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: int,
                patch_px: int, patch_mpp: float) -> PatchBlock:
-    """Read one block in a single windowed read and cut it into the patches of its tissue cells."""
+    """Read one block in a single windowed read and cut it into the patches of its tissue cells.
+
+    Only the bounding box of the block's tissue cells is read (a block at the tissue's edge, or holding a few
+    candidate cells of ``--mode fast``, is not read whole).
+    """
     start = time.perf_counter()
     rows, cols = grid.shape
     n_r, n_c = min(block_cells, rows - h_r0), min(block_cells, cols - h_c0)
+    local = np.argwhere(grid.h_tissue[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c])
+    if len(local) == 0:
+        return PatchBlock(np.zeros((0, 2), np.int64), np.zeros((0, patch_px, patch_px, 3), np.uint8), 0.0)
+    (r_lo, c_lo), (r_hi, c_hi) = local.min(axis=0), local.max(axis=0)
+    h_r0, h_c0, local = h_r0 + int(r_lo), h_c0 + int(c_lo), local - [r_lo, c_lo]
+    n_r, n_c = int(r_hi - r_lo) + 1, int(c_hi - c_lo) + 1
     l0_x, l0_y = round(h_c0 * grid.l0_cell), round(h_r0 * grid.l0_cell)
     l0_w, l0_h = round(n_c * grid.l0_cell), round(n_r * grid.l0_cell)
     img = slide.read_at_mpp(l0_x, l0_y, l0_w, l0_h, patch_mpp)
@@ -98,7 +108,6 @@ def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: 
         fixed[:h, :w] = img[:h, :w]
         img = fixed
     cells = img.reshape(n_r, patch_px, n_c, patch_px, 3).swapaxes(1, 2)
-    local = np.argwhere(grid.h_tissue[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c])
     patches = np.ascontiguousarray(cells[local[:, 0], local[:, 1]])
     h_rc = local + np.array([h_r0, h_c0])
     return PatchBlock(h_rc, patches, time.perf_counter() - start)

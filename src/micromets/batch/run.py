@@ -177,7 +177,7 @@ def model_identity(model_dir: str | None) -> tuple[str, str]:
     loading it here also rejects a broken model before any slide is queued."""
     from micromets.model import Detector
 
-    detector = Detector.load(model_dir, intra_op_threads=1)
+    detector = Detector.load(model_dir, threads=1)
     return str(detector.name), str(detector.version)
 
 
@@ -228,7 +228,7 @@ def _worker_detector(model_dir: str | None, threads: int):
     """The detector of this worker process, loaded once per model folder (ONNX session start is costly)."""
     from micromets.model import Detector
 
-    return Detector.load(model_dir, intra_op_threads=threads)
+    return Detector.load(model_dir, threads=threads)
 
 
 def analyze_job(job: SlideJob) -> SlideOutcome:
