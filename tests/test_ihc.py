@@ -138,6 +138,18 @@ def test_cluster_outlines_closed_group_by_group_equal_closing_the_whole_image(px
     assert shapely.equals(shapely.union_all(grouped), shapely.union_all(whole))
 
 
+def test_a_crop_that_leaves_out_glass_keeps_the_edge_rule_of_the_whole_image():
+    # glass over the left 100 px (24,000 µm²) with a DAB rim along it; cropping away 80 px of that glass leaves a
+    # strip of 4,800 µm², too small to be the section's edge unless the crop says glass lies beyond its left side
+    img = _cells_image(120, 0.6, glass_left=100, size=240)
+    img[:, 100:104] = stain.od_to_rgb(np.full((240, 4, 1), 0.6) * stain.DAB_OD)
+    whole = ihc.find_positive_cells(img, 1.0)
+    cropped = ihc.find_positive_cells(img[:, 80:], 1.0, glass_beyond=(False, False, True, False))
+    np.testing.assert_array_equal(cropped.positive, whole.positive[:, 80:])
+    np.testing.assert_allclose(cropped.cells_rc + [0, 80], whole.cells_rc)
+    assert ihc.find_positive_cells(img[:, 80:], 1.0).positive[:, 20:24].any()  # without it the rim would stay
+
+
 def test_bad_input_is_refused():
     with pytest.raises(MicrometsError, match="uint8"):
         ihc.find_positive_cells(np.zeros((10, 10)), 1.0)
@@ -187,6 +199,21 @@ def test_phantom_slide_clusters_counts_and_node_class(phantom_slide):
                for m in lesions]
     assert max(classes, key=["negative", "itc", "micro", "macro"].index) == truth["node_class"] == "micro"
     assert sorted(classes) == ["itc"] * 5 + ["micro"]
+
+
+def test_windows_cropped_to_the_tissue_give_the_same_findings(phantom_slide, monkeypatch):
+    path, _ = phantom_slide
+    with open_slide(path) as slide:
+        tissue = tissue_mask(slide)
+        cropped = ihc.analyze_ihc(slide, tissue)
+        monkeypatch.setattr(ihc, "SEARCH_REACH_UM", 1e6)  # every pixel within reach of tissue: nothing cut
+        whole = ihc.analyze_ihc(slide, tissue)
+    assert cropped.timing_s["analysed_mpx"] < whole.timing_s["analysed_mpx"]  # some glass was cut away
+    np.testing.assert_array_equal(cropped.heatmap.h_prob, whole.heatmap.h_prob)
+    np.testing.assert_allclose(cropped.cells_l0, whole.cells_l0, atol=1e-9)
+    assert cropped.rejected == whole.rejected
+    assert [c["n_cells"] for c in cropped.clusters] == [c["n_cells"] for c in whole.clusters]
+    assert all(shapely.equals(a["geometry_l0"], b["geometry_l0"]) for a, b in zip(cropped.clusters, whole.clusters))
 
 
 def test_analyze_ihc_refuses_a_bad_work_resolution(phantom_slide):

@@ -36,8 +36,12 @@ stain's physics finds them:
    (:func:`micromets.measure.measure_lesions`, :mod:`micromets.rules.ajcc8`) with the cell counts given here.
 
 The slide is read in square windows (core ``WINDOW_CELLS`` heatmap cells plus a ``MARGIN_UM`` margin), two at a
-time in threads; memory is flat in slide size. The heatmap holds, per ``CELL_UM`` cell, the fraction of its area
-that is DAB-positive tumour (0–1).
+time in threads; memory is flat in slide size. Windows without searched tissue are not read; within a window, sides
+farther than ``SEARCH_REACH_UM`` from searched tissue are cropped away (glass: the findings are those of the whole
+window, see `find_positive_cells`' ``glass_beyond``). The expensive per-pixel work is the DAB map (lookup-table
+deconvolution and smoothing); everything after the threshold visits only the positive pixels, and nuclei are split
+only inside the kept components' boxes. The heatmap holds, per ``CELL_UM`` cell, the fraction of its area that is
+DAB-positive tumour (0–1).
 """
 
 from __future__ import annotations
@@ -101,6 +105,10 @@ CELL_UM = 16.0
 #: Window core, in heatmap cells per side, and margin (µm) read around it.
 WINDOW_CELLS = 128
 MARGIN_UM = 32.0
+#: Within a window, pixels farther than this (µm) from every searched cell are glass, like the windows that are not
+#: read at all: a side of at least CROP_MIN_UM2 of them is cropped away (not read where the level is read directly).
+SEARCH_REACH_UM = 64.0
+CROP_MIN_UM2 = EDGE_GLASS_MIN_UM2
 
 
 @dataclass
@@ -132,11 +140,14 @@ def _disk(radius_px: float) -> np.ndarray:
 
 def find_positive_cells(rgb: np.ndarray, px_um: float, matrix: np.ndarray = stain.STANDARD_HDAB,
                         background: tuple[float, float, float] | np.ndarray = (255, 255, 255),
-                        edge_exclusion: bool = True) -> PositiveCells:
+                        edge_exclusion: bool = True,
+                        glass_beyond: tuple[bool, bool, bool, bool] = (False, False, False, False)) -> PositiveCells:
     """DAB-positive tumour cells of an RGB image with `px_um` µm pixels (steps 2–4 of the module docstring).
 
     `matrix` is the stain matrix (rows H, DAB, residual) and `background` the glass RGB. With
-    `edge_exclusion` positive pixels within `EDGE_UM` of bare glass are dropped.
+    `edge_exclusion` positive pixels within `EDGE_UM` of bare glass are dropped. `glass_beyond` (top, bottom,
+    left, right) marks sides beyond which lies broad glass outside the section (an image cropped out of a larger
+    one away from the tissue): glass touching such a side belongs to it.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -152,7 +163,7 @@ def find_positive_cells(rgb: np.ndarray, px_um: float, matrix: np.ndarray = stai
     # from here on only the (few) positive pixels are visited: their coordinates in raster order
     rr, cc = np.divmod(np.flatnonzero(positive), positive.shape[1])
     if edge_exclusion and len(rr):
-        drop = _near_glass(rgb, rr, cc, px_um, background)
+        drop = _near_glass(rgb, rr, cc, px_um, background, glass_beyond)
         rejected["edge_px"] = int(drop.sum())
         positive[rr[drop], cc[drop]] = False
         rr, cc = rr[~drop], cc[~drop]
@@ -209,29 +220,36 @@ def find_positive_cells(rgb: np.ndarray, px_um: float, matrix: np.ndarray = stai
     return PositiveCells(kept, np.concatenate(cells) if cells else np.zeros((0, 2)), rejected)
 
 
-def _near_glass(rgb: np.ndarray, rr: np.ndarray, cc: np.ndarray, px_um: float, background) -> np.ndarray:
+def _near_glass(rgb: np.ndarray, rr: np.ndarray, cc: np.ndarray, px_um: float, background,
+                glass_beyond: tuple[bool, bool, bool, bool]) -> np.ndarray:
     """Which of the pixels ``(rr, cc)`` lie within EDGE_UM of broad glass: a whole GLASS_BOX_UM square below
     GLASS_OD in every channel (gaps between cells are not glass), in a glass area of at least EDGE_GLASS_MIN_UM2
-    in the image. Judged on a 2 µm sampling grid, which is plenty for an 8 µm rule and 4–16× cheaper. Squares
-    are centred as in `scipy.ndimage` filters and clipped at the image border."""
+    in the image or touching a `glass_beyond` side. Judged on a 2 µm sampling grid, which is plenty for an 8 µm
+    rule and 4–16× cheaper. Squares are centred as in `scipy.ndimage` filters and clipped at the image border;
+    beyond a `glass_beyond` side the grid is extended by glass as far as the squares reach."""
     step = max(1, int(round(2.0 / px_um)))
     # glass: every channel brighter than background · 10^-GLASS_OD, i.e. at least the next integer level
     level = np.floor(np.asarray(background, np.float64) * 10.0 ** -GLASS_OD).astype(int) + 1
     small = rgb[::step, ::step]
     glass = (small[..., 0] >= level[0]) & (small[..., 1] >= level[1]) & (small[..., 2] >= level[2])
     box = max(2, round(GLASS_BOX_UM / (px_um * step)))
+    reach = int(math.ceil((EDGE_UM + GLASS_BOX_UM / 2) / (px_um * step)))
+    top, bottom, left, right = ((box + reach) * bool(side) for side in glass_beyond)
+    glass = np.pad(glass, ((top, bottom), (left, right)), constant_values=True)
     broad = ~_any_in_box(~glass, box // 2, box - 1 - box // 2)
     if not broad.any():
         return np.zeros(len(rr), bool)
     # only glass outside the section (large areas), not lumens, sinuses or fat cells inside it
     labels, _ = ndi.label(broad)
     area = np.bincount(labels.ravel()) * (px_um * step) ** 2
+    beyond = np.ones(glass.shape, bool)
+    beyond[top:glass.shape[0] - bottom, left:glass.shape[1] - right] = False
+    area[labels[beyond]] = np.inf
     area[0] = 0.0
     broad = (area >= EDGE_GLASS_MIN_UM2)[labels]
     if not broad.any():
         return np.zeros(len(rr), bool)
-    reach = int(math.ceil((EDGE_UM + GLASS_BOX_UM / 2) / (px_um * step)))
-    return _any_in_box(broad, reach, reach)[rr // step, cc // step]
+    return _any_in_box(broad, reach, reach)[rr // step + top, cc // step + left]
 
 
 def _any_in_box(mask: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -357,6 +375,12 @@ def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int
     margin_px = int(math.ceil(MARGIN_UM / work_mpp))
     s = work_mpp / slide.l0_mpp  # level-0 px per work px
     near_tissue = ndi.binary_dilation(h_tissue, iterations=1)
+    # core cells this close to a searched cell (SEARCH_REACH_UM plus the margin, so that a cut-away margin is as
+    # far from the searched cells as a cut-away core cell)
+    reach_cells = int(math.ceil((SEARCH_REACH_UM + margin_px * work_mpp) / cell_um))
+    searched_reach = ndi.binary_dilation(h_tissue, np.ones((3, 3), bool), iterations=reach_cells)
+    step = max(1, int(round(2.0 / work_mpp)))  # the glass grid of `_near_glass`: crops start on it
+    direct = s == round(s) and slide.level_downsamples[slide.level_for_mpp(work_mpp)] == s
     windows = [(r, c) for r in range(0, h_shape[0], WINDOW_CELLS) for c in range(0, h_shape[1], WINDOW_CELLS)
                if near_tissue[r:r + WINDOW_CELLS, c:c + WINDOW_CELLS].any()]
 
@@ -366,16 +390,24 @@ def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int
         n_c = min(WINDOW_CELLS, h_shape[1] - h_c0)
         w_r0, w_c0 = h_r0 * cell_px - margin_px, h_c0 * cell_px - margin_px   # work px of the read's corner
         w_h, w_w = n_r * cell_px + 2 * margin_px, n_c * cell_px + 2 * margin_px
-        l0_x, l0_y = int(math.floor(w_c0 * s)), int(math.floor(w_r0 * s))
-        rgb = slide.read_at_mpp(l0_x, l0_y, int(math.ceil(w_w * s)), int(math.ceil(w_h * s)), work_mpp)
-        rgb = _fit(rgb, w_h, w_w)
-        found = find_positive_cells(rgb, work_mpp, matrix, background)
-        rr, cc = np.divmod(np.flatnonzero(found.positive), w_w)
+        crop, glass_beyond = _crop(searched_reach[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c], cell_px, margin_px, step,
+                                   work_mpp)
+        (c_r0, c_r1), (c_c0, c_c1) = crop
+        if direct:   # pixel-exact sub-read: integer level-0 px per work px, read at its own level
+            rgb = _fit(slide.read_at_mpp(int((w_c0 + c_c0) * s), int((w_r0 + c_r0) * s), int((c_c1 - c_c0) * s),
+                                         int((c_r1 - c_r0) * s), work_mpp), c_r1 - c_r0, c_c1 - c_c0)
+        else:        # resampled: read the whole window (the same resampling phase), then crop
+            l0_x, l0_y = int(math.floor(w_c0 * s)), int(math.floor(w_r0 * s))
+            rgb = slide.read_at_mpp(l0_x, l0_y, int(math.ceil(w_w * s)), int(math.ceil(w_h * s)), work_mpp)
+            rgb = _fit(rgb, w_h, w_w)[c_r0:c_r1, c_c0:c_c1]
+        found = find_positive_cells(rgb, work_mpp, matrix, background, glass_beyond=glass_beyond)
+        rr, cc = np.divmod(np.flatnonzero(found.positive), c_c1 - c_c0)
+        rr, cc = rr + c_r0, cc + c_c0
         core_r, core_c = rr - margin_px, cc - margin_px
         in_core = (core_r >= 0) & (core_r < n_r * cell_px) & (core_c >= 0) & (core_c < n_c * cell_px)
         counts = np.bincount(core_r[in_core] // cell_px * n_c + core_c[in_core] // cell_px, minlength=n_r * n_c)
         frac = (counts / cell_px**2).astype(np.float32).reshape(n_r, n_c)
-        rc = found.cells_rc
+        rc = found.cells_rc + np.array([c_r0, c_c0])
         in_core = ((rc[:, 0] >= margin_px) & (rc[:, 0] < margin_px + n_r * cell_px)
                    & (rc[:, 1] >= margin_px) & (rc[:, 1] < margin_px + n_c * cell_px))
         cells = np.column_stack([(w_c0 + rc[in_core, 1] + 0.5) * s, (w_r0 + rc[in_core, 0] + 0.5) * s])
@@ -385,24 +417,44 @@ def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int
                               (w_c0 + margin_px + n_c * cell_px) * s, (w_r0 + margin_px + n_r * cell_px) * s)
             polys = _outlines_l0(rr, cc, (w_h, w_w), work_mpp, slide.l0_mpp, (w_c0 * s, w_r0 * s))
             pieces = [p for p in shapely.intersection(np.asarray(polys, dtype=object), box) if not p.is_empty]
-        return window, frac, cells, pieces, found.rejected
+        return window, frac, cells, pieces, found.rejected, (c_r1 - c_r0) * (c_c1 - c_c0)
 
     cells_all, pieces_all = [], []
     rejected = {"speck": 0, "pigment": 0, "edge_px": 0}
+    n_px = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (h_r0, h_c0), frac, cells, pieces, rej in pool.map(run, windows):
+        for (h_r0, h_c0), frac, cells, pieces, rej, px in pool.map(run, windows):
             h_prob[h_r0:h_r0 + frac.shape[0], h_c0:h_c0 + frac.shape[1]] = frac
             cells_all.append(cells)
             pieces_all.extend(pieces)
             for k, v in rej.items():
                 rejected[k] += v
+            n_px += px
     t_windows = time.perf_counter() - t0
     cells_l0 = np.concatenate(cells_all) if cells_all else np.zeros((0, 2))
     clusters = _clusters(pieces_all, cells_l0)
     h_tissue |= h_prob > 0
     heatmap = Heatmap(h_prob=h_prob, h_tissue=h_tissue, cell_um=cell_um, l0_mpp=slide.l0_mpp)
-    timing = {"windows": round(t_windows, 3), "total": round(time.perf_counter() - t0, 3), "n_windows": len(windows)}
+    timing = {"windows": round(t_windows, 3), "total": round(time.perf_counter() - t0, 3), "n_windows": len(windows),
+              "analysed_mpx": round(n_px / 1e6, 2)}
     return IhcFindings(heatmap, cells_l0, clusters, matrix, note, background, rejected, timing)
+
+
+def _crop(reach: np.ndarray, cell_px: int, margin_px: int, step: int,
+          px_um: float) -> tuple[tuple[tuple[int, int], tuple[int, int]], tuple[bool, bool, bool, bool]]:
+    """The part of a window worth analysing: the bounding box of its core cells within SEARCH_REACH_UM of a
+    searched cell (`reach`, bool per core cell) plus the margin, in window px ``((r0, r1), (c0, c1))``, and which
+    sides (top, bottom, left, right) were cut. A side is cut only where at least CROP_MIN_UM2 of glass is left
+    out, so that what the cut leaves out is broad glass outside the section; cuts start on the `step` grid."""
+    n_r, n_c = reach.shape
+    h, w = n_r * cell_px + 2 * margin_px, n_c * cell_px + 2 * margin_px
+    rows, cols = np.flatnonzero(reach.any(axis=1)), np.flatnonzero(reach.any(axis=0))
+    r0, c0 = rows[0] * cell_px // step * step, cols[0] * cell_px // step * step
+    r1, c1 = (rows[-1] + 1) * cell_px + 2 * margin_px, (cols[-1] + 1) * cell_px + 2 * margin_px
+    cut = [r0 * w, (h - r1) * w, c0 * h, (w - c1) * h]
+    beyond = tuple(bool(px * px_um**2 >= CROP_MIN_UM2) for px in cut)
+    top, bottom, left, right = beyond
+    return ((r0 if top else 0, r1 if bottom else h), (c0 if left else 0, c1 if right else w)), beyond
 
 
 def _outlines_l0(rr: np.ndarray, cc: np.ndarray, shape: tuple[int, int], px_um: float, l0_mpp: float,
