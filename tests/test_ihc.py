@@ -11,6 +11,7 @@ from micromets import ihc, measure, stain
 from micromets.errors import MicrometsError
 from micromets.measure import measure_lesions
 from micromets.phantom.ihc import ANTHRACOTIC_OD, HAEMOSIDERIN_OD, make_ihc_phantom, write_ihc_phantom
+from micromets.phantom.pyramid import write_pyramid
 from micromets.rules import ajcc8
 from micromets.slide import open_slide
 from micromets.tissue import tissue_mask
@@ -214,6 +215,19 @@ def test_windows_cropped_to_the_tissue_give_the_same_findings(phantom_slide, mon
     assert cropped.rejected == whole.rejected
     assert [c["n_cells"] for c in cropped.clusters] == [c["n_cells"] for c in whole.clusters]
     assert all(shapely.equals(a["geometry_l0"], b["geometry_l0"]) for a, b in zip(cropped.clusters, whole.clusters))
+
+
+@pytest.mark.parametrize("l0_mpp, expected", [
+    (0.2527, 4 * 0.2527),   # Aperio 40×: its 4× level (1.01 µm/px) is read as stored, not the 2× level shrunk
+    (0.2431, 4 * 0.2431),   # CAMELYON16-like: 0.97 µm/px
+    (0.5, 1.0),             # an exact 1 µm/px level
+    (0.7, 1.0),             # levels 0.7, 1.4, …: none within 10 %, read 0.7 and resample to 1 µm/px
+])
+def test_work_resolution_is_a_pyramid_level_near_1_um(tmp_path, l0_mpp, expected):
+    path = tmp_path / "p.tiff"
+    write_pyramid(path, 2048, 1024, l0_mpp, lambda x, y, w, h: np.full((h, w, 3), 230, np.uint8))
+    with open_slide(path) as slide:
+        assert ihc.work_resolution(slide, 1.0) == pytest.approx(expected, rel=1e-6)
 
 
 def test_analyze_ihc_refuses_a_bad_work_resolution(phantom_slide):

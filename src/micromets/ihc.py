@@ -105,6 +105,9 @@ CELL_UM = 16.0
 #: Window core, in heatmap cells per side, and margin (µm) read around it.
 WINDOW_CELLS = 128
 MARGIN_UM = 32.0
+#: A pyramid level within this fraction of the requested work resolution is read as stored (e.g. 1.01 µm/px on a
+#: 0.2527 µm/px Aperio slide when 1 µm/px is asked for), not a finer level read and shrunk (4× the pixels there).
+LEVEL_MPP_TOLERANCE = 0.1
 #: Within a window, pixels farther than this (µm) from every searched cell are glass, like the windows that are not
 #: read at all: a side of at least CROP_MIN_UM2 of them is cropped away (not read where the level is read directly).
 SEARCH_REACH_UM = 64.0
@@ -345,9 +348,10 @@ def slide_stain(slide: Slide, tissue: TissueMask, work_mpp: float,
 def analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float = 1.0, workers: int = 2) -> IhcFindings:
     """DAB-positive tumour cells, their clusters and a DAB heatmap of a cytokeratin IHC slide.
 
-    The slide is read at `work_mpp` µm/px (≈ 1; 0.5 for more detail at 4× the time) in windows over the
-    tissue cells of `tissue`; `workers` windows are processed at a time. Cell centres and cluster outlines come
-    out in level-0 pixels. See the module docstring for the rules and thresholds.
+    The slide is read at `work_mpp` µm/px (≈ 1; 0.5 for more detail at 4× the time) — or at the resolution of a
+    pyramid level within LEVEL_MPP_TOLERANCE of it (`work_resolution`) — in windows over the tissue cells of
+    `tissue`; `workers` windows are processed at a time. Cell centres and cluster outlines come out in level-0
+    pixels. See the module docstring for the rules and thresholds.
     """
     if not 0.1 <= work_mpp <= 4.0:
         raise MicrometsError(f"IHC work resolution {work_mpp} µm/px outside 0.1–4 (cells need ≲ 1 µm/px)")
@@ -360,10 +364,19 @@ def analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float = 1.0, workers
         return _analyze_ihc(slide, tissue, work_mpp, workers)
 
 
+def work_resolution(slide: Slide, work_mpp: float) -> float:
+    """The µm/px to analyse `slide` at: the pyramid level's closest to `work_mpp` when it lies within
+    LEVEL_MPP_TOLERANCE (relative) of it, so that the level is read as stored; otherwise `work_mpp` (resampled)."""
+    level_mpp = np.asarray(slide.level_downsamples, np.float64) * slide.l0_mpp
+    closest = float(level_mpp[np.argmin(np.abs(np.log(level_mpp / work_mpp)))])
+    return closest if abs(closest / work_mpp - 1) <= LEVEL_MPP_TOLERANCE else work_mpp
+
+
 def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int) -> IhcFindings:
     from micromets.tiles import tissue_fraction
 
     t0 = time.perf_counter()
+    work_mpp = work_resolution(slide, work_mpp)
     matrix, note, background = slide_stain(slide, tissue, work_mpp)
     cell_px = max(1, round(CELL_UM / work_mpp))
     cell_um = cell_px * work_mpp
