@@ -393,7 +393,9 @@ def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int
     reach_cells = int(math.ceil((SEARCH_REACH_UM + margin_px * work_mpp) / cell_um))
     searched_reach = ndi.binary_dilation(h_tissue, np.ones((3, 3), bool), iterations=reach_cells)
     step = max(1, int(round(2.0 / work_mpp)))  # the glass grid of `_near_glass`: crops start on it
-    direct = s == round(s) and slide.level_downsamples[slide.level_for_mpp(work_mpp)] == s
+    level = slide.level_for_mpp(work_mpp)
+    native = math.isclose(slide.level_downsamples[level] * slide.l0_mpp, work_mpp, rel_tol=1e-9)  # read as stored
+    exact_crop = native and s == round(s)  # a sub-read is then pixel for pixel the same as the window's part
     windows = [(r, c) for r in range(0, h_shape[0], WINDOW_CELLS) for c in range(0, h_shape[1], WINDOW_CELLS)
                if near_tissue[r:r + WINDOW_CELLS, c:c + WINDOW_CELLS].any()]
 
@@ -406,13 +408,16 @@ def _analyze_ihc(slide: Slide, tissue: TissueMask, work_mpp: float, workers: int
         crop, glass_beyond = _crop(searched_reach[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c], cell_px, margin_px, step,
                                    work_mpp)
         (c_r0, c_r1), (c_c0, c_c1) = crop
-        if direct:   # pixel-exact sub-read: integer level-0 px per work px, read at its own level
-            rgb = _fit(slide.read_at_mpp(int((w_c0 + c_c0) * s), int((w_r0 + c_r0) * s), int((c_c1 - c_c0) * s),
-                                         int((c_r1 - c_r0) * s), work_mpp), c_r1 - c_r0, c_c1 - c_c0)
-        else:        # resampled: read the whole window (the same resampling phase), then crop
+        if exact_crop:
+            rgb = slide.read_region(int((w_c0 + c_c0) * s), int((w_r0 + c_r0) * s), level, c_c1 - c_c0, c_r1 - c_r0)
+        else:  # the whole window (a sub-read would land on another sub-pixel phase of the level), then the crop
             l0_x, l0_y = int(math.floor(w_c0 * s)), int(math.floor(w_r0 * s))
-            rgb = slide.read_at_mpp(l0_x, l0_y, int(math.ceil(w_w * s)), int(math.ceil(w_h * s)), work_mpp)
-            rgb = _fit(rgb, w_h, w_w)[c_r0:c_r1, c_c0:c_c1]
+            if native:
+                rgb = slide.read_region(l0_x, l0_y, level, w_w, w_h)
+            else:
+                rgb = _fit(slide.read_at_mpp(l0_x, l0_y, int(math.ceil(w_w * s)), int(math.ceil(w_h * s)), work_mpp),
+                           w_h, w_w)
+            rgb = rgb[c_r0:c_r1, c_c0:c_c1]
         found = find_positive_cells(rgb, work_mpp, matrix, background, glass_beyond=glass_beyond)
         rr, cc = np.divmod(np.flatnonzero(found.positive), c_c1 - c_c0)
         rr, cc = rr + c_r0, cc + c_c0
