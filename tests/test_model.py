@@ -129,3 +129,34 @@ def test_the_held_out_model_for_phantoms_never_saw_tumor_064():
     assert "tumor_001" in json.dumps(card["split"]["final_model_trained_on"])
     assert "unseen_stain_tiles" in card["metrics"]
     assert Detector.load(folder).patch_px == card["patch_px"]
+
+
+def test_parallel_predict_equals_one_thread(shared_data):
+    """threads=2 splits a call into chunks run at once; the probabilities are those of one thread, in order."""
+    one, two = Detector.load(threads=1), Detector.load(threads=2)
+    x = _patches(shared_data / "camelyon16_patches" / "tumor", one)
+    x = np.concatenate([x, np.full((3,) + x.shape[1:], 245, np.uint8), x[::-1]])  # background in the middle
+    for det in (one, two):
+        det.set_stain_reference(x)
+        det.batch_size = 16  # several chunks per thread
+    np.testing.assert_array_equal(one.predict(x), two.predict(x))
+
+
+def test_coarse_screen_card_is_valid_and_its_onnx_runs(shared_data):
+    from micromets.model import coarse_model_dir
+
+    card = json.loads((coarse_model_dir() / "model.json").read_text())
+    screen = Detector.load(coarse_model_dir())
+    assert 2.0 <= screen.input_mpp <= 4.0 and screen.patch_px == card["patch_px"]
+    assert 0.0 < card["screen_threshold"] < 0.5  # a low, high-sensitivity operating point
+    held = card["metrics"]["held_out_idc"]
+    assert held["auc"] > 0.6 and held["screen_threshold_sensitivity"] >= 0.9  # a weak screen, but not chance
+    held_patients = set(card["split"]["held_out_idc_patients"])
+    assert held_patients and not held_patients & set(card["split"]["final_model_trained_on"]["idc_breast"])
+    assert "research use" in json.dumps(card["training_data"]) and "research" in card["licence"]
+    assert "patient_066" not in json.dumps(card["split"])
+    assert sum(p.stat().st_size for p in coarse_model_dir().iterdir()) <= 3 * 2**20
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(4, screen.patch_px, screen.patch_px, 3), dtype=np.uint8)
+    p = screen.predict(x)
+    assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()

@@ -35,6 +35,9 @@ from micromets.tissue import TissueMask, tissue_mask
 SCHEMA = "micromets.slide-result/1"
 #: Below this much tissue (mm²) a slide is reported as holding no tissue.
 MIN_TISSUE_MM2 = 0.01
+#: Detector modes: ``thorough`` runs the fine model over all tissue; ``fast`` screens all tissue with the coarse
+#: model first and runs the fine model only near its candidates (can miss ITC, see micromets.heatmap).
+MODES = ("thorough", "fast")
 #: Resolution at which tumour nuclei are counted inside H&E lesions (µm/px).
 CELL_COUNT_MPP = 0.5
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
@@ -170,9 +173,12 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
 def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
                   detector=None, stain: str | None = None, threshold: float | None = None,
                   gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None,
-                  readers: int = 2) -> dict:
+                  readers: int = 2, screen=None) -> dict:
     """Analyse one slide and write its results folder; returns the result dict (``result.json``).
 
+    ``mode`` is ``thorough`` (fine model over all tissue) or ``fast`` (coarse ``screen`` model — default the
+    shipped ``models/coarse`` — over all tissue, fine model only near its candidates; can miss ITC). The mode
+    applies to H&E slides; IHC slides are analysed the same way in both.
     ``mpp`` overrides the slide's level-0 µm/px; ``stain`` forces ``"he"`` or ``"ihc"`` (default: detected);
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
     ``readers`` is the number of tile-reading threads that run ahead of inference.
@@ -182,8 +188,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
     cells from becoming lesions.
     """
-    if mode != "thorough":
-        raise MicrometsError(f"unknown mode {mode!r} (expected thorough)")
+    if mode not in MODES:
+        raise MicrometsError(f"unknown mode {mode!r} (expected {' or '.join(MODES)})")
     if stain not in (None, "he", "ihc"):
         raise MicrometsError(f"unknown stain {stain!r} (expected he or ihc)")
     start = time.perf_counter()
@@ -200,13 +206,20 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             stain_reason = "set by the user"
         timing = {}
         if stain == "he":
-            from micromets.heatmap import compute_heatmap
-            from micromets.model import Detector
+            from micromets.heatmap import compute_heatmap, compute_heatmap_fast, screen_settings
+            from micromets.model import Detector, coarse_model_dir
 
             detector = detector or Detector.load()
             detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
-            heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers,
-                                                      progress=progress)
+            if mode == "fast":
+                screen = screen or Detector.load(coarse_model_dir(), threads=detector.threads)
+                screen.set_stain_reference(stain_sample(slide, tissue, screen.input_mpp, screen.patch_px))
+                screen_threshold, margin_um = screen_settings(screen)
+                heatmap, heat_timing = compute_heatmap_fast(slide, tissue, detector, screen, screen_threshold,
+                                                            margin_um, readers=readers, progress=progress)
+                timing.update(screen=round(heat_timing.screen_s, 3), n_screen_patches=heat_timing.n_screen_patches)
+            else:
+                heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
@@ -217,6 +230,9 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
+            if mode == "fast":
+                model_info["screen"] = {"name": screen.name, "version": screen.version,
+                                        "threshold": screen_threshold, "margin_um": margin_um}
             cells_xy = None
         else:
             from micromets.ihc import analyze_ihc

@@ -143,8 +143,12 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
 def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camelyon17", detector=None,
              gap_um: float | None = None, report: bool = True,
              on_slide: Callable[[ManifestRow, dict | None, str | None], None] | None = None,
-             progress: Callable[[int, int], None] | None = None) -> list[dict]:
+             progress: Callable[[int, int], None] | None = None, scan_mode: str = "thorough",
+             screen=None) -> list[dict]:
     """Run every slide of a manifest and stage each patient; returns the ``case.json`` dicts.
+
+    ``scan_mode`` is the detector mode of every slide (``thorough`` or ``fast`` with the coarse ``screen``
+    model, see :func:`micromets.analyze.analyze_slide`).
 
     ``on_slide(row, result, error)`` is called after each slide (``error`` is the one-line reason of a failure).
     """
@@ -164,8 +168,9 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
             if row.slide_path is None:
                 continue
             try:
-                results[row.line] = analyze_slide(row.slide_path, patient_dir, detector=detector, stain=row.stain,
-                                                  gap_um=gap_um or DEFAULT_GAP_UM, progress=progress)
+                results[row.line] = analyze_slide(row.slide_path, patient_dir, mode=scan_mode, detector=detector,
+                                                  screen=screen, stain=row.stain, gap_um=gap_um or DEFAULT_GAP_UM,
+                                                  progress=progress)
                 error = None
             except MicrometsError as err:
                 error = str(err)

@@ -17,6 +17,7 @@ def analyze(
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
     gap_um: float = typer.Option(75.0, "--gap-um", help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
+    mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), the fine model only within one coarse cell (64 µm) of its candidates; faster, but isolated tumour cells (< 0.2 mm) can be missed at 2 µm/px, so fast mode can miss ITC. result.json records the mode."),
 ) -> None:
     """Find and measure tumour deposits in each slide.
 
@@ -24,26 +25,30 @@ def analyze(
     each lesion with its level-0 outline, area in mm², maximum Feret diameter in mm and maximum probability),
     heatmap.png (thumbnail with the tumour heatmap and outlines), heatmap.npy and lesions.geojson (QuPath).
     Deposit classes follow AJCC 8: ITC <= 0.2 mm (or < 200 cells), micrometastasis > 0.2 and <= 2.0 mm,
-    macrometastasis > 2.0 mm. A slide that fails (unreadable, no tissue, unknown resolution) is reported in one
+    macrometastasis > 2.0 mm. --mode fast screens at 2 µm/px first and can miss ITC; thorough is the default.
+    A slide that fails (unreadable, no tissue, unknown resolution) is reported in one
     line and skipped; the others are still analysed; the exit code is then 2.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from micromets.analyze import analyze_slide
+    from micromets.analyze import MODES, analyze_slide
     from micromets.errors import MicrometsError
-    from micromets.model import Detector
+    from micromets.model import Detector, coarse_model_dir
 
     console = Console(stderr=True)
+    if mode not in MODES:
+        raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
     detector = Detector.load(model)
+    screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
     failed = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
                   TimeElapsedColumn(), console=console) as bar:
         for path in slides:
             task = bar.add_task(path.name, total=None)
             try:
-                result = analyze_slide(path, out, mpp=mpp, detector=detector, stain=stain, threshold=threshold,
-                                       gap_um=gap_um, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                result = analyze_slide(path, out, mpp=mpp, mode=mode, detector=detector, screen=screen, stain=stain,
+                                       threshold=threshold, gap_um=gap_um, progress=lambda done, total: bar.update(task, completed=done, total=total))
             except MicrometsError as err:
                 failed += 1
                 bar.update(task, description=f"[red]{path.name}: failed")

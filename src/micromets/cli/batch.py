@@ -47,6 +47,11 @@ def batch(
                                                                   "(default 75 µm, CAMELYON)."),
     stage_mode: str = typer.Option("camelyon17", "--stage-mode", help="pN staging of manifest patients: camelyon17 "
                                                                       "or ajcc8."),
+    mode: str = typer.Option("thorough", "--mode", help="Detector mode: thorough (default; the fine model over all "
+                                                        "tissue) or fast (a coarse 2 µm/px screen, then the fine "
+                                                        "model only near its candidates; can miss ITC). Part of "
+                                                        "the settings: a slide done in one mode is redone in the "
+                                                        "other."),
 ) -> None:
     """Analyse a whole archive unattended, resumably, on one machine or a Dask cluster.
 
@@ -65,8 +70,12 @@ def batch(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from micromets.analyze import MODES
     from micromets.batch.run import run_batch
     from micromets.errors import MicrometsError
+
+    if mode not in MODES:
+        raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
 
     console = Console(stderr=True)
     counts = {"done": 0, "failed": 0, "skipped": 0}
@@ -86,7 +95,7 @@ def batch(
             total = bar.tasks[0].total or 0
             bar.update(task, advance=1, remaining=int(total - sum(counts.values())), **counts)
 
-        summary = run_batch(inputs, out, db, mode="thorough", mpp=mpp, stain=stain, threshold=threshold,
+        summary = run_batch(inputs, out, db, mode=mode, mpp=mpp, stain=stain, threshold=threshold,
                             gap_um=gap_um, model_dir=model, identity=identity, force=force, workers=workers,
                             scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
 

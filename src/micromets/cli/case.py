@@ -9,11 +9,16 @@ import typer
 from micromets.cli.app import app
 
 
-def _run(manifest: Path, out: Path, mode: str, model: Optional[Path]) -> list[dict]:
+def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode: str = "thorough") -> list[dict]:
     from rich.console import Console
 
+    from micromets.analyze import MODES
     from micromets.case import run_case
-    from micromets.model import Detector
+    from micromets.errors import MicrometsError
+    from micromets.model import Detector, coarse_model_dir
+
+    if scan_mode not in MODES:
+        raise MicrometsError(f"--scan-mode {scan_mode!r}: choose {' or '.join(MODES)}")
 
     console = Console(stderr=True)
 
@@ -25,7 +30,10 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path]) -> list[di
             size_text = f"largest {size:.2f} mm" if size is not None else "no deposit"
             console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
 
-    cases = run_case(manifest, out, stage_mode=mode, detector=Detector.load(model), on_slide=on_slide)
+    detector = Detector.load(model)
+    screen = Detector.load(coarse_model_dir(), threads=detector.threads) if scan_mode == "fast" else None
+    cases = run_case(manifest, out, stage_mode=mode, detector=detector, on_slide=on_slide, scan_mode=scan_mode,
+                     screen=screen)
     for case in cases:
         console.print(f"[bold]patient {case['patient']}: {case['pn_stage']}[/bold] — {case['stage_reason']}")
         if case.get("report"):
@@ -39,6 +47,7 @@ def case(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
     mode: str = typer.Option("camelyon17", "--mode", help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    scan_mode: str = typer.Option("thorough", "--scan-mode", help="Detector mode of every H&E slide: thorough (default; the fine model over all tissue) or fast (a coarse 2 µm/px screen, then the fine model only near its candidates; can miss ITC)."),
 ) -> None:
     """Analyse every slide of a case manifest and stage each patient.
 
@@ -46,7 +55,7 @@ def case(
     < 250 negative, 250-5,000 micrometastasis, > 5,000 macrometastasis). The patient's pN stage follows the chosen
     rule. A slide that fails is reported in one line and listed in case.json; the exit code is then 2.
     """
-    cases = _run(manifest, out, mode, model)
+    cases = _run(manifest, out, mode, model, scan_mode)
     if any(c["failed_slides"] for c in cases):
         raise typer.Exit(code=2)
 

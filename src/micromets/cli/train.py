@@ -26,7 +26,7 @@ def _path_at_mpp(spec: str, option: str) -> tuple[Path, float]:
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output model folder: model.onnx + model.json (the card)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="'lymph-node-he': the shipped default's data from --data-root (see micromets.train.recipes)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="'lymph-node-he': the shipped default's data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
     data_root: Path = typer.Option(Path("../shared/data"), "--data-root", help="Folder of the real data for --recipe."),
     folder: list[str] = typer.Option([], "--folder", help="Folder-per-class tiles as PATH@MPP (class folders tumor*/normal*; MPP = µm/px of the images). Repeatable."),
     idc: Optional[str] = typer.Option(None, "--idc", help="Breast IDC layout <patient>/<0|1>/*.png as PATH@MPP (≈4 µm/px)."),
@@ -62,9 +62,17 @@ def train(
 
     samples, training_data = [], []
     checks = None
+    if recipe == "coarse-screen":
+        from micromets.train.coarse import train_coarse
+
+        card = train_coarse(data_root, out, steps=steps, width=width, seed=seed, name=name, version=version,
+                            command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+                            log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
+        return
     if recipe is not None:
         if recipe != "lymph-node-he":
-            raise MicrometsError(f"--recipe {recipe!r}: the only recipe is 'lymph-node-he'")
+            raise MicrometsError(f"--recipe {recipe!r}: choose 'lymph-node-he' or 'coarse-screen'")
         if not (data_root / "camelyon16_patches").is_dir():
             raise MicrometsError(f"--data-root {data_root}: no camelyon16_patches folder there")
         samples += recipes.lymph_node_he(data_root, input_mpp, patch_px)

@@ -1,0 +1,101 @@
+"""Heatmaps: the coarse-screen candidates map onto the fine grid as documented, and fast mode runs end to end."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from micromets.heatmap import Heatmap, candidate_cells
+
+REPO = Path(__file__).resolve().parents[1]
+NODE2 = REPO / "demo" / "slides" / "node2.tiff"  # phantom node with one 0.9 mm micrometastasis
+
+
+def _screen(h_prob: np.ndarray, cell_um: float = 128.0) -> Heatmap:
+    return Heatmap(h_prob.astype(np.float32), h_prob > 0, cell_um, l0_mpp=0.25)
+
+
+def test_candidates_are_the_fine_cells_centred_in_a_hot_coarse_cell():
+    coarse = np.zeros((3, 3))
+    coarse[1, 1] = 0.3
+    # fine cells of 48 µm: centres (r + 0.5) * 48 µm fall in coarse row 1 ([128, 256) µm) for r = 3, 4 only
+    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.3, margin_um=0.0)
+    want = np.zeros((8, 8), bool)
+    want[3:5, 3:5] = True
+    np.testing.assert_array_equal(got, want)
+
+
+def test_threshold_is_inclusive_and_lower_scores_are_not_candidates():
+    coarse = np.zeros((3, 3))
+    at = float(np.float32(0.3))
+    coarse[0, 0] = np.nextafter(np.float32(at), np.float32(0))  # just below
+    coarse[2, 2] = at                                            # exactly at the threshold: a candidate
+    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=at, margin_um=0.0)
+    assert not got[:5, :5].any()
+    assert got[5:8, 5:8].all() and got.sum() == 9  # centres 264..360 µm lie in coarse row/col 2 ([256, 384))
+
+
+def test_margin_adds_fine_cells_within_the_distance_centre_to_centre():
+    coarse = np.zeros((3, 3))
+    coarse[1, 1] = 1.0
+    # margin 48 µm = one fine cell: the 4-neighbours join (distance 48 µm), the diagonals do not (68 µm)
+    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.5, margin_um=48.0)
+    want = np.zeros((8, 8), bool)
+    want[3:5, 2:6] = True
+    want[2:6, 3:5] = True
+    np.testing.assert_array_equal(got, want)
+    wider = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.5, margin_um=70.0)
+    assert wider[2, 2] and not wider[1, 1]  # diagonal at 68 µm joins, (1, 1) at 136 µm does not
+
+
+@pytest.fixture(scope="module")
+def fast_and_thorough(tmp_path_factory):
+    from micromets.analyze import analyze_slide
+    from micromets.model import Detector
+
+    out = tmp_path_factory.mktemp("fast")
+    detector = Detector.load()
+    fast = analyze_slide(NODE2, out / "fast", mode="fast", detector=detector)
+    thorough = analyze_slide(NODE2, out / "thorough", mode="thorough", detector=detector)
+    return out, fast, thorough
+
+
+def test_fast_mode_finds_the_micrometastasis_and_records_its_mode(fast_and_thorough):
+    out, fast, thorough = fast_and_thorough
+    schema = json.loads((REPO / "src" / "micromets" / "schemas" / "slide-result.schema.json").read_text())
+    jsonschema.validate(fast, schema)
+    assert fast["mode"] == "fast" and thorough["mode"] == "thorough"
+    assert fast["model"]["screen"]["name"] == "micromets-coarse-screen"
+    assert fast["model"]["screen"]["margin_um"] > 0
+    assert "screen" not in thorough["model"]
+    assert fast["node_class"] == "micro"
+    truth = json.loads(NODE2.with_suffix(".geojson").read_text())["features"][0]["properties"]["diameter_mm"]
+    largest = max(fast["lesions"], key=lambda r: r["diameter_mm"])
+    assert largest["diameter_mm"] == pytest.approx(truth, abs=0.3)
+
+
+def test_fast_mode_scores_fewer_cells_and_keeps_unscored_tissue(fast_and_thorough):
+    out, fast, thorough = fast_and_thorough
+    assert fast["timing_s"]["n_screen_patches"] > 0
+    assert fast["timing_s"]["n_patches"] < thorough["timing_s"]["n_patches"]
+    assert fast["heatmap"]["shape"] == thorough["heatmap"]["shape"]
+    h_fast = np.load(out / "fast" / "node2" / "heatmap.npy")
+    h_thorough = np.load(out / "thorough" / "node2" / "heatmap.npy")
+    scored = h_fast > 0
+    # cells the fine model scored in fast mode carry the same probability as in thorough mode
+    np.testing.assert_allclose(h_fast[scored], h_thorough[scored], atol=1e-5)
+    assert ((h_thorough > 0) & ~scored).any()  # some tissue was left to the screen's judgement
+
+
+def test_unknown_mode_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "micromets", "analyze", str(NODE2), "--out", str(tmp_path),
+                           "--mode", "quick"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--mode 'quick'" in done.stderr
