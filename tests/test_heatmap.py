@@ -21,7 +21,7 @@ def test_candidates_are_the_fine_cells_centred_in_a_hot_coarse_cell():
     coarse = np.zeros((3, 3))
     coarse[1, 1] = 0.3
     # fine cells of 48 µm: centres (r + 0.5) * 48 µm fall in coarse row 1 ([128, 256) µm) for r = 3, 4 only
-    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.3, margin_um=0.0)
+    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.3)
     want = np.zeros((8, 8), bool)
     want[3:5, 3:5] = True
     np.testing.assert_array_equal(got, want)
@@ -32,22 +32,9 @@ def test_threshold_is_inclusive_and_lower_scores_are_not_candidates():
     at = float(np.float32(0.3))
     coarse[0, 0] = np.nextafter(np.float32(at), np.float32(0))  # just below
     coarse[2, 2] = at                                            # exactly at the threshold: a candidate
-    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=at, margin_um=0.0)
+    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=at)
     assert not got[:5, :5].any()
     assert got[5:8, 5:8].all() and got.sum() == 9  # centres 264..360 µm lie in coarse row/col 2 ([256, 384))
-
-
-def test_margin_adds_fine_cells_within_the_distance_centre_to_centre():
-    coarse = np.zeros((3, 3))
-    coarse[1, 1] = 1.0
-    # margin 48 µm = one fine cell: the 4-neighbours join (distance 48 µm), the diagonals do not (68 µm)
-    got = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.5, margin_um=48.0)
-    want = np.zeros((8, 8), bool)
-    want[3:5, 2:6] = True
-    want[2:6, 3:5] = True
-    np.testing.assert_array_equal(got, want)
-    wider = candidate_cells(_screen(coarse), (8, 8), 48.0, threshold=0.5, margin_um=70.0)
-    assert wider[2, 2] and not wider[1, 1]  # diagonal at 68 µm joins, (1, 1) at 136 µm does not
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,6 @@ def test_fast_mode_finds_the_micrometastasis_and_records_its_mode(fast_and_thoro
     jsonschema.validate(fast, schema)
     assert fast["mode"] == "fast" and thorough["mode"] == "thorough"
     assert fast["model"]["screen"]["name"] == "micromets-coarse-screen"
-    assert fast["model"]["screen"]["margin_um"] > 0
     assert "screen" not in thorough["model"]
     assert fast["node_class"] == "micro"
     truth = json.loads(NODE2.with_suffix(".geojson").read_text())["features"][0]["properties"]["diameter_mm"]
@@ -84,9 +70,21 @@ def test_fast_mode_scores_fewer_cells_and_keeps_unscored_tissue(fast_and_thoroug
     h_fast = np.load(out / "fast" / "node2" / "heatmap.npy")
     h_thorough = np.load(out / "thorough" / "node2" / "heatmap.npy")
     scored = h_fast > 0
-    # cells the fine model scored in fast mode carry the same probability as in thorough mode
-    np.testing.assert_allclose(h_fast[scored], h_thorough[scored], atol=1e-5)
+    # cells the fine model scored in fast mode carry the probability of thorough mode (the demo slide is
+    # 0.486 µm/px, so blocks are resampled to 0.5 µm/px and a patch's pixels depend a little on its block's edges)
+    diff = np.abs(h_fast[scored] - h_thorough[scored])
+    assert np.median(diff) < 0.01 and diff.max() < 0.2
     assert ((h_thorough > 0) & ~scored).any()  # some tissue was left to the screen's judgement
+
+
+def test_fast_mode_measures_the_micrometastasis_as_thorough_mode(fast_and_thorough):
+    """Growing over each positive region scores it whole, so the deposit is outlined as in thorough mode (up to
+    the block-resampling noise above), not cut off at the screen's candidates."""
+    out, fast, thorough = fast_and_thorough
+    big_fast = max(fast["lesions"], key=lambda r: r["diameter_mm"])
+    big_thorough = max(thorough["lesions"], key=lambda r: r["diameter_mm"])
+    assert big_fast["diameter_mm"] == pytest.approx(big_thorough["diameter_mm"], abs=0.05)
+    assert big_fast["area_mm2"] == pytest.approx(big_thorough["area_mm2"], rel=0.1)
 
 
 def test_unknown_mode_is_one_line_and_exit_2(tmp_path):

@@ -177,8 +177,10 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     """Analyse one slide and write its results folder; returns the result dict (``result.json``).
 
     ``mode`` is ``thorough`` (fine model over all tissue) or ``fast`` (coarse ``screen`` model — default the
-    shipped ``models/coarse`` — over all tissue, fine model only near its candidates; can miss ITC). The mode
-    applies to H&E slides; IHC slides are analysed the same way in both.
+    shipped ``models/coarse`` — over all tissue at its card's ``screen_threshold``, then the fine model on its
+    candidates and, grown cell by cell, on the whole of every region reaching ``threshold``: those lesions come
+    out as in thorough mode; a deposit the screen misses is lost, so fast mode can miss ITC; see
+    :func:`micromets.heatmap.compute_heatmap_fast`). IHC slides are analysed the same way in both modes.
     ``mpp`` overrides the slide's level-0 µm/px; ``stain`` forces ``"he"`` or ``"ihc"`` (default: detected);
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
     ``readers`` is the number of tile-reading threads that run ahead of inference.
@@ -206,24 +208,24 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             stain_reason = "set by the user"
         timing = {}
         if stain == "he":
-            from micromets.heatmap import compute_heatmap, compute_heatmap_fast, screen_settings
+            from micromets.heatmap import compute_heatmap, compute_heatmap_fast
             from micromets.model import Detector, coarse_model_dir
 
             detector = detector or Detector.load()
             detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
+            threshold = float(detector.card.get("threshold", 0.5) if threshold is None else threshold)
             if mode == "fast":
                 screen = screen or Detector.load(coarse_model_dir(), threads=detector.threads)
                 screen.set_stain_reference(stain_sample(slide, tissue, screen.input_mpp, screen.patch_px))
-                screen_threshold, margin_um = screen_settings(screen)
+                screen_threshold = float(screen.card.get("screen_threshold", 0.5))
                 heatmap, heat_timing = compute_heatmap_fast(slide, tissue, detector, screen, screen_threshold,
-                                                            margin_um, readers=readers, progress=progress)
+                                                            threshold, readers=readers, progress=progress)
                 timing.update(screen=round(heat_timing.screen_s, 3), n_screen_patches=heat_timing.n_screen_patches)
             else:
                 heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
-            threshold = float(detector.card.get("threshold", 0.5) if threshold is None else threshold)
             seed_threshold = max(threshold, float(detector.card.get("seed_threshold", threshold)))
             outlines = heatmap_outlines_l0(heatmap, threshold)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
@@ -231,8 +233,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
             if mode == "fast":
-                model_info["screen"] = {"name": screen.name, "version": screen.version,
-                                        "threshold": screen_threshold, "margin_um": margin_um}
+                model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
             cells_xy = None
         else:
             from micromets.ihc import analyze_ihc

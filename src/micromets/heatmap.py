@@ -8,8 +8,8 @@ Two modes (``analyze --mode``):
 
 - ``thorough`` (default, :func:`compute_heatmap`): the fine model over every tissue cell;
 - ``fast`` (:func:`compute_heatmap_fast`): a coarse screening model (2 µm/px, ``models/coarse``) over every
-  tissue cell, then the fine model only on the cells near the screen's candidates (:func:`candidate_cells`).
-  Isolated tumour cells (< 0.2 mm) can vanish at the screen's resolution: fast mode can miss ITC.
+  tissue cell, then the fine model on the screen's candidates (:func:`candidate_cells`), grown over the whole of
+  every positive region. A deposit the screen misses is lost: fast mode can miss ITC.
 """
 
 from __future__ import annotations
@@ -66,23 +66,30 @@ class HeatmapTiming:
 
 
 def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_size: int | None = None,
-                    block_cells: int = 16, readers: int = 2, progress: Callable[[int, int], None] | None = None,
-                    h_score: np.ndarray | None = None) -> tuple[Heatmap, HeatmapTiming]:
-    """Score the tissue cells of ``slide`` with ``detector``; ``progress(done, total)`` is called per batch.
+                    block_cells: int = 16, readers: int = 2, progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[Heatmap, HeatmapTiming]:
+    """Score every tissue cell of ``slide`` with ``detector`` (``--mode thorough``); ``progress(done, total)`` is
+    called per batch.
 
-    ``h_score`` (bool, the grid's shape; default: every tissue cell) limits scoring to those cells; the others
-    keep probability 0 but stay tissue in ``h_tissue``. Patches go to the detector ``batch_size`` at a time
-    (default: the card's batch size × the detector's threads, so each thread gets a full batch). Cells are read
-    ``block_cells × block_cells`` at a time, one OpenSlide read each (OpenSlide costs less per pixel on larger
-    reads: measured 0.23 ms of CPU per 96 px patch for 16 × 16 blocks, 0.26 for 8 × 8, 0.40 for 256 px reads).
+    Patches go to the detector ``batch_size`` at a time (default: the card's batch size × the detector's threads,
+    so each thread gets a full batch). Cells are read ``block_cells × block_cells`` at a time, one OpenSlide read
+    each (OpenSlide costs less per pixel on larger reads: measured 0.23 ms of CPU per 96 px patch for 16 × 16
+    blocks, 0.26 for 8 × 8, 0.40 for 256 px reads).
     """
     cell_um = detector.patch_px * detector.input_mpp
-    h_tissue = tile_grid(slide, tissue, cell_um).h_tissue
-    grid = TileGrid(cell_um, slide.l0_mpp, h_tissue if h_score is None else h_tissue & h_score)
-    batch_size = batch_size or detector.batch_size * detector.threads
+    grid = tile_grid(slide, tissue, cell_um)
     h_prob = np.zeros(grid.shape, np.float32)
-    total = int(grid.h_tissue.sum())
     timing = HeatmapTiming()
+    _score_cells(slide, grid, detector, h_prob, timing, batch_size, block_cells, readers, progress,
+                 int(grid.h_tissue.sum()))
+    return Heatmap(h_prob, grid.h_tissue, cell_um, slide.l0_mpp), timing
+
+
+def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.ndarray, timing: HeatmapTiming,
+                 batch_size: int | None, block_cells: int, readers: int,
+                 progress: Callable[[int, int], None] | None, total: int) -> None:
+    """Write the detector's probability of every ``grid.h_tissue`` cell into ``h_prob``; add to ``timing``."""
+    batch_size = batch_size or detector.batch_size * detector.threads
     pending_rc: list[np.ndarray] = []
     pending_px: list[np.ndarray] = []
 
@@ -98,7 +105,7 @@ def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_
         timing.inference_s += time.perf_counter() - start
         timing.n_patches += len(h_rc)
         if progress:
-            progress(timing.n_patches, total)
+            progress(timing.n_patches, max(total, timing.n_patches))
 
     blocks = iter_patch_blocks(slide, grid, detector.patch_px, detector.input_mpp, block_cells, readers)
     while True:
@@ -113,56 +120,51 @@ def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_
         if sum(len(p) for p in pending_rc) >= batch_size:
             flush()
     flush()
-    return Heatmap(h_prob, h_tissue, cell_um, slide.l0_mpp), timing
 
 
-def candidate_cells(screen: Heatmap, fine_shape: tuple[int, int], fine_cell_um: float, threshold: float,
-                    margin_um: float) -> np.ndarray:
-    """Cells of a fine grid (``fine_shape``, ``fine_cell_um``; same origin) to confirm after a coarse screen.
-
-    A fine cell is a candidate when the coarse cell holding its centre scores ``>= threshold``, or when its centre
-    lies within ``margin_um`` (centre to centre, µm) of such a fine cell — the margin lets the fine model see the
-    whole of a deposit whose edge scored low at coarse scale. Returns bool of ``fine_shape``.
-    """
+def candidate_cells(screen: Heatmap, fine_shape: tuple[int, int], fine_cell_um: float,
+                    threshold: float) -> np.ndarray:
+    """Cells of a fine grid (``fine_shape``, ``fine_cell_um``; same origin) whose centre lies in a coarse cell of
+    ``screen`` scoring ``>= threshold``. Returns bool of ``fine_shape``."""
     hot = screen.h_prob >= threshold
     rows, cols = fine_shape
     c_r = np.minimum(((np.arange(rows) + 0.5) * fine_cell_um / screen.cell_um).astype(np.int64), hot.shape[0] - 1)
     c_c = np.minimum(((np.arange(cols) + 0.5) * fine_cell_um / screen.cell_um).astype(np.int64), hot.shape[1] - 1)
-    fine = hot[np.ix_(c_r, c_c)]
-    radius = margin_um / fine_cell_um
-    if radius >= 1 and fine.any():
-        from scipy import ndimage
-
-        r = int(radius)
-        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-        fine = ndimage.binary_dilation(fine, structure=yy ** 2 + xx ** 2 <= radius ** 2)
-    return fine
-
-
-def screen_settings(screen: Detector) -> tuple[float, float]:
-    """(threshold, margin_um) of a coarse screen: its card's ``screen_threshold`` (chosen low, for sensitivity)
-    and a margin of one coarse cell (``patch_px × input_mpp`` µm)."""
-    return float(screen.card.get("screen_threshold", 0.5)), screen.cell_um
+    return hot[np.ix_(c_r, c_c)]
 
 
 def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, screen: Detector,
-                         threshold: float, margin_um: float, readers: int = 2,
-                         progress: Callable[[int, int], None] | None = None) -> tuple[Heatmap, HeatmapTiming]:
-    """``--mode fast``: the coarse ``screen`` model over all tissue, then ``detector`` only near its candidates.
+                         screen_threshold: float, grow_threshold: float, readers: int = 2,
+                         block_cells: int = 4, progress: Callable[[int, int], None] | None = None
+                         ) -> tuple[Heatmap, HeatmapTiming]:
+    """``--mode fast``: the coarse ``screen`` model over all tissue, then ``detector`` only where it is needed.
 
-    ``threshold`` should be low (high sensitivity) and ``margin_um`` widens every candidate region
-    (:func:`candidate_cells`; defaults of the shipped screen: :func:`screen_settings`). The result is the fine heatmap:
-    cells not confirmed have probability 0 but are still tissue. Isolated tumour cells (< 0.2 mm) can vanish at
-    the screen's resolution, so fast mode can miss ITC; ``compute_heatmap`` (``--mode thorough``) cannot.
+    1. the screen scores every tissue cell at its own resolution; fine cells centred in a screen cell scoring
+       ``>= screen_threshold`` (low on purpose: high sensitivity) are the candidates (:func:`candidate_cells`);
+    2. the fine model scores the candidates; then, round after round, the unscored tissue neighbours (8-connected)
+       of every fine cell scoring ``>= grow_threshold`` (the lesion threshold), until none is left.
+
+    Every connected region of fine cells ``>= grow_threshold`` that holds a candidate is thus scored whole, with
+    its ring of neighbours, so its lesion outline and size are exactly those of ``--mode thorough``; a region the
+    screen missed entirely is not found. Unscored cells have probability 0 but stay tissue in ``h_tissue``.
+    Isolated tumour cells (< 0.2 mm) are easily missed by the screen: fast mode can miss ITC. Candidates are
+    sparse, so the fine cells are read in small blocks (``block_cells``) to avoid reading unscored tissue.
     """
+    from scipy import ndimage
+
     start = time.perf_counter()
     coarse, coarse_timing = compute_heatmap(slide, tissue, screen, readers=readers)
     cell_um = detector.patch_px * detector.input_mpp
-    shape = tile_grid(slide, tissue, cell_um).shape
-    h_score = candidate_cells(coarse, shape, cell_um, threshold, margin_um)
-    screen_s = time.perf_counter() - start
-    heatmap, timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress, h_score=h_score)
-    timing.read_s += coarse_timing.read_s
-    timing.screen_s = screen_s
-    timing.n_screen_patches = coarse_timing.n_patches
-    return heatmap, timing
+    tissue_grid = tile_grid(slide, tissue, cell_um)
+    h_todo = candidate_cells(coarse, tissue_grid.shape, cell_um, screen_threshold) & tissue_grid.h_tissue
+    timing = HeatmapTiming(read_s=coarse_timing.read_s, screen_s=time.perf_counter() - start,
+                           n_screen_patches=coarse_timing.n_patches)
+    h_prob = np.zeros(tissue_grid.shape, np.float32)
+    h_done = np.zeros(tissue_grid.shape, bool)
+    while h_todo.any():
+        _score_cells(slide, TileGrid(cell_um, slide.l0_mpp, h_todo), detector, h_prob, timing, None, block_cells,
+                     readers, progress, int(h_done.sum() + h_todo.sum()))
+        h_done |= h_todo
+        grown = ndimage.binary_dilation(h_prob >= grow_threshold, structure=np.ones((3, 3), bool))
+        h_todo = grown & tissue_grid.h_tissue & ~h_done
+    return Heatmap(h_prob, tissue_grid.h_tissue, cell_um, slide.l0_mpp), timing

@@ -17,7 +17,7 @@ def analyze(
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
     gap_um: float = typer.Option(75.0, "--gap-um", help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
-    mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), the fine model only within one coarse cell (64 µm) of its candidates; faster, but isolated tumour cells (< 0.2 mm) can be missed at 2 µm/px, so fast mode can miss ITC. result.json records the mode."),
+    mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),
 ) -> None:
     """Find and measure tumour deposits in each slide.
 

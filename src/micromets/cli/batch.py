@@ -49,7 +49,7 @@ def batch(
                                                                       "or ajcc8."),
     mode: str = typer.Option("thorough", "--mode", help="Detector mode: thorough (default; the fine model over all "
                                                         "tissue) or fast (a coarse 2 µm/px screen, then the fine "
-                                                        "model only near its candidates; can miss ITC). Part of "
+                                                        "model on its candidates, grown over each positive region; can miss ITC). Part of "
                                                         "the settings: a slide done in one mode is redone in the "
                                                         "other."),
 ) -> None:
