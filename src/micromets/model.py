@@ -84,7 +84,7 @@ class Detector:
         ``threads``: CPU threads of one :meth:`predict` call (2 = the two cores of a small machine). A call's
         patches are split into ``threads`` chunks run at the same time through one onnxruntime session, each run
         single-threaded (intra-op threads = 1, no spinning): for a network this small, data parallelism costs
-        less CPU than splitting every operator across threads (measured: +15–50 % CPU for 2 intra-op threads).
+        less CPU than splitting every operator across threads (measured: +15–55 % CPU for 2 intra-op threads).
         Raises :class:`MicrometsError` naming the file when the folder, ONNX file or card is missing or invalid.
         """
         import onnxruntime as ort
