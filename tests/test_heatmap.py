@@ -97,3 +97,30 @@ def test_unknown_mode_is_one_line_and_exit_2(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--mode 'quick'" in done.stderr
+
+
+def test_case_and_batch_commands_pass_the_mode_through(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from micromets.cli import app
+
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    shutil.copy(NODE2, case_dir / "node2.tiff")
+    (case_dir / "manifest.csv").write_text("patient,node,slide_path\np1,2,node2.tiff\n")
+    runner = CliRunner()
+    done = runner.invoke(app, ["case", str(case_dir / "manifest.csv"), "--out", str(tmp_path / "case-out"),
+                               "--scan-mode", "fast"])
+    assert done.exit_code == 0, done.output
+    result = json.loads((tmp_path / "case-out" / "p1" / "node2" / "result.json").read_text())
+    assert result["mode"] == "fast" and result["node_class"] == "micro"
+    done = runner.invoke(app, ["batch", str(case_dir / "node2.tiff"), "--out", str(tmp_path / "batch-out"),
+                               "--workers", "0", "--mode", "fast"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(next((tmp_path / "batch-out").glob("node2*/result.json")).read_text())
+    assert result["mode"] == "fast"
+    done = runner.invoke(app, ["case", str(case_dir / "manifest.csv"), "--out", str(tmp_path / "x"),
+                               "--scan-mode", "quick"])
+    assert "--scan-mode 'quick'" in str(done.exception)  # MicrometsError: one line, exit 2 from `micromets`
