@@ -136,6 +136,17 @@ def test_two_worker_local_cluster_matches_in_process(tmp_path, slides):
         assert store.runs()[0]["executor"] == "dask-local:2"
 
 
+def test_fast_mode_is_its_own_setting(tmp_path, slides):
+    out = tmp_path / "out"
+    assert run_batch(slides, out).n_done == len(slides)
+    fast = run_batch(slides, out, mode="fast")  # another mode (and a screen model): recomputed, not skipped
+    assert fast.n_done == len(slides)
+    for row in fast.rows:
+        result = json.loads(Path(row["out_dir"], "result.json").read_text())
+        assert result["mode"] == "fast" and result["model"]["screen"]["name"]
+    assert run_batch(slides, out, mode="fast").n_skipped == len(slides)
+
+
 def test_existing_scheduler(tmp_path, slides):
     from distributed import LocalCluster
 

@@ -181,9 +181,19 @@ def model_identity(model_dir: str | None) -> tuple[str, str]:
     return str(detector.name), str(detector.version)
 
 
+def screen_identity(mode: str) -> str | None:
+    """``name version`` of the coarse screen model that ``fast`` mode uses (None in thorough mode, which has none)."""
+    if mode != "fast":
+        return None
+    from micromets.model import Detector, coarse_model_dir
+
+    screen = Detector.load(coarse_model_dir(), threads=1)
+    return f"{screen.name} {screen.version}"
+
+
 def settings_key(settings: dict) -> str:
-    """16-hex key of the settings that change a slide's result (model name/version, mode, µm/px, stain,
-    threshold and grouping gap)."""
+    """16-hex key of the settings that change a slide's result (model name/version, mode and, in fast mode, the
+    screen model, µm/px, stain, threshold and grouping gap)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -231,6 +241,14 @@ def _worker_detector(model_dir: str | None, threads: int):
     return Detector.load(model_dir, threads=threads)
 
 
+@lru_cache(maxsize=1)
+def _worker_screen(threads: int):
+    """The coarse screen of this worker process (fast mode), loaded once."""
+    from micromets.model import Detector, coarse_model_dir
+
+    return Detector.load(coarse_model_dir(), threads=threads)
+
+
 def analyze_job(job: SlideJob) -> SlideOutcome:
     """Analyse one slide into ``job.staging_dir`` (runs in a Dask worker or in-process); never raises for a bad
     slide: the reason is returned in ``SlideOutcome.error``."""
@@ -241,9 +259,10 @@ def analyze_job(job: SlideJob) -> SlideOutcome:
     t0 = time.perf_counter()
     try:
         detector = _worker_detector(job.model_dir, job.threads)
+        screen = _worker_screen(job.threads) if job.mode == "fast" else None
         result = call_with_timeout(lambda: analyze_slide(
             job.path, job.staging_dir, mpp=job.mpp, mode=job.mode, stain=job.stain, threshold=job.threshold,
-            gap_um=job.gap_um, detector=detector, readers=job.threads), job.timeout_s)
+            gap_um=job.gap_um, detector=detector, readers=job.threads, screen=screen), job.timeout_s)
         staged = Path(job.staging_dir) / str(result["slide_id"])
         if not (staged / "result.json").is_file():
             raise MicrometsError(f"{job.path}: analysis wrote no result.json")
@@ -405,6 +424,7 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
     slides = list(slides.values())
     model_name, model_version = model_identity(model_dir)
     base = {"model_name": model_name, "model_version": model_version, "mode": mode, "mpp": mpp,
+            **({"screen": screen_identity(mode)} if mode == "fast" else {}),
             "threshold": threshold, "gap_um": DEFAULT_GAP_UM if gap_um is None else float(gap_um)}
     job_args = {"mode": mode, "mpp": mpp, "threshold": threshold, "gap_um": base["gap_um"], "model_dir": model_dir,
                 "threads": threads or (1 if scheduler else _default_threads(workers)), "timeout_s": timeout_s}
