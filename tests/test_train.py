@@ -114,6 +114,29 @@ def test_augment_produces_crops_of_the_right_size_and_keeps_white_white():
     assert small.shape == (96, 96, 3)
 
 
+def test_stain_jitter_strength_is_a_parameter():
+    """Stronger jitter spreads the stain amounts of identical tissue further; the default is STAIN_JITTER."""
+    from micromets import normalise
+
+    tissue = np.full((64, 16, 16, 3), 0, np.uint8)
+    tissue[...] = (150, 90, 170)  # one H&E-like colour
+    def spread(stain):
+        out = augment.augment_batch(list(tissue), 16, np.random.default_rng(0), stain)
+        return normalise.optical_density(out).sum(axis=-1).mean(axis=(1, 2)).std()
+    weak, default, strong = spread((0.1, 0.0)), spread(augment.STAIN_JITTER), spread((0.5, 0.1))
+    assert weak < default < strong
+    assert augment.STAIN_JITTER == (0.25, 0.05)  # the shipped model's recipe (model card "augmentation")
+
+
+def test_train_command_refuses_a_bad_stain_jitter(tmp_path, shared_data):
+    cmd = [sys.executable, "-c", "import sys; from micromets.cli import main; sys.argv[0] = 'micromets'; main()",
+           "train", "--folder", f"{shared_data / 'camelyon16_patches'}@0.243", "--stain-jitter", "0.5",
+           "--out", str(tmp_path / "m")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": REPO_SRC, "PATH": "/usr/bin"},
+                         timeout=300)
+    assert run.returncode == 2 and "--stain-jitter '0.5'" in run.stderr and not (tmp_path / "m").exists()
+
+
 def test_the_eight_dihedral_transforms_are_distinct():
     x = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
     outs = {augment.dihedral(x, k).tobytes() for k in range(8)}

@@ -5,7 +5,8 @@
 - haematoxylin–eosin–residual stain jitter in optical density (Tellez et al. 2018, "Whole-slide mitosis detection
   in H&E breast histology using PHH3 as a reference to train distilled stain-invariant convolutional networks",
   IEEE TMI 37:2126, doi:10.1109/TMI.2018.2820199): each stain concentration scaled by U(1-σ, 1+σ) and shifted by
-  U(-b, b), and the stain vectors themselves perturbed, which imitates an imperfect stain normalisation;
+  U(-b, b), and the stain vectors themselves perturbed, which imitates an imperfect stain normalisation
+  (strength :data:`STAIN_JITTER` unless the caller gives its own; docs/model.md compares 0.25/0.05 with 0.5/0.1);
 - brightness and contrast, and Gaussian blur (out-of-focus scans).
 """
 
@@ -16,6 +17,9 @@ from PIL import Image
 from scipy import ndimage
 
 from micromets import normalise
+
+#: (σ, vector σ) of :func:`stain_jitter`: concentrations × U(1 - σ, 1 + σ), stain-vector components + N(0, vector σ)
+STAIN_JITTER = (0.25, 0.05)
 
 
 def random_crop(rgb: np.ndarray, size_px: int, rng: np.random.Generator, scale: float = 0.1) -> np.ndarray:
@@ -50,8 +54,8 @@ def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
 
 
-def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.25, bias: float = 0.05,
-                 vector_sigma: float = 0.05, basis_he: np.ndarray = normalise.REFERENCE_HE) -> np.ndarray:
+def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = STAIN_JITTER[0], bias: float = 0.05,
+                 vector_sigma: float = STAIN_JITTER[1], basis_he: np.ndarray = normalise.REFERENCE_HE) -> np.ndarray:
     """Random stain concentrations and stain vectors for each image of a (N, H, W, 3) batch (or one image).
 
     ``basis_he`` is the images' stain basis (after normalisation: the reference). See the module docstring.
@@ -97,8 +101,12 @@ def augment(rgb: np.ndarray, size_px: int, rng: np.random.Generator) -> np.ndarr
     return augment_batch([rgb], size_px, rng)[0]
 
 
-def augment_batch(images: list[np.ndarray], size_px: int, rng: np.random.Generator) -> np.ndarray:
-    """Augment each image of a list (stain-normalised, any sizes) → (N, size_px, size_px, 3) uint8."""
+def augment_batch(images: list[np.ndarray], size_px: int, rng: np.random.Generator,
+                  stain: tuple[float, float] = STAIN_JITTER) -> np.ndarray:
+    """Augment each image of a list (stain-normalised, any sizes) → (N, size_px, size_px, 3) uint8.
+
+    ``stain``: (σ, vector σ) of :func:`stain_jitter`.
+    """
     crops = np.stack([dihedral(random_crop(im, size_px, rng), int(rng.integers(0, 8))) for im in images])
-    crops = stain_jitter(crops, rng)
+    crops = stain_jitter(crops, rng, sigma=stain[0], vector_sigma=stain[1])
     return np.stack([blur(brightness_contrast(c, rng), rng) for c in crops])

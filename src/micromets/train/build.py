@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from micromets.train import morpho
+from micromets.train.augment import STAIN_JITTER
 from micromets.train.data import Sample
 from micromets.train.fit import base_card, cross_validate, export_onnx, normalise_by_group, train_cnn
 
@@ -28,11 +29,11 @@ def split_summary(samples: list[Sample]) -> dict:
 def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, version: str, input_mpp: float,
                      patch_px: int, steps: int, width: int, seed: int, cv_groups: list[str],
                      training_data: list[dict], command: str, licence: str, log=print,
-                     checks=None, family: str = "cnn") -> dict:
+                     checks=None, family: str = "cnn", stain_jitter: tuple[float, float] = STAIN_JITTER) -> dict:
     """Train, evaluate with ``cv_groups`` held out in turn, export ``out_dir/model.{onnx,json}``; returns the card.
 
     ``family``: ``cnn`` (:mod:`micromets.train.fit`) or ``morphometry`` (:mod:`micromets.train.morpho`; ``steps``
-    and ``width`` unused). ``checks(detector) -> dict``: extra evaluations of the exported model (e.g.
+    and ``width`` unused). ``stain_jitter``: (σ, vector σ) of the H&E stain augmentation. ``checks(detector) -> dict``: extra evaluations of the exported model (e.g.
     unseen-stain tiles), put into ``card["metrics"]``.
     """
     from micromets.model import Detector
@@ -40,12 +41,13 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     samples = normalise_by_group(samples)
-    kw = {"steps": steps, "width": width, "seed": seed}
+    kw = {"steps": steps, "width": width, "seed": seed, "stain_jitter": stain_jitter}
     metrics: dict = {}
     if cv_groups:
         if family == "morphometry":
             log("morphometry: leave-one-group-out")
-            cv, rows = morpho.cross_validate(samples, cv_groups, patch_px, input_mpp, seed=seed)
+            cv, rows = morpho.cross_validate(samples, cv_groups, patch_px, input_mpp, seed=seed,
+                                             stain_jitter=stain_jitter)
         else:
             cv, rows = cross_validate(samples, cv_groups, patch_px, log=log, **kw)
         metrics["held_out"] = {"protocol": "leave one group out over " + ", ".join(cv_groups) +
@@ -55,8 +57,8 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
             f"{cv['sensitivity_at_95_specificity']:.3f}, confusion at 0.5 {cv['confusion']}")
     log(f"final fit on {len(samples)} samples")
     card = base_card(name, version, input_mpp, patch_px, width)
-    augmentation = ("random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ 0.25, vectors σ 0.05), "
-                    "brightness ±8 %, contrast ±15 %, blur p 0.3")
+    augmentation = (f"random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ {stain_jitter[0]}, vectors σ "
+                    f"{stain_jitter[1]}), brightness ±8 %, contrast ±15 %, blur p 0.3")
     card.update({
         "training_data": training_data,
         "split": {"unit": "group (slide / tile / patient)", "held_out_folds": cv_groups,
@@ -66,7 +68,7 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
     })
     if family == "morphometry":
         crops = 6
-        x, y = morpho.feature_rows(samples, patch_px, input_mpp, crops, seed)
+        x, y = morpho.feature_rows(samples, patch_px, input_mpp, crops, seed, stain_jitter)
         params = morpho.fit_logistic(x, y, morpho.source_weights(samples, crops))
         card.update(morpho.morphometry_card_fields())
         card["training"] = {"rows": int(len(y)), "crops_per_sample": crops, "seed": seed, "augmentation": augmentation,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from micromets import normalise
-from micromets.train.augment import augment_batch, center_crop
+from micromets.train.augment import STAIN_JITTER, augment_batch, center_crop
 from micromets.train.data import Sample
 from micromets.train.net import PatchNet
 
@@ -70,8 +70,12 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
 
 
 def train_cnn(samples: list[Sample], patch_px: int, steps: int = 400, batch: int = 64, width: int = 16,
-              lr: float = 3e-3, seed: int = 0, log=print) -> PatchNet:
-    """Train a :class:`PatchNet` on stain-normalised samples for ``steps`` batches of augmented crops."""
+              lr: float = 3e-3, seed: int = 0, stain_jitter: tuple[float, float] = STAIN_JITTER,
+              log=print) -> PatchNet:
+    """Train a :class:`PatchNet` on stain-normalised samples for ``steps`` batches of augmented crops.
+
+    ``stain_jitter``: (σ, vector σ) of the H&E stain augmentation (:func:`micromets.train.augment.stain_jitter`).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     weights = sampling_weights(samples)
@@ -84,7 +88,7 @@ def train_cnn(samples: list[Sample], patch_px: int, steps: int = 400, batch: int
     t0, running = time.perf_counter(), 0.0
     for step in range(steps):
         idx = rng.choice(len(samples), size=batch, p=weights)
-        crops = augment_batch([samples[i].rgb for i in idx], patch_px, rng)
+        crops = augment_batch([samples[i].rgb for i in idx], patch_px, rng, stain_jitter)
         loss = loss_fn(model(to_tensor(crops)), torch.from_numpy(labels[idx]))
         opt.zero_grad()
         loss.backward()

@@ -13,19 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from micromets import morphometry
-from micromets.train.augment import augment_batch, center_crop
+from micromets.train.augment import STAIN_JITTER, augment_batch, center_crop
 from micromets.train.data import Sample
 from micromets.train.fit import binary_metrics, sampling_weights
 
 
-def feature_rows(samples: list[Sample], patch_px: int, mpp: float, crops_per_sample: int, seed: int):
-    """(features, labels) of augmented crops of every sample."""
+def feature_rows(samples: list[Sample], patch_px: int, mpp: float, crops_per_sample: int, seed: int,
+                 stain_jitter: tuple[float, float] = STAIN_JITTER):
+    """(features, labels) of augmented crops of every sample (``stain_jitter`` as in :func:`augment_batch`)."""
     rng = np.random.default_rng(seed)
     feats, labels = [], []
     for start in range(0, len(samples), 64):
         chunk = samples[start:start + 64]
         images = [s.rgb for s in chunk for _ in range(crops_per_sample)]
-        feats.append(morphometry.patch_features(augment_batch(images, patch_px, rng), mpp))
+        feats.append(morphometry.patch_features(augment_batch(images, patch_px, rng, stain_jitter), mpp))
         labels += [s.label for s in chunk for _ in range(crops_per_sample)]
     return np.concatenate(feats), np.array(labels)
 
@@ -51,13 +52,14 @@ def predict_logistic(params, x: np.ndarray) -> np.ndarray:
 
 
 def cross_validate(samples: list[Sample], holdout_groups: list[str], patch_px: int, mpp: float,
-                   crops_per_sample: int = 6, seed: int = 0) -> tuple[dict, list[dict]]:
+                   crops_per_sample: int = 6, seed: int = 0,
+                   stain_jitter: tuple[float, float] = STAIN_JITTER) -> tuple[dict, list[dict]]:
     """Leave one group out, as :func:`micromets.train.fit.cross_validate`, for the morphometry family."""
     rows = []
     for group in holdout_groups:
         train = [s for s in samples if s.group != group]
         test = [s for s in samples if s.group == group]
-        x, y = feature_rows(train, patch_px, mpp, crops_per_sample, seed)
+        x, y = feature_rows(train, patch_px, mpp, crops_per_sample, seed, stain_jitter)
         params = fit_logistic(x, y, source_weights(train, crops_per_sample))
         prob = predict_logistic(params, morphometry.patch_features(
             np.stack([center_crop(s.rgb, patch_px) for s in test]), mpp))
