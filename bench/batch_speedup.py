@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=8, help="number of phantom slides")
     parser.add_argument("--size-mm", type=float, default=2.0, help="side of each square phantom, mm")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, comma-separated")
-    parser.add_argument("--threads", type=int, default=1, help="threads per worker (onnxruntime and tile readers each)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (inference; threads - 1 read ahead)")
     args = parser.parse_args()
     work = HERE / "work" / "batch-speedup"
     slides = []

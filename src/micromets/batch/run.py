@@ -262,7 +262,7 @@ def analyze_job(job: SlideJob) -> SlideOutcome:
         screen = _worker_screen(job.threads) if job.mode == "fast" else None
         result = call_with_timeout(lambda: analyze_slide(
             job.path, job.staging_dir, mpp=job.mpp, mode=job.mode, stain=job.stain, threshold=job.threshold,
-            gap_um=job.gap_um, detector=detector, readers=job.threads, screen=screen), job.timeout_s)
+            gap_um=job.gap_um, detector=detector, readers=job.threads - 1, screen=screen), job.timeout_s)
         staged = Path(job.staging_dir) / str(result["slide_id"])
         if not (staged / "result.json").is_file():
             raise MicrometsError(f"{job.path}: analysis wrote no result.json")
@@ -384,8 +384,9 @@ def _outcomes(jobs: list[SlideJob], workers: int, scheduler: str | None,
 
 
 def _default_threads(workers: int) -> int:
-    """Threads per worker (onnxruntime and tile readers each): the machine's cores shared evenly among the local
-    workers, so that N workers on N cores do not oversubscribe them."""
+    """Threads per worker: the machine's cores shared evenly among the local workers, so that N workers on N cores
+    do not oversubscribe them. A worker runs inference in ``threads`` threads and reads tiles ahead in
+    ``threads - 1`` more (with one thread it reads between batches: one worker, one core)."""
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 

@@ -25,9 +25,9 @@ def batch(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Use an existing Dask cluster at "
                                                                       "tcp://host:port instead; its workers must "
                                                                       "see the slides and OUT at the same paths."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads per worker, for onnxruntime and for "
-                                                                         "tile reading each "
-                                                                         "(default: cores ÷ workers)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads per worker: N for "
+                                                                         "inference plus N - 1 reading tiles "
+                                                                         "ahead (default: cores ÷ workers)."),
     timeout_s: float = typer.Option(3600.0, "--slide-timeout-s", min=0, help="A slide still being analysed after "
                                                                              "this many seconds is stopped and "
                                                                              "recorded as failed (0 = no limit)."),
