@@ -30,3 +30,13 @@ def test_glass_black_padding_and_pen_marks_are_not_tissue():
 
 def test_blank_slide_has_no_tissue():
     assert not tissue_from_rgb(np.full((100, 100, 3), 240, np.uint8), px_um=8.0).any()
+
+
+def test_row_bands_do_not_change_the_mask(shared_data):
+    """The per-pixel tests run in row bands to bound memory; any band height gives the same mask."""
+    with open_slide(shared_data / "slides" / "cmu_small_region.svs") as slide:
+        rgb, mpp = slide.thumbnail(4.0)
+    whole = tissue_from_rgb(rgb, mpp, band_rows=rgb.shape[0])
+    assert whole.any() and not whole.all()
+    for band_rows in (1, 7, 64):
+        assert np.array_equal(tissue_from_rgb(rgb, mpp, band_rows=band_rows), whole)

@@ -61,21 +61,33 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def tissue_from_rgb(rgb: np.ndarray, px_um: float,
-                    min_object_um2: float = 2_000.0, max_hole_um2: float = 5_000.0) -> np.ndarray:
-    """Tissue mask of an RGB image whose pixels are ``px_um`` µm wide."""
-    # channel max / min as two elementwise ops (a reduction over a length-3 axis is ~30× slower)
-    vmax = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
-    vmin = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.float32)
-    saturation = np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1), 0)
-    od_max = -np.log10(np.maximum(vmin, 1) / 255)
-    candidate = od_max > GLASS_OD
+                    min_object_um2: float = 2_000.0, max_hole_um2: float = 5_000.0,
+                    band_rows: int = 256) -> np.ndarray:
+    """Tissue mask of an RGB image whose pixels are ``px_um`` µm wide.
+
+    The per-pixel tests run over bands of ``band_rows`` rows, so their float temporaries stay small: what is
+    kept whole is one float32 saturation image and two boolean masks (about 6 bytes per pixel beside the RGB).
+    """
+    shape = rgb.shape[:2]
+    saturation = np.empty(shape, np.float32)
+    candidate = np.empty(shape, bool)   # not bare glass
+    allowed = np.empty(shape, bool)     # neither scanner padding nor pen ink
+    for r0 in range(0, shape[0], band_rows):
+        band = rgb[r0:r0 + band_rows]
+        # channel max / min as two elementwise ops (a reduction over a length-3 axis is ~30× slower)
+        vmax = np.maximum(np.maximum(band[..., 0], band[..., 1]), band[..., 2]).astype(np.float32)
+        vmin = np.minimum(np.minimum(band[..., 0], band[..., 1]), band[..., 2]).astype(np.float32)
+        sat = np.where(vmax > 0, (vmax - vmin) / np.maximum(vmax, 1), 0)
+        saturation[r0:r0 + band_rows] = sat
+        candidate[r0:r0 + band_rows] = -np.log10(np.maximum(vmin, 1) / 255) > GLASS_OD
+        allowed[r0:r0 + band_rows] = ~((vmax < BLACK_MAX) & (sat < 0.3)) & ~pen_mask(band)
     if candidate.sum() > 16:
         thr = float(filters.threshold_otsu(saturation[candidate]))
     else:
         thr = SATURATION_BOUNDS[1]
     thr = float(np.clip(thr, *SATURATION_BOUNDS))
-    black = (vmax < BLACK_MAX) & (saturation < 0.3)
-    tissue = candidate & (saturation > thr) & ~black & ~pen_mask(rgb)
+    tissue = candidate & (saturation > thr) & allowed
+    del saturation, candidate, allowed
     px_um2 = px_um * px_um
     tissue = morphology.remove_small_holes(tissue, max_size=round(max_hole_um2 / px_um2))
     tissue = ndi.binary_opening(tissue, iterations=1) if px_um < 16 else tissue
