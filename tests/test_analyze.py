@@ -114,3 +114,22 @@ def test_ihc_slide_end_to_end_writes_cells_and_classifies_by_cell_count(tmp_path
     cells = json.loads((tmp_path / "o" / "ck" / "cells.geojson").read_text())["features"]
     assert len(cells) == result["n_cells_total"] >= 75
     assert all(f["geometry"]["type"] == "Point" for f in cells)
+
+
+def test_overlay_is_blended_in_row_bands_without_changing_it(shared_data):
+    """heatmap.png is blended a band of rows at a time (memory flat in slide size); the band height changes nothing."""
+    from micromets.analyze import render_overlay
+    from micromets.heatmap import Heatmap
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    with open_slide(shared_data / "slides" / "cmu_small_region.svs") as slide:
+        tissue = tissue_mask(slide, mask_mpp=4.0)
+        shape = (int(np.ceil(slide.l0_height * slide.l0_mpp / 48)), int(np.ceil(slide.l0_width * slide.l0_mpp / 48)))
+        prob = np.random.default_rng(0).random(shape).astype(np.float32)
+        heatmap = Heatmap(prob, np.ones(shape, bool), 48.0, slide.l0_mpp)
+    records = [{"l0_outline": [[[100, 100], [900, 100], [900, 700]]], "class": "micro"}]
+    whole = np.asarray(render_overlay(tissue, heatmap, records, band_rows=tissue.rgb.shape[0]))
+    assert (whole != tissue.rgb).any()
+    for band_rows in (1, 13):
+        assert np.array_equal(np.asarray(render_overlay(tissue, heatmap, records, band_rows=band_rows)), whole)

@@ -123,18 +123,24 @@ def _cells_geojson(cells_l0: np.ndarray) -> dict:
 _CLASS_RGB = {"itc": (255, 200, 0), "micro": (255, 110, 0), "macro": (220, 0, 0)}
 
 
-def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict]) -> Image.Image:
-    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class."""
-    base = tissue.rgb.astype(np.float32)
-    rows, cols = base.shape[:2]
+def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict], band_rows: int = 256) -> Image.Image:
+    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class.
+
+    Blended ``band_rows`` thumbnail rows at a time, so the float temporaries do not grow with the slide.
+    """
+    rows, cols = tissue.rgb.shape[:2]
     # heatmap cell of each thumbnail pixel centre
     scale = tissue.mask_mpp / heatmap.cell_um
     h_r = np.minimum(((np.arange(rows) + 0.5) * scale).astype(int), heatmap.h_prob.shape[0] - 1)
     h_c = np.minimum(((np.arange(cols) + 0.5) * scale).astype(int), heatmap.h_prob.shape[1] - 1)
-    prob = heatmap.h_prob[np.ix_(h_r, h_c)][..., None]
-    colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
-    alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
-    image = Image.fromarray((base * (1 - alpha) + colour * alpha).astype(np.uint8))
+    blended = np.empty_like(tissue.rgb)
+    for r0 in range(0, rows, band_rows):
+        prob = heatmap.h_prob[np.ix_(h_r[r0:r0 + band_rows], h_c)][..., None]
+        colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
+        alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
+        base = tissue.rgb[r0:r0 + band_rows].astype(np.float32)
+        blended[r0:r0 + band_rows] = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
+    image = Image.fromarray(blended)
     draw = ImageDraw.Draw(image)
     l0_to_px = tissue.l0_mpp / tissue.mask_mpp
     for rec in records:
