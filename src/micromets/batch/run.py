@@ -181,10 +181,8 @@ def model_identity(model_dir: str | None) -> tuple[str, str]:
     return str(detector.name), str(detector.version)
 
 
-def screen_identity(mode: str) -> str | None:
-    """``name version`` of the coarse screen model that ``fast`` mode uses (None in thorough mode, which has none)."""
-    if mode != "fast":
-        return None
+def screen_identity() -> str:
+    """``name version`` of the coarse screen model that ``fast`` mode uses."""
     from micromets.model import Detector, coarse_model_dir
 
     screen = Detector.load(coarse_model_dir(), threads=1)
@@ -425,7 +423,7 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
     slides = list(slides.values())
     model_name, model_version = model_identity(model_dir)
     base = {"model_name": model_name, "model_version": model_version, "mode": mode, "mpp": mpp,
-            **({"screen": screen_identity(mode)} if mode == "fast" else {}),
+            **({"screen": screen_identity()} if mode == "fast" else {}),
             "threshold": threshold, "gap_um": DEFAULT_GAP_UM if gap_um is None else float(gap_um)}
     job_args = {"mode": mode, "mpp": mpp, "threshold": threshold, "gap_um": base["gap_um"], "model_dir": model_dir,
                 "threads": threads or (1 if scheduler else _default_threads(workers)), "timeout_s": timeout_s}
