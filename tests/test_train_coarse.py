@@ -1,6 +1,7 @@
 """The coarse-screen recipe: IDC split by patient, normal node data at the screen's µm/px, unseen tiles kept out."""
 
-from micromets.train.coarse import COARSE_MPP, COARSE_PATCH_PX, UNSEEN_TILES, lymph_node, split_patients
+from micromets.train.coarse import COARSE_MPP, COARSE_PATCH_PX, lymph_node, split_patients
+from micromets.train.recipes import C17_UNSEEN_TILES
 
 
 def test_idc_split_is_by_patient_seeded_and_disjoint(shared_data):
@@ -18,6 +19,6 @@ def test_lymph_node_samples_at_the_screen_resolution_never_the_unseen_tiles(shar
     assert {s.label for s in samples if s.source == "camelyon16"} == {0, 1}
     assert {s.label for s in samples if s.source != "camelyon16"} == {0}  # c17 negative nodes, colorectal normal
     assert {s.source for s in samples} == {"camelyon16", "camelyon17_tiles", "crc"}
-    assert not any(tile in s.name for s in samples for tile in UNSEEN_TILES)
+    assert not any(tile in s.name for s in samples for tile in C17_UNSEEN_TILES)
     c16 = next(s for s in samples if s.source == "camelyon16")
     assert c16.rgb.shape[:2] == (31, 31)  # 256 px at 0.243 µm/px = 62 µm = 31 px at 2 µm/px

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from micromets.train.data import Sample, cut, load_folder_per_class, load_idc, load_prefixed_tiles, read_rgb, resample
-from micromets.train.recipes import C16_MPP, C17_MPP, C17_TRAIN_TILES, KATHER2016_MPP, NCT_MPP, tile_patches
+from micromets.train.data import Sample, load_idc
+from micromets.train.recipes import (C16_MPP, C17_MPP, C17_TRAIN_TILES, KATHER2016_MPP, NCT_MPP,
+                                     lymph_node_he, unseen_tile_check)
 
 COARSE_MPP = 2.0
 COARSE_PATCH_PX = 32
@@ -47,8 +48,6 @@ HOLDOUT_FRACTION = 0.2
 #: normal classes of the colorectal tiles (no tumour, mucosa or debris)
 KATHER_NORMAL = {"02_STROMA": 0, "04_LYMPHO": 0, "07_ADIPOSE": 0, "08_EMPTY": 0}
 NCT_NORMAL = {"ADI": 0, "BACK": 0, "LYM": 0, "STR": 0}
-UNSEEN_TILES = {"centre_3_patient_066_node_1.jpeg": "negative", "centre_1_patient_024_node_2.jpeg": "itc",
-                "centre_4_patient_097_node_3.jpeg": "macro"}
 
 TRAINING_DATA = [
     {"name": "Breast Histopathology Images (IDC), training patients only", "path": "idc_breast",
@@ -76,34 +75,9 @@ def split_patients(idc_root: str | Path, seed: int = 0, fraction: float = HOLDOU
 
 def lymph_node(data_root: str | Path, target_mpp: float, patch_px: int) -> list[Sample]:
     """The lymph-node (tumour and normal) and node-like colorectal (normal) samples of the recipe at ``target_mpp``
-    (the CAMELYON17 tiles cut into ``1.25 × patch_px`` squares)."""
-    root = Path(data_root)
-    samples = load_folder_per_class(root / "camelyon16_patches", C16_MPP, target_mpp, "camelyon16")
-    for name in C17_TRAIN_TILES:
-        path = root / "camelyon17_tiles" / name
-        tile = Sample(resample(read_rgb(path), C17_MPP, target_mpp), 0, "c17_" + name.split("_", 2)[2][:11],
-                      "camelyon17_tiles", str(path))
-        samples += cut(tile, int(round(1.25 * patch_px)))
-    samples += load_folder_per_class(root / "crc_tiles" / "kather2016", KATHER2016_MPP, target_mpp, "crc",
-                                     classes=KATHER_NORMAL, group_pattern=r"^\w+?_(CRC-Prim-HE-\d+)")
-    samples += load_prefixed_tiles(root / "crc_tiles" / "nct_crc_he_100k", NCT_MPP, target_mpp, "crc", NCT_NORMAL)
-    return samples
-
-
-def unseen_tiles_check(detector, data_root: str | Path, threshold: float) -> dict:
-    """Scores of the never-trained CAMELYON17 tiles, patch by patch (per-tile stain estimate)."""
-    out = {}
-    for name, node_label in UNSEEN_TILES.items():
-        patches = tile_patches(Path(data_root) / "camelyon17_tiles" / name, C17_MPP, detector.input_mpp,
-                               detector.patch_px)
-        detector.set_stain_reference(patches)
-        prob = detector.predict(patches)
-        detector.set_stain_reference(None)
-        out[name] = {"node_label": node_label, "n_patches": int(len(prob)),
-                     "fraction_above_screen_threshold": round(float((prob >= threshold).mean()), 4),
-                     "mean_probability": round(float(prob.mean()), 4),
-                     "max_probability": round(float(prob.max()), 4)}
-    return out
+    (the ``lymph-node-he`` data with fewer colorectal classes; the CAMELYON17 tiles cut into ``1.25 × patch_px``
+    squares)."""
+    return lymph_node_he(data_root, target_mpp, patch_px, kather_classes=KATHER_NORMAL, nct_classes=NCT_NORMAL)
 
 
 def train_coarse(data_root: str | Path, out_dir: str | Path, *, steps: int = 1500, width: int = 8, seed: int = 0,
@@ -165,7 +139,8 @@ def train_coarse(data_root: str | Path, out_dir: str | Path, *, steps: int = 150
                      "n_parameters": int(sum(p.numel() for p in model.parameters()))},
     })
     card["onnx_vs_torch_max_abs_diff"] = export_onnx(model, out_dir, card, COARSE_PATCH_PX, seed)
-    card["metrics"]["unseen_lymph_node_tiles"] = unseen_tiles_check(Detector.load(out_dir), root, screen_threshold)
+    card["metrics"]["unseen_lymph_node_tiles"] = unseen_tile_check(Detector.load(out_dir), root, screen_threshold,
+                                                                      "fraction_above_screen_threshold")
     card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
     (Path(out_dir) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return card

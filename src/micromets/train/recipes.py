@@ -53,8 +53,11 @@ TRAINING_DATA = [
 ]
 
 
-def lymph_node_he(data_root: str | Path, target_mpp: float, patch_px: int) -> list[Sample]:
-    """All training samples of the ``lymph-node-he`` recipe at ``target_mpp`` (big tiles cut to 1.25 × patch)."""
+def lymph_node_he(data_root: str | Path, target_mpp: float, patch_px: int,
+                  kather_classes: dict[str, int] = KATHER_CLASSES,
+                  nct_classes: dict[str, int] = NCT_CLASSES) -> list[Sample]:
+    """All training samples of the ``lymph-node-he`` recipe at ``target_mpp`` (big tiles cut to 1.25 × patch);
+    ``kather_classes`` / ``nct_classes`` choose the colorectal classes (another recipe may take fewer)."""
     root = Path(data_root)
     samples = load_folder_per_class(root / "camelyon16_patches", C16_MPP, target_mpp, "camelyon16")
     for name in C17_TRAIN_TILES:
@@ -63,8 +66,8 @@ def lymph_node_he(data_root: str | Path, target_mpp: float, patch_px: int) -> li
                       "camelyon17_tiles", str(path))
         samples += cut(tile, int(round(1.25 * patch_px)))
     samples += load_folder_per_class(root / "crc_tiles" / "kather2016", KATHER2016_MPP, target_mpp, "crc",
-                                     classes=KATHER_CLASSES, group_pattern=r"^\w+?_(CRC-Prim-HE-\d+)")
-    samples += load_prefixed_tiles(root / "crc_tiles" / "nct_crc_he_100k", NCT_MPP, target_mpp, "crc", NCT_CLASSES)
+                                     classes=kather_classes, group_pattern=r"^\w+?_(CRC-Prim-HE-\d+)")
+    samples += load_prefixed_tiles(root / "crc_tiles" / "nct_crc_he_100k", NCT_MPP, target_mpp, "crc", nct_classes)
     return samples
 
 
@@ -76,10 +79,12 @@ def tile_patches(path: str | Path, mpp: float, target_mpp: float, patch_px: int)
     return np.ascontiguousarray(cells.reshape(-1, patch_px, patch_px, 3))
 
 
-def unseen_tile_check(detector, data_root: str | Path, threshold: float = 0.5) -> dict:
+def unseen_tile_check(detector, data_root: str | Path, threshold: float = 0.5,
+                      fraction_key: str = "fraction_above_threshold") -> dict:
     """Score every patch of the never-trained CAMELYON17 tiles with the deployed detector (per-tile stain estimate).
 
-    For the negative tile, every patch above ``threshold`` is a false positive on an unseen stain.
+    For the negative tile, every patch above ``threshold`` is a false positive on an unseen stain; the share of
+    patches at or above it is reported under ``fraction_key``.
     """
     out = {}
     for name, node_label in C17_UNSEEN_TILES.items():
@@ -89,7 +94,7 @@ def unseen_tile_check(detector, data_root: str | Path, threshold: float = 0.5) -
         prob = detector.predict(patches)
         detector.set_stain_reference(None)
         out[name] = {"node_label": node_label, "n_patches": int(len(prob)),
-                     "fraction_above_threshold": round(float((prob >= threshold).mean()), 4),
+                     fraction_key: round(float((prob >= threshold).mean()), 4),
                      "mean_probability": round(float(prob.mean()), 4),
                      "max_probability": round(float(prob.max()), 4)}
     return out
