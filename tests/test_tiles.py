@@ -1,11 +1,24 @@
 """Tile grid over tissue and the block reader: patches are the right pixels of the right cells."""
 
 import numpy as np
+import pytest
 
 from micromets.phantom.pyramid import write_pyramid
 from micromets.slide import open_slide
 from micromets.tiles import blocks_with_tissue, iter_patch_blocks, tile_grid, tissue_fraction
 from micromets.tissue import TissueMask
+
+
+@pytest.fixture(scope="module")
+def position_slide(tmp_path_factory):
+    """A 1024 × 768 px slide at 0.5 µm/px whose pixel value encodes its position (R: x // 4, G: y // 4)."""
+    def render(x, y, w, h):
+        yy, xx = np.mgrid[y:y + h, x:x + w]
+        return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
+
+    path = tmp_path_factory.mktemp("tiles") / "position.tiff"
+    write_pyramid(path, 1024, 768, 0.5, render, jpeg_quality=95)
+    return path
 
 
 def _mask(mask, mask_mpp=8.0, l0_mpp=0.5):
@@ -28,19 +41,13 @@ def test_blocks_cover_every_tissue_cell_once():
     assert sorted(blocks_with_tissue(grid, 8)) == [(0, 0), (8, 16), (16, 0)]
 
 
-def test_patches_match_direct_reads(tmp_path):
-    # a slide whose pixel value encodes its position, read at its own resolution
-    def render(x, y, w, h):
-        yy, xx = np.mgrid[y:y + h, x:x + w]
-        return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
-
-    path = tmp_path / "grid.tiff"
-    write_pyramid(path, 1024, 768, 0.5, render, jpeg_quality=95)
-    with open_slide(path) as slide:
+@pytest.mark.parametrize("readers", [0, 2])  # 0: read in the calling thread (a one-thread batch worker)
+def test_patches_match_direct_reads(position_slide, readers):
+    with open_slide(position_slide) as slide:
         mask = np.ones((768 // 16, 1024 // 16), bool)
         grid = tile_grid(slide, TissueMask(mask, 8.0, 0.5, np.zeros(mask.shape + (3,), np.uint8)), cell_um=32.0)
         assert grid.shape == (12, 16) and grid.h_tissue.all()
-        blocks = list(iter_patch_blocks(slide, grid, patch_px=64, patch_mpp=0.5, block_cells=5, readers=2))
+        blocks = list(iter_patch_blocks(slide, grid, patch_px=64, patch_mpp=0.5, block_cells=5, readers=readers))
         n = sum(len(b.h_rc) for b in blocks)
         assert n == 12 * 16
         for block in blocks:
@@ -49,18 +56,12 @@ def test_patches_match_direct_reads(tmp_path):
                 assert np.abs(patch.astype(int) - direct.astype(int)).max() <= 2
 
 
-def test_sparse_cells_read_only_their_box_and_match_direct_reads(tmp_path):
+def test_sparse_cells_read_only_their_box_and_match_direct_reads(position_slide):
     from micromets.tiles import TileGrid, read_block
 
-    def render(x, y, w, h):
-        yy, xx = np.mgrid[y:y + h, x:x + w]
-        return np.stack([(xx // 4) % 256, (yy // 4) % 256, np.full_like(xx, 128)], -1).astype(np.uint8)
-
-    path = tmp_path / "sparse.tiff"
-    write_pyramid(path, 1024, 768, 0.5, render, jpeg_quality=95)
     h_tissue = np.zeros((12, 16), bool)
     h_tissue[[2, 4], [3, 6]] = True  # two cells of one 8 × 8 block, far from its corner
-    with open_slide(path) as slide:
+    with open_slide(position_slide) as slide:
         grid = TileGrid(32.0, 0.5, h_tissue)
         block = read_block(slide, grid, 0, 0, 8, patch_px=64, patch_mpp=0.5)
         assert block.h_rc.tolist() == [[2, 3], [4, 6]]
