@@ -51,7 +51,8 @@ def speed_slide(tissue_cm2: float, seed: int = 8) -> tuple[Path, list[dict]]:
     from micromets.phantom.layout import CAPSULE_UM, Layout, Lesion, lesion_outline
     from micromets.phantom.pyramid import write_pyramid
     from micromets.phantom.render import PhantomRenderer
-    from micromets.phantom.texture import load_tiles
+    from micromets.phantom.build import CAPSULE_TILES, CAPSULE_TILES_MPP
+    from micromets.phantom.texture import load_tiles, restain
 
     radius_px = math.sqrt(tissue_cm2 / math.pi) * 1e4 / L0_MPP
     side = max(MIN_SIDE_PX, int(math.ceil((2 * radius_px + 4000) / 256)) * 256)
@@ -69,8 +70,10 @@ def speed_slide(tissue_cm2: float, seed: int = 8) -> tuple[Path, list[dict]]:
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         layout = Layout(side, side, L0_MPP, node, node.buffer(-CAPSULE_UM / L0_MPP), shapely.Polygon(), tuple(lesions))
-        renderer = PhantomRenderer(layout, load_tiles(BUNDLED_TILES / "normal", BUNDLED_TILES_MPP, L0_MPP),
-                                   load_tiles(BUNDLED_TILES / "tumor", BUNDLED_TILES_MPP, L0_MPP), seed)
+        normal = load_tiles(BUNDLED_TILES / "normal", BUNDLED_TILES_MPP, L0_MPP)
+        capsule = restain(load_tiles(CAPSULE_TILES, CAPSULE_TILES_MPP, L0_MPP), like=normal)
+        renderer = PhantomRenderer(layout, normal, load_tiles(BUNDLED_TILES / "tumor", BUNDLED_TILES_MPP, L0_MPP),
+                                   capsule, seed)
         start = time.perf_counter()
         tmp = path.with_suffix(".part")
         write_pyramid(tmp, side, side, L0_MPP, renderer.render_region,

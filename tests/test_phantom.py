@@ -61,17 +61,38 @@ import shapely  # noqa: E402
 
 from micromets.annotations import read_asap_xml, read_geojson  # noqa: E402
 from micromets.measure import mask_to_polygons_l0, measure_lesions  # noqa: E402
-from micromets.phantom.build import build_phantom, read_phantom_manifest  # noqa: E402
+from micromets.normalise import macenko_stain_matrix  # noqa: E402
+from micromets.phantom.build import CAPSULE_TILES, CAPSULE_TILES_MPP, build_phantom, read_phantom_manifest  # noqa: E402
 from micromets.phantom.layout import LesionSpec, expected_node_class, make_layout, parse_lesions  # noqa: E402
 from micromets.phantom.render import PhantomRenderer  # noqa: E402
-from micromets.phantom.texture import TileLibrary, load_tiles, synthesize  # noqa: E402
+from micromets.phantom.texture import TileLibrary, load_tiles, restain, synthesize  # noqa: E402
 
 TILES = Path(__file__).resolve().parents[1] / "src" / "micromets" / "data" / "tiles"
 
 
 @pytest.fixture(scope="module")
 def libraries():
-    return load_tiles(TILES / "normal", 0.243, 0.486), load_tiles(TILES / "tumor", 0.243, 0.486)
+    normal = load_tiles(TILES / "normal", 0.243, 0.486)
+    capsule = restain(load_tiles(CAPSULE_TILES, CAPSULE_TILES_MPP, 0.486), like=normal)
+    return normal, load_tiles(TILES / "tumor", 0.243, 0.486), capsule
+
+
+def _pixels(library: TileLibrary) -> np.ndarray:
+    return np.concatenate([t.reshape(-1, 3) for t in library.tiles]).astype(np.uint8)[None]
+
+
+def test_capsule_stroma_is_restained_to_the_normal_tiles_h_and_e(libraries):
+    """The bundled colorectal stroma (another lab's eosin-heavy stain) takes the lymph-node tiles' stain vectors."""
+    normal, _, capsule = libraries
+    raw = load_tiles(CAPSULE_TILES, CAPSULE_TILES_MPP, 0.486)
+
+    def angle_deg(a, b):
+        return np.degrees(np.arccos(np.clip(np.sum(a * b, axis=1), -1, 1)))
+
+    target = macenko_stain_matrix(_pixels(normal))
+    assert angle_deg(macenko_stain_matrix(_pixels(raw)), target).max() > 5  # the source differs
+    assert angle_deg(macenko_stain_matrix(_pixels(capsule)), target).max() < 2
+    assert capsule.side_px == raw.side_px and capsule.names == raw.names
 
 
 def test_small_phantom_opens_in_openslide_with_truth_and_manifest(tmp_path):
@@ -117,7 +138,8 @@ def test_rendered_lesion_has_the_prescribed_feret_diameter_within_one_pixel(shap
     layout = make_layout((0.8, 0.7), mpp, [LesionSpec("micro", diameter_mm)], seed=11, shape=shape)
     normal = load_tiles(TILES / "normal", 0.243, mpp)
     tumour = load_tiles(TILES / "tumor", 0.243, mpp)
-    renderer = PhantomRenderer(layout, normal, tumour, seed=11)
+    capsule = load_tiles(CAPSULE_TILES, CAPSULE_TILES_MPP, mpp)
+    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed=11)
     x0, y0, x1, y1 = (int(v) for v in layout.lesions[0].outline_l0.buffer(20).bounds)
     mask = renderer.lesion_mask(x0, y0, x1 - x0, y1 - y0)
     outlines = mask_to_polygons_l0(mask, mpp, mpp, (x0, y0))
@@ -131,16 +153,36 @@ def test_rendered_lesion_has_the_prescribed_feret_diameter_within_one_pixel(shap
     assert np.abs(rgb[~mask].astype(int) - tumour_rgb[~mask]).mean() > 20
 
 
+def test_capsule_is_drawn_from_the_capsule_library(libraries):
+    """The outer CAPSULE_UM of the node is the (re-stained) stroma texture, stream 2; the cortex is not."""
+    from micromets.phantom.render import _fill
+
+    normal, tumour, capsule = libraries
+    layout = make_layout((1.0, 0.8), 0.486, parse_lesions("none"), seed=4)
+    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed=4)
+    x0, y0, _, _ = (int(v) for v in layout.node_l0.bounds)
+    window = (x0, y0 + layout.l0_height // 4, 300, 300)  # across the node's left edge
+    node, cortex = _fill(layout.node_l0, *window), _fill(layout.cortex_l0, *window)
+    ring = node & ~cortex
+    assert ring.sum() > 1000 and cortex.sum() > 1000
+    rgb = renderer.render_region(*window)
+    stroma = np.clip(synthesize(capsule, *window, 4, 2), 0, 255).astype(np.uint8)
+    assert np.array_equal(rgb[ring], stroma[ring])
+    assert np.abs(rgb[cortex].astype(int) - stroma[cortex]).mean() > 20
+
+
 def test_rendering_is_deterministic_and_independent_of_windowing(libraries):
-    normal, tumour = libraries
+    normal, tumour, capsule = libraries
     layout = make_layout((1.0, 0.8), 0.486, parse_lesions("micro:1@0.3"), seed=2)
-    renderer = PhantomRenderer(layout, normal, tumour, seed=2)
+    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed=2)
     whole = renderer.render_region(900, 700, 600, 500)
     parts = np.concatenate([renderer.render_region(900, 700, 600, 173), renderer.render_region(900, 873, 600, 327)])
     assert np.array_equal(whole, parts)
-    again = PhantomRenderer(make_layout((1.0, 0.8), 0.486, parse_lesions("micro:1@0.3"), seed=2), normal, tumour, 2)
+    again = PhantomRenderer(make_layout((1.0, 0.8), 0.486, parse_lesions("micro:1@0.3"), seed=2), normal, tumour, capsule,
+                           2)
     assert np.array_equal(whole, again.render_region(900, 700, 600, 500))
-    other = PhantomRenderer(make_layout((1.0, 0.8), 0.486, parse_lesions("micro:1@0.3"), seed=3), normal, tumour, 3)
+    other = PhantomRenderer(make_layout((1.0, 0.8), 0.486, parse_lesions("micro:1@0.3"), seed=3), normal, tumour, capsule,
+                           3)
     assert not np.array_equal(whole, other.render_region(900, 700, 600, 500))
 
 

@@ -10,6 +10,10 @@
   labels), lesion classes and maximum Feret diameters (mm, `;`-separated), size and resolution, seed, tile
   folders. Paths are relative to the manifest's folder.
 
+The capsule is drawn from `CAPSULE_TILES` unless told otherwise: the three fibrous-stroma tiles of Kather et al.
+2016 (colorectal cancer H&E, STROMA class, 150 px at 0.495 µm/px, CC BY 4.0) bundled with the package, re-stained
+to the normal tiles' H&E (`texture.restain`).
+
 The phantom is fully determined by (tile folders, tiles_mpp, lesions, size_mm, l0_mpp, seed, shape, outlines):
 rebuilding with the same arguments gives the same pixels and the same ground truth.
 """
@@ -26,15 +30,17 @@ from micromets.errors import MicrometsError
 from micromets.phantom.layout import expected_node_class, load_outlines, make_layout, parse_lesions
 from micromets.phantom.pyramid import write_pyramid
 from micromets.phantom.render import PhantomRenderer
-from micromets.phantom.texture import load_tiles
+from micromets.phantom.texture import load_tiles, restain
 
 MANIFEST = "manifest.csv"
 ASAP_GROUP = "metastases"
 MANIFEST_COLUMNS = (
     "name", "patient", "node", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
     "lesion_diameters_mm", "l0_mpp", "l0_width", "l0_height", "size_mm", "lesions", "shape", "seed",
-    "normal_tiles", "tumour_tiles", "tiles_mpp",
+    "normal_tiles", "tumour_tiles", "tiles_mpp", "capsule_tiles", "capsule_tiles_mpp",
 )
+CAPSULE_TILES = Path(__file__).resolve().parents[1] / "data" / "tiles" / "stroma"
+CAPSULE_TILES_MPP = 0.495  # Kather et al. 2016, Sci Rep 6:27988
 
 
 def default_name(lesions: str, seed: int) -> str:
@@ -108,13 +114,16 @@ def build_phantom(
     jpeg_quality: int = 80,
     patient: str = "",
     node: str = "",
+    capsule_tiles: str | Path = CAPSULE_TILES,
+    capsule_tiles_mpp: float = CAPSULE_TILES_MPP,
 ) -> dict:
     """Write `<name>.tiff/.xml/.geojson` into `out_dir`, add the manifest row and return it.
 
     `lesions` is `itc:N,micro:N,macro:N` (each optionally `@DIAMETER_MM`) or `none`; `size_mm` is the slide's
     (width, height) in mm; `shape` is `blob`, `disc` or `camelyon16` (real CAMELYON16 outlines from the
     `polygons` folder, scaled to the drawn diameter). `patient` and `node` (optional) group phantoms into
-    patients for staging (`micromets bench` scores the pN stage of such groups).
+    patients for staging (`micromets bench` scores the pN stage of such groups). `capsule_tiles` (at
+    `capsule_tiles_mpp` µm/px) line the node as its fibrous capsule, re-stained to the normal tiles' H&E.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +135,8 @@ def build_phantom(
     layout = make_layout(size_mm, l0_mpp, specs, seed, shape, outlines)
     normal = load_tiles(normal_tiles, tiles_mpp, l0_mpp)
     tumour = load_tiles(tumour_tiles, tiles_mpp, l0_mpp)
-    renderer = PhantomRenderer(layout, normal, tumour, seed)
+    capsule = restain(load_tiles(capsule_tiles, capsule_tiles_mpp, l0_mpp), like=normal)
+    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed)
     node_class = expected_node_class(layout)
     slide_path = out_dir / f"{name}.tiff"
     tmp_path = out_dir / f".{name}.tiff.part"
@@ -156,6 +166,8 @@ def build_phantom(
         "normal_tiles": os.path.relpath(normal_tiles, out_dir),
         "tumour_tiles": os.path.relpath(tumour_tiles, out_dir),
         "tiles_mpp": tiles_mpp,
+        "capsule_tiles": os.path.relpath(capsule_tiles, out_dir),
+        "capsule_tiles_mpp": capsule_tiles_mpp,
     }
     _update_manifest(out_dir, row)
     return row

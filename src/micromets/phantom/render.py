@@ -6,7 +6,8 @@ Regions, back to front:
 - perinodal fat: adipocytes, i.e. a Voronoi tessellation (cells ≈ `ADIPOCYTE_UM` across) drawn as thin
   eosinophilic membranes around empty white cells;
 - node: texture from the NORMAL tile library (`texture.synthesize`, stream 0);
-- capsule: the outer `layout.CAPSULE_UM` of the node, the normal texture mixed with an eosinophilic collagen tone;
+- capsule: the outer `layout.CAPSULE_UM` of the node, texture from the CAPSULE tile library (stream 2: real
+  fibrous stroma, re-stained to the normal tiles' H&E by `texture.restain`);
 - lesions: texture from the TUMOUR tile library (stream 1) inside each lesion outline, with a hard edge, so that
   the pixels drawn as tumour are exactly those whose centre lies inside the ground-truth outline.
 
@@ -39,8 +40,6 @@ def _stained(h_conc: float, e_conc: float) -> np.ndarray:
 
 
 GLASS_RGB = np.array([242.0, 240.0, 244.0], np.float32)
-COLLAGEN_RGB = _stained(0.03, 0.25)
-CAPSULE_MIX = 0.55  # share of collagen tone in the capsule
 FAT_RGB = np.array([247.0, 244.0, 246.0], np.float32)
 MEMBRANE_RGB = _stained(0.05, 0.35)
 ADIPOCYTE_UM = 70.0
@@ -90,10 +89,10 @@ def _fill(geom, l0_x: int, l0_y: int, l0_w: int, l0_h: int) -> np.ndarray:
 
 
 class PhantomRenderer:
-    """Render level-0 windows of a phantom `layout` from NORMAL and TUMOUR tile libraries and a seed."""
+    """Render level-0 windows of a phantom `layout` from NORMAL, TUMOUR and CAPSULE tile libraries and a seed."""
 
-    def __init__(self, layout: Layout, normal: TileLibrary, tumour: TileLibrary, seed: int):
-        self.layout, self.normal, self.tumour, self.seed = layout, normal, tumour, seed
+    def __init__(self, layout: Layout, normal: TileLibrary, tumour: TileLibrary, capsule: TileLibrary, seed: int):
+        self.layout, self.normal, self.tumour, self.capsule, self.seed = layout, normal, tumour, capsule, seed
         self._lesions = shapely.union_all([les.outline_l0 for les in layout.lesions]) if layout.lesions else None
 
     def lesion_mask(self, l0_x: int, l0_y: int, l0_w: int, l0_h: int) -> np.ndarray:
@@ -138,7 +137,7 @@ class PhantomRenderer:
             tissue = synthesize(self.normal, l0_x, l0_y, l0_w, l0_h, self.seed, 0, needed=node)
             capsule = node & ~_fill(lay.cortex_l0, l0_x, l0_y, l0_w, l0_h)
             if capsule.any():
-                tissue[capsule] = (1 - CAPSULE_MIX) * tissue[capsule] + CAPSULE_MIX * COLLAGEN_RGB
+                tissue[capsule] = synthesize(self.capsule, l0_x, l0_y, l0_w, l0_h, self.seed, 2, needed=capsule)[capsule]
             np.copyto(out, tissue, where=node[..., None])
             tumour = self.lesion_mask(l0_x, l0_y, l0_w, l0_h)
             if tumour.any():

@@ -21,6 +21,7 @@ from PIL import Image
 from skimage.transform import resize
 
 from micromets.errors import MicrometsError
+from micromets.normalise import macenko_normalise, macenko_stain_matrix
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -64,6 +65,23 @@ def load_tiles(folder: str | Path, tiles_mpp: float, l0_mpp: float) -> TileLibra
         raise MicrometsError(f"tiles in {folder} are {side} px after resampling to {l0_mpp} µm/px: too small")
     tiles = tuple(np.ascontiguousarray(img[:side, :side]) for img in images)
     return TileLibrary(tiles, tuple(p.name for p in paths), side, l0_mpp)
+
+
+def restain(library: TileLibrary, like: TileLibrary) -> TileLibrary:
+    """`library` re-stained to the H&E of `like`: Macenko (2009) stain vectors of each library, estimated over all
+    of its tiles at once, and every tile of `library` re-expressed in the vectors of `like`.
+
+    Tissue drawn from another laboratory's tiles (the bundled colorectal stroma lining the node as its capsule)
+    then shares the stain of the slide it is placed in, as the tissues of one real section do; concentrations are
+    kept, only the two stain colours change.
+    """
+    def pixels(lib: TileLibrary) -> np.ndarray:
+        return np.concatenate([tile.reshape(-1, 3) for tile in lib.tiles]).astype(np.uint8)[None]
+
+    source_he, target_he = macenko_stain_matrix(pixels(library)), macenko_stain_matrix(pixels(like))
+    tiles = tuple(macenko_normalise(tile.astype(np.uint8), target_he, source_he).astype(np.float32)
+                  for tile in library.tiles)
+    return TileLibrary(tiles, library.names, library.side_px, library.l0_mpp)
 
 
 def _ramps(side: int, overlap: int) -> np.ndarray:
