@@ -32,6 +32,18 @@ def test_tissue_fraction_counts_mask_pixels_per_cell():
     assert frac.tolist() == [[0.5, 0.0], [0.0, 0.0]]
 
 
+def test_tissue_fraction_equals_a_cell_by_cell_count():
+    rng = np.random.default_rng(3)
+    mask = rng.random((37, 53)) < 0.3
+    frac = tissue_fraction(_mask(mask), 20.0, (15, 22))  # 2.5 mask px per cell: centres decide, last cells clipped
+    r_of = np.minimum(((np.arange(37) + 0.5) * 8.0 / 20.0).astype(int), 14)
+    c_of = np.minimum(((np.arange(53) + 0.5) * 8.0 / 20.0).astype(int), 21)
+    for h_r in range(15):
+        for h_c in range(22):
+            cell = mask[np.ix_(r_of == h_r, c_of == h_c)]
+            assert frac[h_r, h_c] == (cell.mean() if cell.size else 0.0)
+
+
 def test_blocks_cover_every_tissue_cell_once():
     from micromets.tiles import TileGrid
 

@@ -51,8 +51,8 @@ def tissue_fraction(tissue: TissueMask, cell_um: float, h_shape: tuple[int, int]
     n_cols = np.bincount(h_c_of, minlength=h_shape[1])
     total = np.outer(n_rows, n_cols).astype(np.float64)
     rr, cc = np.nonzero(tissue.mask)
-    inside = np.zeros(h_shape, np.float64)
-    np.add.at(inside, (h_r_of[rr], h_c_of[cc]), 1.0)
+    inside = np.bincount(h_r_of[rr] * h_shape[1] + h_c_of[cc], minlength=h_shape[0] * h_shape[1])
+    inside = inside.reshape(h_shape).astype(np.float64)
     return np.divide(inside, total, out=np.zeros(h_shape), where=total > 0)
 
 
