@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from micromets.batch.run import discover_inputs, run_batch
+from micromets.batch.run import discover_inputs, local_cluster, run_batch
 from micromets.batch.store import open_store
 from micromets.batch.triage import read_labels, safe_negative_threshold, select_slides
 from micromets.cli import app
@@ -134,6 +134,34 @@ def test_two_worker_local_cluster_matches_in_process(tmp_path, slides):
             Path(b["out_dir"], "result.json").read_text())["lesions"]
     with open_store(tmp_path / "dask" / "results.sqlite") as store:
         assert store.runs()[0]["executor"] == "dask-local:2"
+
+
+def test_dask_runs_the_largest_file_first(tmp_path, shared_data):
+    tile = sorted((shared_data / "camelyon17_tiles").glob("*.jpeg"))[0]
+    paths = [write_tile_slide(tmp_path / "in" / f"{name}.tif", tile, side_px=side)
+             for name, side in (("small", 640), ("large", 1024), ("mid", 832))]
+    assert paths[1].stat().st_size > paths[2].stat().st_size > paths[0].stat().st_size
+    finished = []
+    summary = run_batch(paths, tmp_path / "out", workers=1,
+                        on_event=lambda kind, row: finished.append(Path(row["path"]).stem) if kind == "done" else None)
+    assert finished == ["large", "mid", "small"]  # one worker: the order in which the slides were run
+    assert [Path(row["path"]).stem for row in summary.rows] == ["small", "large", "mid"]  # rows keep input order
+
+
+def test_local_cluster_spends_no_cpu_on_profiling(tmp_path):
+    import dask
+    from distributed import Client
+
+    client_profiles = dask.config.get("distributed.worker.profile.enabled")
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        [(callbacks, tick_ms, memory_s)] = client.run(lambda dask_worker: (
+            sorted(dask_worker.periodic_callbacks), dask_worker.periodic_callbacks["tick"].callback_time,
+            dask_worker.memory_manager.memory_monitor_interval)).values()
+        [nanny] = cluster.workers.values()
+        assert "profile" not in callbacks and "heartbeat" in callbacks  # in the spawned worker process
+        assert tick_ms == cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
+        assert memory_s == nanny.memory_manager.memory_monitor_interval == 0.5
+    assert dask.config.get("distributed.worker.profile.enabled") == client_profiles  # this process's config unchanged
 
 
 def test_fast_mode_is_its_own_setting(tmp_path, slides):
