@@ -2,7 +2,7 @@
 ``--mode thorough`` and ``--mode fast`` on large generated pyramidal TIFFs, with CPU seconds and peak RSS.
 
     PYTHONPATH=src .venv/bin/python bench/detector_speed.py [--sizes 0.75,1.5] [--modes thorough,fast]
-                                                              [--skip-models] [--skip-slides]
+                                                              [--skip-models] [--skip-slides] [--model DIR]
 
 Slides (built once, cached in bench/work/detector-speed/; 15 and 30 min on a busy 2-core machine): a square
 0.25 µm/px pyramidal JPEG TIFF (OpenSlide "generic tiled TIFF") of side ≥ 40,000 px holding one round phantom lymph
@@ -17,6 +17,9 @@ session) and the whole ``Detector.predict`` (tissue filter + stain look-up + mod
 End to end: one fresh process per (slide, mode) runs ``analyze_slide`` (tissue mask, stain, heatmap, lesions,
 outputs); wall seconds, CPU seconds (user + system of that process) and peak RSS (``ru_maxrss``) are recorded,
 with the pipeline's own split (read wait, inference, post) and whether each true lesion was hit.
+
+``--model DIR`` times another fine model (e.g. the INT8 candidate of bench/quantise.py) instead of the shipped
+default, in the stage profile and end to end.
 
 Writes bench/results/detector-speed-<UTC time>.json and prints a summary. The machine is shared: compare CPU
 seconds as well as wall seconds.
@@ -116,12 +119,12 @@ def _real_patches(detector, slide_path: Path, n: int) -> np.ndarray:
     return np.concatenate([patches] * math.ceil(n / len(patches)))[:n]
 
 
-def model_speed(slide_path: Path, n: int = 2048) -> list[dict]:
+def model_speed(slide_path: Path, n: int = 2048, model_dir: Path | None = None) -> list[dict]:
     """Patches/s (wall and per CPU second) of each shipped model: network alone and whole ``predict``."""
     from micromets.model import Detector, coarse_model_dir, default_model_dir
 
     rows = []
-    for folder in (default_model_dir(), coarse_model_dir()):
+    for folder in (model_dir or default_model_dir(), coarse_model_dir()):
         for threads in (1, 2):
             det = Detector.load(folder, threads=threads)
             patches = _real_patches(det, slide_path, n)
@@ -158,7 +161,7 @@ def _network_only(det, x: np.ndarray, batch: int) -> None:
             list(pool.map(run, chunks))
 
 
-def profile_stages(slide_path: Path, n_blocks: int = 60) -> dict:
+def profile_stages(slide_path: Path, n_blocks: int = 60, model_dir: Path | None = None) -> dict:
     """CPU milliseconds per fine-model patch of each thorough-mode stage, run one after the other in one thread on
     ``n_blocks`` random 16 × 16-cell blocks: OpenSlide read (JPEG decode, RGBA → RGB), resample to the model's
     µm/px, tissue filter, stain normalisation (per-slide look-up table), pixel scaling to NCHW float32, network."""
@@ -171,7 +174,7 @@ def profile_stages(slide_path: Path, n_blocks: int = 60) -> dict:
     from micromets.tiles import blocks_with_tissue, tile_grid
     from micromets.tissue import tissue_mask
 
-    det = Detector.load(threads=1)
+    det = Detector.load(model_dir, threads=1)
     cpu: dict[str, float] = {}
 
     def timed(name, fn, *a):
@@ -213,22 +216,24 @@ def profile_stages(slide_path: Path, n_blocks: int = 60) -> dict:
     per_patch = {k: round(1e3 * v / n, 4) for k, v in cpu.items()}
     print(f"profile ({n} patches, {slide_path.name}): " + ", ".join(f"{k} {v} ms" for k, v in per_patch.items()),
           flush=True)
-    return {"slide": slide_path.name, "n_patches": n, "cpu_ms_per_patch": per_patch,
+    return {"slide": slide_path.name, "model": f"{det.name} {det.version} ({det.model_dir})", "n_patches": n,
+            "cpu_ms_per_patch": per_patch,
             "patches_per_cm2_nominal": round(1e8 / det.cell_um ** 2)}
 
 
-def _child(slide: str, mode: str, out_dir: str, result_file: str) -> None:
+def _child(slide: str, mode: str, out_dir: str, result_file: str, model_dir: str | None = None) -> None:
     """One end-to-end run in this (fresh) process; writes timing, CPU seconds, peak RSS and the result."""
     from micromets.analyze import analyze_slide
+    from micromets.model import Detector
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = analyze_slide(slide, out_dir, mode=mode)
+    result = analyze_slide(slide, out_dir, mode=mode, detector=Detector.load(model_dir))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     Path(result_file).write_text(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _vm_hwm_mb(),
                                              "result": result}))
 
 
-def end_to_end(slide_path: Path, truth: list[dict], mode: str, node_cm2: float) -> dict:
+def end_to_end(slide_path: Path, truth: list[dict], mode: str, node_cm2: float, model_dir: Path | None = None) -> dict:
     """Run the pipeline on one slide in a fresh process; s/cm² (of the measured tissue and of the drawn node,
     ``node_cm2``), CPU s/cm², peak RSS, lesions hit."""
     import shapely
@@ -241,7 +246,8 @@ def end_to_end(slide_path: Path, truth: list[dict], mode: str, node_cm2: float) 
     paths = [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from detector_speed import _child; "
-            f"_child({str(slide_path)!r}, {mode!r}, {str(run_dir)!r}, {str(result_file)!r})")
+            f"_child({str(slide_path)!r}, {mode!r}, {str(run_dir)!r}, {str(result_file)!r}, "
+            f"{str(model_dir) if model_dir else None!r})")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     run = json.loads(result_file.read_text())
     result = run["result"]
@@ -255,7 +261,8 @@ def end_to_end(slide_path: Path, truth: list[dict], mode: str, node_cm2: float) 
         hits.append({**les, "found": bool(found), "found_class": found[0]["class"] if found else None,
                      "found_diameter_mm": found[0]["diameter_mm"] if found else None})
     timing = result["timing_s"]
-    row = {"slide": slide_path.name, "mode": mode, "l0_size_px": [result["l0_width"], result["l0_height"]],
+    row = {"slide": slide_path.name, "mode": mode, "model": result["model"],
+           "l0_size_px": [result["l0_width"], result["l0_height"]],
            "tissue_cm2": round(tissue_cm2, 4), "node_cm2": node_cm2, "wall_s": round(run["wall_s"], 2),
            "cpu_s": round(run["cpu_s"], 2), "cpu_s_per_node_cm2": round(run["cpu_s"] / node_cm2, 2),
            "s_per_cm2": round(run["wall_s"] / tissue_cm2, 2), "cpu_s_per_cm2": round(run["cpu_s"] / tissue_cm2, 2),
@@ -273,6 +280,8 @@ def main() -> None:
     parser.add_argument("--modes", default="thorough,fast", help="detector modes to time")
     parser.add_argument("--skip-models", action="store_true", help="do not time the models alone")
     parser.add_argument("--skip-slides", action="store_true", help="do not run the pipeline end to end")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="fine model folder to time (default: the shipped src/micromets/models/default)")
     args = parser.parse_args()
     sizes = [float(a) for a in args.sizes.split(",")]
     slides = [speed_slide(a) for a in sizes]
@@ -280,10 +289,10 @@ def main() -> None:
               "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
               "targets": {"thorough_s_per_cm2": 20, "fast_s_for_1_5_cm2": 10, "peak_rss_mb": 1024}}
     if not args.skip_models:
-        report["profile_thorough"] = profile_stages(slides[0][0])
-        report["models"] = model_speed(slides[0][0])
+        report["profile_thorough"] = profile_stages(slides[0][0], model_dir=args.model)
+        report["models"] = model_speed(slides[0][0], model_dir=args.model)
     if not args.skip_slides:
-        report["end_to_end"] = [end_to_end(path, truth, mode, size) for mode in args.modes.split(",")
+        report["end_to_end"] = [end_to_end(path, truth, mode, size, args.model) for mode in args.modes.split(",")
                                 for (path, truth), size in zip(slides, sizes)]
     report["load_avg_end"] = os.getloadavg()
     out = HERE / "results" / f"detector-speed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

@@ -1,0 +1,56 @@
+"""bench/quantise.py: INT8 static quantisation of the shipped detector, calibrated and checked on real tissue."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from micromets.model import Detector
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import quantise  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def real(shared_data):
+    """The float detector, calibration inputs from the real SVS slide (grid shifted by half a patch) and the
+    CAMELYON16 tiles cut as the detector cuts them."""
+    det = Detector.load(threads=1)
+    patches, lut = quantise.slide_patches(det, shared_data / "slides" / "cmu_small_region.svs", det.cell_um / 2)
+    x_calib = quantise.network_input(det, {"patches": patches, "lut": lut})
+    tiles = [im for im in quantise.tile_images(shared_data) if im["source"] == "camelyon16"]
+    entries = []
+    for image in tiles:
+        patches, lut = quantise.tile_patches(det, image)
+        entries.append({**image, "patches": patches, "lut": lut})
+    return det, x_calib, entries
+
+
+@pytest.mark.parametrize("weights, keep_float, max_dp", [("s8-7bit", ("first", "last"), 0.05), ("s8", (), None)])
+def test_int8_graph_tracks_the_float_model_unless_full_range_weights_saturate(real, tmp_path, weights, keep_float,
+                                                                             max_dp):
+    """7-bit weights with the first and last layers in float stay within 0.05 of the float probability on every
+    CAMELYON16 window; full-range int8 weights everywhere saturate onnxruntime's AVX2 u8·s8 kernel (or lose
+    precision in the 3-channel first layer) and move some window by more than that."""
+    det, x_calib, entries = real
+    assert len(x_calib) >= 200
+    (tmp_path / "model.json").write_text((det.model_dir / "model.json").read_text())
+    quantise.quantise(det.model_dir / "model.onnx", tmp_path / "model.onnx", x_calib, "minmax", keep_float, weights)
+    det_int8 = Detector.load(tmp_path, threads=1)
+    p_float = np.concatenate(quantise.probabilities(det, entries))
+    p_int8 = np.concatenate(quantise.probabilities(det_int8, entries))
+    labels = np.array([e["label"] for e in entries])
+    diff = np.abs(p_int8 - p_float).max()
+    if max_dp is not None:
+        assert diff < max_dp
+        tile_float = [p.max() for p in quantise.probabilities(det, entries)]
+        tile_int8 = [p.max() for p in quantise.probabilities(det_int8, entries)]
+        assert abs(quantise.auc(np.array(tile_int8), labels) - quantise.auc(np.array(tile_float), labels)) <= 0.005
+    else:
+        assert diff > 0.05
+
+
+def test_auc_counts_ties_as_one_half():
+    assert quantise.auc(np.array([0.9, 0.5, 0.5]), np.array([1, 1, 0])) == pytest.approx(0.75)
+    assert quantise.auc(np.array([0.1, 0.9]), np.array([1, 0])) == 0.0
