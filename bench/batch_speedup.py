@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from micromets.batch.speedup import measure_speedup
-from micromets.phantom.build import build_phantom
 
 HERE = Path(__file__).resolve().parent
 TILES = HERE.parent / "src" / "micromets" / "data" / "tiles"
@@ -33,6 +32,8 @@ def main() -> None:
         name = f"speed_{args.size_mm:g}mm_{seed}"
         path = work / "slides" / f"{name}.tiff"
         if not path.exists():
+            from micromets.phantom.build import build_phantom  # not at the top: each Dask worker re-imports this script
+
             build_phantom(work / "slides", TILES / "normal", TILES / "tumor", 0.243, "micro:1@0.5",
                           (args.size_mm, args.size_mm), seed=seed, name=name)
         slides.append(path)

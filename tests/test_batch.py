@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from micromets.batch.run import discover_inputs, local_cluster, run_batch
+from micromets.batch.speedup import measure_speedup
 from micromets.batch.store import open_store
 from micromets.batch.triage import read_labels, safe_negative_threshold, select_slides
 from micromets.cli import app
@@ -162,6 +163,16 @@ def test_local_cluster_spends_no_cpu_on_profiling(tmp_path):
         assert tick_ms == cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
         assert memory_s == nanny.memory_manager.memory_monitor_interval == 0.5
     assert dask.config.get("distributed.worker.profile.enabled") == client_profiles  # this process's config unchanged
+
+
+def test_speedup_report_splits_the_cpu_of_client_and_worker_threads(tmp_path, slides):
+    report = measure_speedup(slides[:2], tmp_path, worker_counts=(1,))
+    [run] = report["runs"]
+    [worker] = run["worker_threads"]  # one spawned worker process (not multiprocessing's resource tracker)
+    assert worker["busiest_thread_cpu_s"] > 0 and worker["other_threads_cpu_s"] > 0  # slides; Dask's event loop
+    assert run["worker_cpu_s"] >= worker["busiest_thread_cpu_s"] + worker["other_threads_cpu_s"]  # sampled <= exact
+    assert run["client_cpu_s"] > 0 and run["speedup_compute"] == 1.0
+    assert all((tmp_path / "workers-1" / slide.stem / "result.json").is_file() for slide in slides[:2])
 
 
 def test_fast_mode_is_its_own_setting(tmp_path, slides):

@@ -11,23 +11,67 @@ scale-up. The machine's load average before and after is recorded, and the CPU s
 cores would give. ``cpu_work_ratio`` (CPU seconds of this run ÷ those of the first) is the extra work scale-out
 costs (worker start-up, imports, one model load per worker), and ``speedup_if_one_core_per_worker`` = worker ratio
 ÷ ``cpu_work_ratio`` is the speed-up the same work would reach if every worker had a core of its own: an estimate,
-not a measurement, to read beside the measured one when the machine is shared.
+not a measurement, to read beside the measured one when the machine is shared. ``client_cpu_s`` is the CPU of this
+process during the run (planning, the LocalCluster's scheduler and nannies, the Dask client, the results store).
+``worker_threads`` splits each worker process's CPU (read every 0.5 s with psutil, so a process's last half-second
+is missed; the reading costs ≈ 0.5 % of a core, left out of ``client_cpu_s``) into its busiest thread — with one thread per worker, the one that analyses the slides — and its other
+threads (Dask's event loop: worker start-up, heartbeats, health checks, profiler if enabled).
+
+Before the first timed run the client pays its one-time costs (importing Dask, loading the model once), which the
+later runs would not pay: every run then starts alike.
 """
 
 import os
 import resource
 import shutil
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from micromets.batch.run import run_batch
+import psutil
+
+from micromets.batch.run import model_identity, run_batch
 from micromets.errors import MicrometsError
 
 
-def _children_cpu_s() -> float:
-    """User + system CPU seconds of this process's finished child processes (the LocalCluster's workers)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _cpu_s(who: int) -> float:
+    """User + system CPU seconds of this process (`resource.RUSAGE_SELF`) or of its finished child processes
+    (`resource.RUSAGE_CHILDREN`: the LocalCluster's workers)."""
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def _worker_threads_cpu(interval_s: float = 0.5) -> Iterator[dict]:
+    """While the block runs, read every `interval_s` the CPU seconds of every thread of the spawned worker
+    processes below this one. Yields ``{"per_process": {pid: {thread id: s}}, "sampler_cpu_s": s}``, filled in as
+    it goes (last reading of each thread, also of threads that have ended since) and complete after the block;
+    ``sampler_cpu_s`` is the sampler's own CPU, spent in this process."""
+    readings: dict[int, dict[int, float]] = {}
+    stats = {"per_process": readings, "sampler_cpu_s": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        me, spawned = psutil.Process(), {}
+        while not stop.wait(interval_s):
+            for proc in me.children(recursive=True):
+                try:
+                    if spawned.setdefault(proc.pid, "spawn_main" in " ".join(proc.cmdline())):
+                        readings.setdefault(proc.pid, {}).update(
+                            (t.id, t.user_time + t.system_time) for t in proc.threads())  # keeps exited threads
+                except psutil.Error:  # it exited meanwhile
+                    continue
+        stats["sampler_cpu_s"] = time.thread_time()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike,
@@ -41,23 +85,32 @@ def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike
         with open(path, "rb") as fh:
             while fh.read(1 << 24):
                 pass
+    import distributed  # noqa: F401  (imported once here, not inside the first timed run only)
+
+    model_identity(model_dir)
     load_before = os.getloadavg()
     runs = []
     for workers in worker_counts:
         out = work_dir / f"workers-{workers}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        cpu_before = _children_cpu_s()
-        summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
-                            timeout_s=None)
-        wall_s = time.perf_counter() - started
-        cpu_s = _children_cpu_s() - cpu_before
+        cpu_before, client_before = _cpu_s(resource.RUSAGE_CHILDREN), _cpu_s(resource.RUSAGE_SELF)
+        with _worker_threads_cpu() as threads:
+            summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
+                                timeout_s=None)
+            wall_s = time.perf_counter() - started
+        cpu_s = _cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
+        client_cpu_s = _cpu_s(resource.RUSAGE_SELF) - client_before - threads["sampler_cpu_s"]
+        worker_threads = [{"busiest_thread_cpu_s": round(max(per_thread.values()), 2),
+                           "other_threads_cpu_s": round(sum(per_thread.values()) - max(per_thread.values()), 2)}
+                          for per_thread in threads["per_process"].values()]
         if summary.n_failed or summary.n_done != len(slides):
             errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
             raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
         runs.append({"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
                      "slides_per_min": round(60 * len(slides) / summary.compute_s, 2), "worker_cpu_s": round(cpu_s, 2),
-                     "cores_used": round(cpu_s / summary.compute_s, 2)})
+                     "cores_used": round(cpu_s / summary.compute_s, 2), "client_cpu_s": round(client_cpu_s, 2),
+                     "worker_threads": worker_threads})
     for run in runs:
         run["speedup_wall"] = round(runs[0]["wall_s"] / run["wall_s"], 3)
         run["speedup_compute"] = round(runs[0]["compute_s"] / run["compute_s"], 3)
