@@ -70,21 +70,21 @@ def test_fast_mode_scores_fewer_cells_and_keeps_unscored_tissue(fast_and_thoroug
     h_fast = np.load(out / "fast" / "node2" / "heatmap.npy")
     h_thorough = np.load(out / "thorough" / "node2" / "heatmap.npy")
     scored = h_fast > 0
-    # cells the fine model scored in fast mode carry the probability of thorough mode (the demo slide is
-    # 0.486 µm/px, so blocks are resampled to 0.5 µm/px and a patch's pixels depend a little on its block's edges)
-    diff = np.abs(h_fast[scored] - h_thorough[scored])
-    assert np.median(diff) < 0.01 and diff.max() < 0.2
+    # cells the fine model scored in fast mode carry the probability of thorough mode: the demo slide is
+    # 0.486 µm/px, resampled to 0.5 µm/px, and a patch's pixels do not depend on the block (2 × 2 cells in fast
+    # mode, 16 × 16 in thorough) it was read in; only onnxruntime's batch composition differs
+    np.testing.assert_allclose(h_fast[scored], h_thorough[scored], atol=1e-3)
     assert ((h_thorough > 0) & ~scored).any()  # some tissue was left to the screen's judgement
 
 
 def test_fast_mode_measures_the_micrometastasis_as_thorough_mode(fast_and_thorough):
-    """Growing over each positive region scores it whole, so the deposit is outlined as in thorough mode (up to
-    the block-resampling noise above), not cut off at the screen's candidates."""
+    """Growing over each positive region scores it whole, so the deposit is outlined as in thorough mode, not
+    cut off at the screen's candidates."""
     out, fast, thorough = fast_and_thorough
     big_fast = max(fast["lesions"], key=lambda r: r["diameter_mm"])
     big_thorough = max(thorough["lesions"], key=lambda r: r["diameter_mm"])
-    assert big_fast["diameter_mm"] == pytest.approx(big_thorough["diameter_mm"], abs=0.05)
-    assert big_fast["area_mm2"] == pytest.approx(big_thorough["area_mm2"], rel=0.1)
+    assert big_fast["diameter_mm"] == pytest.approx(big_thorough["diameter_mm"], abs=1e-3)
+    assert big_fast["area_mm2"] == pytest.approx(big_thorough["area_mm2"], rel=1e-3)
 
 
 def test_unknown_mode_is_one_line_and_exit_2(tmp_path):

@@ -103,3 +103,22 @@ def test_huge_flat_tiff_without_pyramid_is_refused_quickly(tmp_path):
     path = write_sparse_giant(tmp_path / "flat.tiff", tile, n_tiles=256)  # 65,536² px, one level
     with pytest.raises(MicrometsError, match=r"flat.tiff: no low-resolution level \(smallest level 65536×65536"):
         open_slide(path)
+
+
+@pytest.mark.parametrize("mpp, target", [(0.243, 0.5), (0.486, 0.5), (0.5, 0.5), (0.7, 0.5)])
+def test_read_window_pixels_do_not_depend_on_the_window(tmp_path, mpp, target):
+    """A 3 × 3 grid of 40 px windows at ``target`` µm/px equals one 120 px read of the same place, pixel for pixel
+    (the box resampling is anchored at exact level-0 positions), whether the pyramid level is resampled down,
+    slightly down, not at all or up."""
+    with open_slide(_pyramid(tmp_path / "p.tiff", mpp=mpp)) as slide:
+        k = target / slide.l0_mpp  # level-0 px per output px
+        l0_x0, l0_y0 = 37.3, 21.9
+        whole = slide.read_window(l0_x0, l0_y0, 120, 120, target)
+        assert whole.shape == (120, 120, 3) and whole.dtype == np.uint8
+        for i in range(3):
+            for j in range(3):
+                part = slide.read_window(l0_x0 + 40 * j * k, l0_y0 + 40 * i * k, 40, 40, target)
+                np.testing.assert_array_equal(part, whole[40 * i:40 * (i + 1), 40 * j:40 * (j + 1)])
+        if mpp == target:  # on the level's own pixels: the read itself
+            exact = slide.read_window(64, 32, 50, 30, target)
+            np.testing.assert_array_equal(exact, slide.read_region(64, 32, 0, 50, 30))

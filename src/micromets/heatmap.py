@@ -135,7 +135,7 @@ def candidate_cells(screen: Heatmap, fine_shape: tuple[int, int], fine_cell_um: 
 
 def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, screen: Detector,
                          screen_threshold: float, grow_threshold: float, readers: int = 2,
-                         block_cells: int = 4, progress: Callable[[int, int], None] | None = None
+                         block_cells: int = 2, progress: Callable[[int, int], None] | None = None
                          ) -> tuple[Heatmap, HeatmapTiming]:
     """``--mode fast``: the coarse ``screen`` model over all tissue, then ``detector`` only where it is needed.
 
@@ -148,7 +148,11 @@ def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, s
     its ring of neighbours, so its lesion outline and size are exactly those of ``--mode thorough``; a region the
     screen missed entirely is not found. Unscored cells have probability 0 but stay tissue in ``h_tissue``.
     Isolated tumour cells (< 0.2 mm) are easily missed by the screen: fast mode can miss ITC. Candidates are
-    sparse, so the fine cells are read in small blocks (``block_cells``) to avoid reading unscored tissue.
+    sparse, so the fine cells are read in small blocks (``block_cells``) to avoid reading unscored tissue
+    (OpenSlide's CPU cost follows the pixels read: on the 1.5 cm² speed slide the screen's 8,834 candidates took
+    6.5 CPU s to read in blocks of 4 × 4 cells, 17,300 cells read, and 5.4 s in blocks of 2 × 2, 10,700 read).
+    A cell's patch does not depend on its block (:func:`micromets.tiles.read_block`), so every cell scored here
+    has the probability ``--mode thorough`` gives it.
     """
     from scipy import ndimage
 

@@ -113,6 +113,32 @@ class Slide:
             image = image.resize((out_w, out_h), Image.Resampling.BOX)
         return np.array(image)
 
+    def read_window(self, l0_x: float, l0_y: float, out_w: int, out_h: int, target_mpp: float) -> np.ndarray:
+        """``out_h × out_w`` RGB pixels at ``target_mpp`` µm/px whose top-left corner lies at level-0 ``(l0_x, l0_y)``
+        (floats): output pixel ``(i, j)`` covers level-0 ``[l0_x + j·k, l0_x + (j+1)·k)`` (likewise rows) with
+        ``k = target_mpp / l0_mpp``.
+
+        Unlike :meth:`read_at_mpp` (which fits a rounded rectangle into a rounded output size), the box resampling
+        here is anchored at exact positions, so a pixel comes out the same whichever window it is read in: windows
+        that tile a grid give the pixels of one big read. Reads the coarsest level at least as fine as the target
+        (with a margin for the filter); when that level is at ``target_mpp`` and the window falls on its pixels,
+        the read is returned as is.
+        """
+        level = self.level_for_mpp(target_mpp)
+        down = self.level_downsamples[level]
+        k = target_mpp / (self.l0_mpp * down)  # level pixels per output pixel
+        l_x0, l_y0 = l0_x / down, l0_y / down
+        if k == 1.0 and float(l_x0).is_integer() and float(l_y0).is_integer():
+            return np.array(self._read_image(round(l0_x), round(l0_y), level, out_w, out_h))
+        margin = math.ceil(max(k, 1.0) / 2) + 1  # the box filter reaches half an output pixel beyond a pixel
+        l0_rx, l0_ry = round((math.floor(l_x0) - margin) * down), round((math.floor(l_y0) - margin) * down)
+        r_x0, r_y0 = l_x0 - l0_rx / down, l_y0 - l0_ry / down  # window origin within the read, level pixels
+        l_w = math.ceil(r_x0 + out_w * k) + margin
+        l_h = math.ceil(r_y0 + out_h * k) + margin
+        image = self._read_image(l0_rx, l0_ry, level, l_w, l_h)
+        box = (r_x0, r_y0, r_x0 + out_w * k, r_y0 + out_h * k)
+        return np.array(image.resize((out_w, out_h), Image.Resampling.BOX, box=box))
+
     def thumbnail(self, target_mpp: float, l0_chunk_px: int = 8192) -> tuple[np.ndarray, float]:
         """The whole slide at about ``target_mpp`` µm/px, read in windows (memory flat in slide size).
 

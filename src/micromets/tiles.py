@@ -87,7 +87,9 @@ def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: 
     """Read one block in a single windowed read and cut it into the patches of its tissue cells.
 
     Only the bounding box of the block's tissue cells is read (a block at the tissue's edge, or holding a few
-    candidate cells of ``--mode fast``, is not read whole).
+    candidate cells of ``--mode fast``, is not read whole). ``patch_px`` pixels at ``patch_mpp`` must span one cell
+    (``grid.cell_um``). Pixels are resampled at their exact positions (:meth:`Slide.read_window`), so a cell's
+    patch is the same whatever block it is read in.
     """
     start = time.perf_counter()
     rows, cols = grid.shape
@@ -98,15 +100,7 @@ def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: 
     (r_lo, c_lo), (r_hi, c_hi) = local.min(axis=0), local.max(axis=0)
     h_r0, h_c0, local = h_r0 + int(r_lo), h_c0 + int(c_lo), local - [r_lo, c_lo]
     n_r, n_c = int(r_hi - r_lo) + 1, int(c_hi - c_lo) + 1
-    l0_x, l0_y = round(h_c0 * grid.l0_cell), round(h_r0 * grid.l0_cell)
-    l0_w, l0_h = round(n_c * grid.l0_cell), round(n_r * grid.l0_cell)
-    img = slide.read_at_mpp(l0_x, l0_y, l0_w, l0_h, patch_mpp)
-    want_h, want_w = n_r * patch_px, n_c * patch_px
-    if img.shape[:2] != (want_h, want_w):  # off by a pixel from rounding: pad with white / crop
-        fixed = np.full((want_h, want_w, 3), 255, np.uint8)
-        h, w = min(want_h, img.shape[0]), min(want_w, img.shape[1])
-        fixed[:h, :w] = img[:h, :w]
-        img = fixed
+    img = slide.read_window(h_c0 * grid.l0_cell, h_r0 * grid.l0_cell, n_c * patch_px, n_r * patch_px, patch_mpp)
     cells = img.reshape(n_r, patch_px, n_c, patch_px, 3).swapaxes(1, 2)
     patches = np.ascontiguousarray(cells[local[:, 0], local[:, 1]])
     h_rc = local + np.array([h_r0, h_c0])
