@@ -162,6 +162,7 @@ def test_local_cluster_spends_no_cpu_on_profiling(tmp_path):
         assert "profile" not in callbacks and "heartbeat" in callbacks  # in the spawned worker process
         assert tick_ms == cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
         assert memory_s == nanny.memory_manager.memory_monitor_interval == 0.5
+        assert cluster.scheduler.WORKER_SATURATION == 1.0  # a worker gets its next slide when it is free
     assert dask.config.get("distributed.worker.profile.enabled") == client_profiles  # this process's config unchanged
 
 
