@@ -133,3 +133,29 @@ def test_overlay_is_blended_in_row_bands_without_changing_it(shared_data):
     assert (whole != tissue.rgb).any()
     for band_rows in (1, 13):
         assert np.array_equal(np.asarray(render_overlay(tissue, heatmap, records, band_rows=band_rows)), whole)
+
+
+def test_stain_sample_keeps_the_most_haematoxylin_rich_patches_of_its_draw():
+    """The stain estimate's sample: the 32 most cellular of 128 randomly drawn tissue patches (stroma, capsule and
+    fat left out), in draw order, deterministic."""
+    from micromets import normalise
+    from micromets.analyze import stain_sample
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    with open_slide(Path(__file__).resolve().parents[1] / "demo" / "slides" / "node2.tiff") as slide:
+        tissue = tissue_mask(slide)
+        drawn = stain_sample(slide, tissue, 0.5, 96, n_patches=128, draw=1)
+        kept = stain_sample(slide, tissue, 0.5, 96, n_patches=32, draw=4)
+        again = stain_sample(slide, tissue, 0.5, 96, n_patches=32, draw=4)
+    unmix_h = np.linalg.inv(normalise.complete_basis(normalise.REFERENCE_HE))[:, 0]
+
+    def haematoxylin(p):
+        return (normalise.optical_density(p) @ unmix_h).mean(axis=(1, 2))
+
+    assert drawn.shape == (128, 96, 96, 3) and kept.shape == (32, 96, 96, 3)
+    np.testing.assert_array_equal(kept, again)
+    index = [next(i for i in range(len(drawn)) if np.array_equal(drawn[i], k)) for k in kept]
+    assert index == sorted(index)  # a subset of the same draw, in draw order
+    assert haematoxylin(kept).min() >= np.sort(haematoxylin(drawn))[-32] - 1e-6
+    assert haematoxylin(kept).mean() > haematoxylin(drawn).mean()
