@@ -48,6 +48,17 @@ def blank_slide(tmp_path_factory):
     return path
 
 
+def test_result_records_the_slide_files_sha256(tmp_path):
+    """Hashed in a background thread beside the analysis; the digest is the file's."""
+    import hashlib
+
+    from micromets.analyze import analyze_slide
+
+    slide = Path(__file__).resolve().parents[1] / "demo" / "slides" / "node3.tiff"
+    result = analyze_slide(slide, tmp_path / "out")
+    assert result["sha256"] == hashlib.sha256(slide.read_bytes()).hexdigest()
+
+
 def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
     done = micromets("analyze", shared_data / "slides" / "cmu_small_region.svs", "--out", tmp_path)
     assert done.returncode == 0, done.stderr

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,10 @@ CELL_COUNT_MPP = 0.5
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+
+
+#: One background thread hashes slide files while they are analysed.
+_HASHING = ThreadPoolExecutor(1, thread_name_prefix="micromets-sha256")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -213,6 +218,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     start = time.perf_counter()
     path = Path(path)
     with open_slide(path, mpp) as slide:
+        # the file's SHA-256 (≈ 1 s per GB) is computed beside the analysis; hashlib releases the GIL
+        sha256 = _HASHING.submit(file_sha256, path) if path.is_file() else None
         tissue = tissue_mask(slide)
         if tissue.area_mm2 < MIN_TISSUE_MM2:
             raise MicrometsError(f"{path}: no tissue found (tissue area {tissue.area_mm2:.3f} mm²)")
@@ -271,7 +278,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
         timing["total"] = round(time.perf_counter() - start, 3)
         result = {
             "schema": SCHEMA, "slide_id": slide.slide_id, "path": str(path.resolve()),
-            "sha256": file_sha256(path) if path.is_file() else None,
+            "sha256": sha256.result() if sha256 is not None else None,
             "l0_mpp": slide.l0_mpp, "mpp_source": slide.mpp_source,
             "l0_width": slide.l0_width, "l0_height": slide.l0_height,
             "stain": stain, "stain_reason": stain_reason,
