@@ -1,10 +1,11 @@
 """INT8 static quantisation of the shipped fine detector, calibrated and checked on real tissue (issue 8).
 
-    PYTHONPATH=src .venv/bin/python bench/quantise.py                    # the candidate: bench/work/int8/
-    PYTHONPATH=src .venv/bin/python bench/quantise.py --out /tmp/grid --methods minmax,entropy,percentile \
-        --keep-float none,first,first+last --weights s8,s8-7bit,u8     # every variant (≈ 1 CPU min each)
+    # the shipped default: the float 0.2.0 model (its card's command, --out /tmp/float-0.2.0), then
+    PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model /tmp/float-0.2.0 --out src/micromets/models/default
+    PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model /tmp/float-0.2.0 --out /tmp/grid \
+        --methods minmax,entropy,percentile --keep-float none,first,first+last --weights s8,s8-7bit,u8  # every variant
 
-Rebuilds, deterministically (same bytes on every run), an INT8 ONNX graph of ``src/micromets/models/default``
+Rebuilds, deterministically (same bytes on every run), an INT8 ONNX graph of the float model ``--float-model``
 (onnxruntime ``quantize_static``, QDQ format, per-channel symmetric weights, uint8 activations) and compares it
 with the float model patch by patch. The default recipe is the one chosen from the variants below: percentile
 calibration (99.999 %), 7-bit int8 weights, first convolution and classifier kept in float.
@@ -256,7 +257,7 @@ def compare(det_float, det_int8, sets: dict, p_float: list[np.ndarray]) -> dict:
             "by_source": by_source}
 
 
-def demo_check(int8_dir: Path, manifest: Path = ROOT / "demo" / "manifest.csv") -> dict:
+def demo_check(float_dir: Path, int8_dir: Path, manifest: Path = ROOT / "demo" / "manifest.csv") -> dict:
     """The bundled demo case run with the float and the INT8 model, in both scan modes: node classes, pN stage and
     every lesion's diameter (mm) of both, and whether they agree (same classes and stage, same number of lesions
     per slide, diameters within one heatmap cell)."""
@@ -267,7 +268,7 @@ def demo_check(int8_dir: Path, manifest: Path = ROOT / "demo" / "manifest.csv") 
     with tempfile.TemporaryDirectory() as tmp:
         for scan_mode in ("thorough", "fast"):
             runs = {}
-            for label, folder in (("float", None), ("int8", int8_dir)):
+            for label, folder in (("float", float_dir), ("int8", int8_dir)):
                 det = Detector.load(folder)
                 case = run_case(manifest, Path(tmp) / f"{scan_mode}-{label}", detector=det, report=False,
                                 scan_mode=scan_mode)[0]
@@ -291,9 +292,11 @@ def demo_check(int8_dir: Path, manifest: Path = ROOT / "demo" / "manifest.csv") 
 
 
 def main() -> None:
-    from micromets.model import Detector, default_model_dir
+    from micromets.model import Detector
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--float-model", type=Path, required=True,
+                        help="folder of the float model (model.onnx + model.json) to quantise")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=HERE / "work" / "int8")
     parser.add_argument("--methods", default="percentile",
@@ -305,7 +308,11 @@ def main() -> None:
     if not (args.data_root / "camelyon16_patches").is_dir():
         raise SystemExit(f"{args.data_root}: no camelyon16_patches (pass --data-root)")
     args.out.mkdir(parents=True, exist_ok=True)
-    source = default_model_dir()
+    source = args.float_model
+    if (source / "model.json").is_file() and "quantisation" in json.loads((source / "model.json").read_text()):
+        raise SystemExit(f"{source}: already quantised; pass the float model (see the docstring)")
+    if args.out.resolve() == source.resolve():
+        raise SystemExit("--out must differ from --float-model (the float model is compared with the INT8 one)")
     det_float = Detector.load(source, threads=1)
     start = time.process_time()
     sets = real_sets(det_float, args.data_root)
@@ -362,11 +369,12 @@ def main() -> None:
         "metrics_note": f"metrics are those of the float {source_version} model; the INT8 graph differs from it "
                         "by at most max_abs_dp on the evaluation patches",
         "float_onnx_vs_torch_max_abs_diff": card.pop("onnx_vs_torch_max_abs_diff", None),
-        "command": "PYTHONPATH=src .venv/bin/python bench/quantise.py",
+        "command": f"PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model DIR --out {args.out}, "
+                   "DIR = the float model built by this card's command (with --out DIR)",
     }
     (args.out / "model.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     report["chosen"] = {k: row[k] for k in ("method", "keep_float", "weights")}
-    report["demo_case"] = demo_check(args.out)
+    report["demo_case"] = demo_check(source, args.out)
     card["quantisation"]["demo_case_agrees"] = {m: report["demo_case"][m]["agree"] for m in ("thorough", "fast")}
     (args.out / "model.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     (args.out / "report.json").write_text(json.dumps(report, indent=1))

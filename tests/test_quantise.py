@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from micromets.model import Detector
+from micromets.model import Detector, default_model_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import quantise  # noqa: E402
@@ -14,9 +14,11 @@ import quantise  # noqa: E402
 
 @pytest.fixture(scope="module")
 def real(shared_data):
-    """The float detector, calibration inputs from the real SVS slide (grid shifted by half a patch) and the
+    """A float detector of the shipped family (the default is itself INT8: models/without-tumor_064 is the same
+    architecture in float), calibration inputs from the real SVS slide (grid shifted by half a patch) and the
     CAMELYON16 tiles cut as the detector cuts them."""
-    det = Detector.load(threads=1)
+    det = Detector.load(default_model_dir().parent / "without-tumor_064", threads=1)
+    assert "quantisation" not in det.card
     patches, lut = quantise.slide_patches(det, shared_data / "slides" / "cmu_small_region.svs", det.cell_um / 2)
     x_calib = quantise.network_input(det, {"patches": patches, "lut": lut})
     tiles = [im for im in quantise.tile_images(shared_data) if im["source"] == "camelyon16"]
@@ -49,6 +51,18 @@ def test_int8_graph_tracks_the_float_model_unless_full_range_weights_saturate(re
         assert abs(quantise.auc(np.array(tile_int8), labels) - quantise.auc(np.array(tile_float), labels)) <= 0.005
     else:
         assert diff > 0.05
+
+
+def test_shipped_default_is_the_checked_int8_graph():
+    """The default model's card states its quantisation and the checks it passed; its graph holds QDQ nodes."""
+    import onnx
+
+    card = Detector.load(threads=1).card
+    q = card["quantisation"]
+    assert q["evaluation"]["flips"] == 0 and q["evaluation"]["max_abs_dp"] < 0.05
+    assert q["demo_case_agrees"] == {"thorough": True, "fast": True}
+    ops = {n.op_type for n in onnx.load(str(default_model_dir() / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
 def test_auc_counts_ties_as_one_half():
