@@ -285,15 +285,21 @@ def test_a_dying_worker_fails_its_slides_and_the_batch_goes_on(tmp_path, good_sl
     import distributed  # noqa: F401 (loads its config defaults before the override below)
     import psutil
 
+    slide_paths = {str(Path(p).resolve()) for p in good_slides}
+
     def kill_first_worker() -> None:
+        """Kill the worker once it has a slide open, i.e. mid-analysis (a fixed delay misses small slides)."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
-            if workers:
-                time.sleep(3)  # let it import and start analysing
-                workers[0].kill()  # what the kernel's OOM killer or a segfault does to a worker
-                return
-            time.sleep(0.1)
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if "spawn_main" in " ".join(proc.cmdline()) and \
+                            any(f.path in slide_paths for f in proc.open_files()):
+                        proc.kill()  # what the kernel's OOM killer or a segfault does to a worker
+                        return
+                except Exception:  # noqa: BLE001 (a process or fd vanishing while read: look again)
+                    continue
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_first_worker, daemon=True)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
