@@ -288,18 +288,21 @@ def test_a_dying_worker_fails_its_slides_and_the_batch_goes_on(tmp_path, good_sl
     slide_paths = {str(Path(p).resolve()) for p in good_slides}
 
     def kill_first_worker() -> None:
-        """Kill the worker once it has a slide open, i.e. mid-analysis (a fixed delay misses small slides)."""
+        """Kill the worker mid-analysis: once it has a slide open, or at the latest once it has spent 2.5 CPU s
+        (its imports and model load take 1.1-1.5), since a small slide can open and close between two looks."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             for proc in psutil.Process().children(recursive=True):
                 try:
-                    if "spawn_main" in " ".join(proc.cmdline()) and \
-                            any(f.path in slide_paths for f in proc.open_files()):
+                    if "spawn_main" not in " ".join(proc.cmdline()):
+                        continue
+                    busy = sum(proc.cpu_times()[:2]) > 2.5
+                    if busy or any(f.path in slide_paths for f in proc.open_files()):
                         proc.kill()  # what the kernel's OOM killer or a segfault does to a worker
                         return
                 except Exception:  # noqa: BLE001 (a process or fd vanishing while read: look again)
                     continue
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     killer = threading.Thread(target=kill_first_worker, daemon=True)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
