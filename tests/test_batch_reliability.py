@@ -285,31 +285,34 @@ def test_a_dying_worker_fails_its_slides_and_the_batch_goes_on(tmp_path, good_sl
     import distributed  # noqa: F401 (loads its config defaults before the override below)
     import psutil
 
-    slide_paths = {str(Path(p).resolve()) for p in good_slides}
+    from micromets.phantom.build import build_phantom
+
+    tiles = Path(__file__).resolve().parents[1] / "src" / "micromets" / "data" / "tiles"
+    # a slide that takes seconds to analyse, so the worker is caught with it open (small ones come and go in ms)
+    build_phantom(tmp_path / "big", tiles / "normal", tiles / "tumor", 0.243, "micro:1@0.5", (3.0, 3.0),
+                  seed=1, name="big")
+    big = str((tmp_path / "big" / "big.tiff").resolve())
+    slides = [Path(big)] + list(good_slides)
 
     def kill_first_worker() -> None:
-        """Kill the worker mid-analysis: once it has a slide open, or at the latest once it has spent 2.5 CPU s
-        (its imports and model load take 1.1-1.5), since a small slide can open and close between two looks."""
+        """Kill the worker while it has the big slide open, i.e. mid-analysis."""
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            for proc in psutil.Process().children(recursive=True):
-                try:
-                    if "spawn_main" not in " ".join(proc.cmdline()):
-                        continue
-                    busy = sum(proc.cpu_times()[:2]) > 2.5
-                    if busy or any(f.path in slide_paths for f in proc.open_files()):
+            try:
+                for proc in psutil.Process().children(recursive=True):
+                    if "spawn_main" in " ".join(proc.cmdline()) and any(f.path == big for f in proc.open_files()):
                         proc.kill()  # what the kernel's OOM killer or a segfault does to a worker
                         return
-                except Exception:  # noqa: BLE001 (a process or fd vanishing while read: look again)
-                    continue
+            except psutil.Error:  # a process vanished while looked at: look again
+                pass
             time.sleep(0.01)
 
     killer = threading.Thread(target=kill_first_worker, daemon=True)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         killer.start()
-        summary = run_batch(good_slides, tmp_path / "out", workers=1)
+        summary = run_batch(slides, tmp_path / "out", workers=1)
     killer.join()
     errors = [r["error"] for r in summary.rows if r["status"] == "failed"]
     assert errors and all("worker process analysing it died" in e for e in errors), summary.rows
-    again = run_batch(good_slides, tmp_path / "out", workers=1)
+    again = run_batch(slides, tmp_path / "out", workers=1)
     assert again.n_failed == 0 and again.n_done == len(errors)
