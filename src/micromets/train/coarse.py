@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from micromets.train.data import Sample, load_idc
-from micromets.train.recipes import (C16_MPP, C17_MPP, C17_TRAIN_TILES, KATHER2016_MPP, NCT_MPP,
-                                     lymph_node_he, unseen_tile_check)
+from micromets.train.recipes import C16_MPP, lymph_node_he, normal_sources, unseen_tile_check
 
 COARSE_MPP = 2.0
 COARSE_PATCH_PX = 32
@@ -55,12 +54,7 @@ TRAINING_DATA = [
                 "no licence", "mpp": IDC_MPP},
     {"name": "CAMELYON16 patches, tumour (tumor_001, tumor_064) and normal (tumor_004, tumor_064)",
      "path": "camelyon16_patches", "licence": "CC0", "mpp": C16_MPP},
-    {"name": "CAMELYON17 negative tiles " + ", ".join(C17_TRAIN_TILES), "path": "camelyon17_tiles",
-     "licence": "CC0", "mpp": C17_MPP},
-    {"name": "Kather 2016 colorectal tiles " + ", ".join(sorted(KATHER_NORMAL)), "path": "crc_tiles/kather2016",
-     "licence": "CC BY 4.0 (Kather et al. 2016, Sci Rep 6:27988)", "mpp": KATHER2016_MPP},
-    {"name": "NCT-CRC-HE-100K tiles " + ", ".join(sorted(NCT_NORMAL)), "path": "crc_tiles/nct_crc_he_100k",
-     "licence": "CC BY 4.0 (Kather et al. 2019, PLoS Med 16:e1002730)", "mpp": NCT_MPP},
+    *normal_sources(KATHER_NORMAL, NCT_NORMAL),
 ]
 
 

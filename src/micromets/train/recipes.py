@@ -41,15 +41,25 @@ KATHER_CLASSES = {"02_STROMA": 0, "04_LYMPHO": 0, "05_DEBRIS": 0, "07_ADIPOSE": 
 NCT_CLASSES = {"ADI": 0, "BACK": 0, "DEB": 0, "LYM": 0, "MUS": 0, "STR": 0}
 CV_GROUPS = ["tumor_001", "tumor_004", "tumor_064"]
 
+
+
+def normal_sources(kather_classes: dict[str, int], nct_classes: dict[str, int]) -> list[dict]:
+    """Model-card entries (name, path, licence, µm/px) of the normal tissue :func:`lymph_node_he` loads besides
+    CAMELYON16: the CAMELYON17 training tiles and the colorectal classes given."""
+    return [
+        {"name": "CAMELYON17 negative tiles " + ", ".join(C17_TRAIN_TILES), "path": "camelyon17_tiles",
+         "licence": "CC0", "mpp": C17_MPP},
+        {"name": "Kather 2016 colorectal tiles " + ", ".join(sorted(kather_classes)), "path": "crc_tiles/kather2016",
+         "licence": "CC BY 4.0 (Kather et al. 2016, Sci Rep 6:27988)", "mpp": KATHER2016_MPP},
+        {"name": "NCT-CRC-HE-100K tiles " + ", ".join(sorted(nct_classes)), "path": "crc_tiles/nct_crc_he_100k",
+         "licence": "CC BY 4.0 (Kather et al. 2019, PLoS Med 16:e1002730)", "mpp": NCT_MPP},
+    ]
+
+
 TRAINING_DATA = [
     {"name": "CAMELYON16 patches (57 lymph-node H&E, slides tumor_001, tumor_004, tumor_064)",
      "path": "camelyon16_patches", "licence": "CC0", "mpp": C16_MPP},
-    {"name": "CAMELYON17 negative tiles " + ", ".join(C17_TRAIN_TILES), "path": "camelyon17_tiles",
-     "licence": "CC0", "mpp": C17_MPP},
-    {"name": "Kather 2016 colorectal tiles " + ", ".join(sorted(KATHER_CLASSES)), "path": "crc_tiles/kather2016",
-     "licence": "CC BY 4.0 (Kather et al. 2016, Sci Rep 6:27988)", "mpp": KATHER2016_MPP},
-    {"name": "NCT-CRC-HE-100K tiles " + ", ".join(sorted(NCT_CLASSES)), "path": "crc_tiles/nct_crc_he_100k",
-     "licence": "CC BY 4.0 (Kather et al. 2019, PLoS Med 16:e1002730)", "mpp": NCT_MPP},
+    *normal_sources(KATHER_CLASSES, NCT_CLASSES),
 ]
 
 
