@@ -134,11 +134,11 @@ class PhantomRenderer:
             np.copyto(out, FAT_RGB, where=(fat & ~membrane)[..., None])
             np.copyto(out, MEMBRANE_RGB, where=membrane[..., None])
         if node.any():
-            tissue = synthesize(self.normal, l0_x, l0_y, l0_w, l0_h, self.seed, 0, needed=node)
-            capsule = node & ~_fill(lay.cortex_l0, l0_x, l0_y, l0_w, l0_h)
-            if capsule.any():
-                tissue[capsule] = synthesize(self.capsule, l0_x, l0_y, l0_w, l0_h, self.seed, 2, needed=capsule)[capsule]
-            np.copyto(out, tissue, where=node[..., None])
+            cortex = node & _fill(lay.cortex_l0, l0_x, l0_y, l0_w, l0_h)
+            for library, stream, part in ((self.normal, 0, cortex), (self.capsule, 2, node & ~cortex)):
+                if part.any():
+                    texture = synthesize(library, l0_x, l0_y, l0_w, l0_h, self.seed, stream, needed=part)
+                    np.copyto(out, texture, where=part[..., None])
             tumour = self.lesion_mask(l0_x, l0_y, l0_w, l0_h)
             if tumour.any():
                 tumour_rgb = synthesize(self.tumour, l0_x, l0_y, l0_w, l0_h, self.seed, 1, needed=tumour)
