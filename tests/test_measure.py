@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import shapely
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from micromets.errors import MicrometsError
@@ -29,7 +29,10 @@ def brute_force_diameter(geom) -> float:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.floats(-1e4, 1e4), st.floats(-1e4, 1e4)), min_size=1, max_size=60))
-def test_rotating_calipers_equal_brute_force(points):
+@example([(0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (1.0, 6.607629857794307e-213)])  # near-duplicate hull vertex
+def test_max_feret_equals_brute_force(points):
+    """The diameter of the hull vertices is the diameter of every point; the example once stalled rotating
+    calipers (a zero-length hull edge), which found 1.414 instead of 2."""
     geom = shapely.MultiPoint(points)
     hull = hull_vertices(geom)
     diameter, a, b = max_feret(hull)

@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import quantise  # noqa: E402
 
 
+def cpu_has_vnni() -> bool:
+    """True on CPUs with VNNI (AVX512-VNNI or AVX-VNNI): onnxruntime's u8·s8 kernels then add in 32 bits."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 @pytest.fixture(scope="module")
 def real(shared_data):
     """A float detector of the shipped family (the default is itself INT8: models/without-tumor_064 is the same
@@ -34,7 +43,11 @@ def test_int8_graph_tracks_the_float_model_unless_full_range_weights_saturate(re
                                                                              max_dp):
     """7-bit weights with the first and last layers in float stay within 0.05 of the float probability on every
     CAMELYON16 window; full-range int8 weights everywhere saturate onnxruntime's AVX2 u8·s8 kernel (or lose
-    precision in the 3-channel first layer) and move some window by more than that."""
+    precision in the 3-channel first layer) and move some window by more than that. VNNI has no 16-bit pair
+    sums (seen on AMD EPYC with AVX512-VNNI: full-range weights moved no window by more than 0.032), so there the
+    saturation case is skipped."""
+    if max_dp is None and cpu_has_vnni():
+        pytest.skip("this CPU has VNNI: onnxruntime's u8*s8 kernel cannot saturate here")
     det, x_calib, entries = real
     assert len(x_calib) >= 200
     (tmp_path / "model.json").write_text((det.model_dir / "model.json").read_text())

@@ -101,7 +101,7 @@ LesionSpec(size_class='micro', diameter_mm=0.8)]
 
 
 def _feret_px(polygon: Polygon) -> float:
-    """Exact maximum Feret diameter of a polygon in its own units (rotating calipers of `micromets.measure`)."""
+    """Exact maximum Feret diameter of a polygon in its own units (`micromets.measure.max_feret` of its hull)."""
     return max_feret(hull_vertices(polygon))[0]
 
 
