@@ -163,7 +163,7 @@ def _network_only(det, x: np.ndarray, batch: int) -> None:
 
 def profile_stages(slide_path: Path, n_blocks: int = 60, model_dir: Path | None = None) -> dict:
     """CPU milliseconds per fine-model patch of each thorough-mode stage, run one after the other in one thread on
-    ``n_blocks`` random 16 × 16-cell blocks: OpenSlide read (JPEG decode, RGBA → RGB), resample to the model's
+    ``n_blocks`` random 16 × 16-cell blocks: read (JPEG tile decode, see micromets.slide), resample to the model's
     µm/px, tissue filter, stain normalisation (per-slide look-up table), pixel scaling to NCHW float32, network."""
     from PIL import Image
 
@@ -198,11 +198,13 @@ def profile_stages(slide_path: Path, n_blocks: int = 60, model_dir: Path | None 
             n_r, n_c = min(16, grid.shape[0] - h_r0), min(16, grid.shape[1] - h_c0)
             l0_x, l0_y = round(h_c0 * grid.l0_cell), round(h_r0 * grid.l0_cell)
             l_w, l_h = math.ceil(n_c * grid.l0_cell / down), math.ceil(n_r * grid.l0_cell / down)
-            image = timed("read (OpenSlide decode + RGB)", slide._read_image, l0_x, l0_y, level, l_w, l_h)
             out_w, out_h = n_c * det.patch_px, n_r * det.patch_px
-            if (l_w, l_h) != (out_w, out_h):
+            if (l_w, l_h) == (out_w, out_h):
+                img = timed("read (tile decode + RGB)", slide.read_region, l0_x, l0_y, level, l_w, l_h)
+            else:
+                image = timed("read (tile decode + RGB)", slide._read_image, l0_x, l0_y, level, l_w, l_h)
                 image = timed("resample to the model's µm/px", image.resize, (out_w, out_h), Image.Resampling.BOX)
-            img = timed("read (OpenSlide decode + RGB)", np.array, image)
+                img = timed("read (tile decode + RGB)", np.array, image)
             cells = img.reshape(n_r, det.patch_px, n_c, det.patch_px, 3).swapaxes(1, 2)
             local = np.argwhere(grid.h_tissue[h_r0:h_r0 + n_r, h_c0:h_c0 + n_c])
             patches = timed("cut into patches", np.ascontiguousarray, cells[local[:, 0], local[:, 1]])

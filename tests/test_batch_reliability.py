@@ -213,19 +213,26 @@ def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, sh
 # ---- SIGKILL at random moments ---------------------------------------------------------------------------------
 
 
-def _kill_and_resume(slides: list[Path], out: Path, kills: int, workers: int, seed: int,
-                     max_delay_s: float) -> int:
+def _kill_and_resume(slides: list[Path], out: Path, kills: int, workers: int, seed: int) -> int:
     """Run the real `micromets batch` `kills` times, SIGKILLing it after a random delay, then once to the end.
-    Two attempts in three use --force, so there is mostly work in flight to interrupt (the replacement of
-    published folders is interrupted too); the third resumes what the killed ones left. Returns how many attempts were actually killed mid-way."""
+    The delays are drawn over the time one whole batch of these slides takes on this machine (timed first, into
+    a scratch folder), so the kills land anywhere in the run however fast the machine is. Two attempts in three
+    use --force, so there is mostly work in flight to interrupt (the replacement of published folders is
+    interrupted too); the third resumes what the killed ones left. Returns how many attempts were actually
+    killed mid-way."""
     rng = random.Random(seed)
-    args = CLI + ["batch", *map(str, slides), "--out", str(out), "--workers", str(workers)]
+    args = CLI + ["batch", *map(str, slides), "--workers", str(workers)]
+    start = time.perf_counter()
+    subprocess.run(args + ["--out", str(out.parent / f"{out.name}-timing")], env=ENV, capture_output=True,
+                   timeout=900, check=True)
+    whole_run_s = time.perf_counter() - start
+    args += ["--out", str(out)]
     killed = 0
     for attempt in range(kills):
         proc = subprocess.Popen(args + ["--force"] * (attempt % 3 != 2), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc.wait(timeout=rng.uniform(0.3, max_delay_s))
+            proc.wait(timeout=rng.uniform(0.2, 0.9) * whole_run_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the CLI and any Dask worker processes it started
             killed += 1
@@ -253,7 +260,7 @@ def _check_exactly_one_complete_result(slides: list[Path], out: Path) -> None:
 def test_sigkill_at_random_moments_then_resume(tmp_path, shared_data):
     slides = make_slides(tmp_path / "slides", shared_data, n=3)
     out = tmp_path / "out"
-    killed = _kill_and_resume(slides, out, kills=3, workers=0, seed=1, max_delay_s=6.0)
+    killed = _kill_and_resume(slides, out, kills=3, workers=0, seed=1)
     _check_exactly_one_complete_result(slides, out)
     assert killed >= 1
 
@@ -263,7 +270,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, shared_data):
 def test_stress_many_kills(tmp_path, shared_data, workers):
     slides = make_slides(tmp_path / "slides", shared_data, n=5)
     out = tmp_path / "out"
-    killed = _kill_and_resume(slides, out, kills=10, workers=workers, seed=workers, max_delay_s=12.0)
+    killed = _kill_and_resume(slides, out, kills=10, workers=workers, seed=workers)
     _check_exactly_one_complete_result(slides, out)
     assert killed >= 4
     print(f"workers={workers}: {killed} kills, {len(slides)} slides, exactly one complete result each")

@@ -122,3 +122,52 @@ def test_read_window_pixels_do_not_depend_on_the_window(tmp_path, mpp, target):
         if mpp == target:  # on the level's own pixels: the read itself
             exact = slide.read_window(64, 32, 50, 30, target)
             np.testing.assert_array_equal(exact, slide.read_region(64, 32, 0, 50, 30))
+
+
+def _openslide_rgb(path, l0_x, l0_y, level, l_w, l_h):
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as osr:
+        return np.asarray(_on_white(osr.read_region((l0_x, l0_y), level, (l_w, l_h))))
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "zlib", None])
+def test_tiled_tiff_levels_are_decoded_directly_with_openslides_pixels(tmp_path, shared_data, compression):
+    """Every level of a pyramidal TIFF (and the real SVS's one level) is decoded by tifffile, and any window —
+    inside, across or past the edges, at whole or fractional level positions — equals OpenSlide's read."""
+    rng = np.random.default_rng(1)
+    if compression is None or compression == "zlib":
+        rgb = np.asarray(Image.open(sorted((shared_data / "camelyon17_tiles").glob("*.jpeg"))[0]).convert("RGB"))
+        path = tmp_path / "p.tiff"
+        with tifffile.TiffWriter(path) as tif:
+            options = dict(tile=(128, 128), compression=compression, photometric="rgb",
+                           resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+            tif.write(rgb[:1000, :1300], **options)
+            tif.write(rgb[:1000:2, :1300:2], subfiletype=1, **options)
+        levels = (0, 1)
+    else:
+        path = shared_data / "slides" / "cmu_small_region.svs"
+        levels = (0,)
+    with open_slide(path) as slide:
+        assert slide.direct_levels == levels
+        for level in levels:
+            down = slide.level_downsamples[level]
+            l_w, l_h = slide.level_dimensions[level]
+            for _ in range(12):
+                w, h = (int(v) for v in rng.integers(1, 400, 2))
+                l_x, l_y = int(rng.integers(-200, l_w + 50)), int(rng.integers(-200, l_h + 50))
+                for l0_x, l0_y in ((round(l_x * down), round(l_y * down)), (round(l_x * down) + 1, round(l_y * down))):
+                    np.testing.assert_array_equal(slide.read_region(l0_x, l0_y, level, w, h),
+                                                  _openslide_rgb(path, l0_x, l0_y, level, w, h))
+
+
+def test_demo_pyramid_reads_directly_at_every_level():
+    from conftest import REPO
+
+    path = REPO / "demo" / "slides" / "node1.tiff"
+    with open_slide(path) as slide:
+        assert slide.direct_levels == tuple(range(slide.level_count))
+        window = slide.read_window(1000.0, 800.0, 200, 150, 0.5)  # resampled from 0.486 µm/px
+        np.testing.assert_array_equal(slide.read_region(1000, 800, 1, 300, 200),
+                                      _openslide_rgb(path, 1000, 800, 1, 300, 200))
+    assert window.shape == (150, 200, 3)

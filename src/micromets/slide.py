@@ -10,11 +10,23 @@ Resolution (µm per level-0 pixel, ``l0_mpp``) comes, in this order, from
 3. the TIFF resolution tags (``tiff.XResolution`` with ``tiff.ResolutionUnit`` centimeter or inch).
 
 A slide with none of these is refused with an error naming the file: a size in mm needs a resolution.
+
+OpenSlide opens every slide and says what its levels are. Where a level is a plain tiled TIFF page (OpenSlide's
+"generic-tiff" and "aperio" formats: pyramidal TIFF, Aperio SVS) its tiles are decoded directly by tifffile +
+imagecodecs (libjpeg-turbo) instead of through ``openslide_read_region``, which costs about 6× more CPU for the
+same pixels (0.28 against 0.045 ms per 96 × 96 px of a JPEG level, measured on the speed slides): OpenSlide
+decodes into premultiplied ARGB, paints it with cairo and openslide-python converts it back. A level is read
+directly only when one of its tiles decodes to exactly OpenSlide's pixels (checked when the slide is opened) and
+only at whole level pixels; every other read (fractional level positions, other formats, other compressions)
+goes through OpenSlide.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +42,10 @@ PLAUSIBLE_MPP = (0.05, 50.0)
 MAX_SMALLEST_LEVEL_PX = 1_000_000_000
 
 _UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0}
+#: OpenSlide formats whose levels are tiled TIFF pages that :class:`_DirectTiles` may decode.
+_DIRECT_VENDORS = ("generic-tiff", "aperio")
+#: TIFF compressions decoded directly: none, LZW, JPEG, Adobe Deflate, Deflate.
+_DIRECT_COMPRESSIONS = (1, 5, 7, 8, 32946)
 
 
 def _mpp_from_properties(props) -> tuple[float, str] | None:
@@ -50,6 +66,116 @@ def _mpp_from_properties(props) -> tuple[float, str] | None:
     return _UM_PER_UNIT[unit] * (1 / res_x + 1 / res_y) / 2, "tiff-resolution"
 
 
+class _DirectTiles:
+    """The tiled TIFF pages behind some of a slide's OpenSlide levels, decoded with tifffile + imagecodecs.
+
+    ``read`` returns what OpenSlide's ``read_region`` composited over white returns at whole level pixels: tile
+    pixels inside the level, white outside it and where a tile is missing (zero bytes). Decoded tiles are kept in
+    a small LRU cache (``cache_bytes``), so neighbouring windows that share a tile decode it once. Thread-safe:
+    tile bytes are read with ``os.pread`` and decoding releases the GIL.
+    """
+
+    def __init__(self, path: Path, osr: openslide.OpenSlide, cache_bytes: int = 32 << 20) -> None:
+        import tifffile
+
+        self._tif = tifffile.TiffFile(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, cache_bytes
+        self._lock = threading.Lock()
+        pages = {(lev.keyframe.imagewidth, lev.keyframe.imagelength): lev.keyframe
+                 for lev in self._tif.series[0].levels}
+        self._pages = {}
+        for level, dims in enumerate(osr.level_dimensions):
+            page = pages.get(tuple(dims))
+            if page is not None and page.is_tiled and page.tiledepth == 1 and page.samplesperpixel == 3 \
+                    and page.bitspersample == 8 and page.planarconfig == 1 and page.compression in _DIRECT_COMPRESSIONS:
+                self._pages[level] = page
+                if not self._same_as_openslide(osr, level):
+                    del self._pages[level]
+
+    @classmethod
+    def open(cls, path: Path, osr: openslide.OpenSlide) -> "_DirectTiles | None":
+        """The direct reader of ``path``'s tiled levels, or None when no level qualifies (or tifffile fails)."""
+        if osr.properties.get(openslide.PROPERTY_NAME_VENDOR) not in _DIRECT_VENDORS or not path.is_file():
+            return None
+        try:
+            direct = cls(path, osr)
+        except Exception:  # tifffile raises many types on files OpenSlide accepts; OpenSlide then reads them
+            return None
+        if not direct._pages:
+            direct.close()
+            return None
+        return direct
+
+    def close(self) -> None:
+        self._tif.close()
+        os.close(self._fd)
+
+    def _same_as_openslide(self, osr: openslide.OpenSlide, level: int) -> bool:
+        """Whether the level's middle tile decodes to OpenSlide's pixels exactly."""
+        page = self._pages[level]
+        t_w, t_h = page.tilewidth, page.tilelength
+        l_x = (page.imagewidth // 2) // t_w * t_w
+        l_y = (page.imagelength // 2) // t_h * t_h
+        down = osr.level_downsamples[level]
+        if not (float(l_x * down).is_integer() and float(l_y * down).is_integer()):
+            return False
+        try:
+            mine = self.read(level, l_x, l_y, t_w, t_h)
+            theirs = np.array(_on_white(osr.read_region((round(l_x * down), round(l_y * down)), level, (t_w, t_h))))
+        except Exception:
+            return False
+        return np.array_equal(mine, theirs)
+
+    def levels(self) -> tuple[int, ...]:
+        return tuple(self._pages)
+
+    def _tile(self, level: int, t_index: int) -> np.ndarray | None:
+        """Decoded tile ``t_index`` of ``level`` as (tile_h, tile_w, 3) uint8, or None when it is missing."""
+        key = (level, t_index)
+        with self._lock:
+            tile = self._cache.get(key)
+            if tile is not None:
+                self._cache.move_to_end(key)
+                return tile
+        page = self._pages[level]
+        count = page.databytecounts[t_index]
+        if count == 0:
+            return None
+        data = os.pread(self._fd, count, page.dataoffsets[t_index])
+        if len(data) != count:
+            raise OSError(f"tile {t_index} of level {level} is truncated ({len(data)} of {count} bytes)")
+        tile = page.decode(data, t_index, jpegtables=page.jpegtables)[0][0]
+        with self._lock:
+            self._cache[key] = tile
+            self._cache_bytes += tile.nbytes
+            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return tile
+
+    def read(self, level: int, l_x: int, l_y: int, l_w: int, l_h: int) -> np.ndarray:
+        """``(l_h, l_w, 3)`` uint8 RGB of ``level`` from level pixel ``(l_x, l_y)``; white outside the level."""
+        page = self._pages[level]
+        t_w, t_h = page.tilewidth, page.tilelength
+        t_cols = -(-page.imagewidth // t_w)
+        out = np.full((l_h, l_w, 3), 255, np.uint8)
+        x0, x1 = max(l_x, 0), min(l_x + l_w, page.imagewidth)
+        y0, y1 = max(l_y, 0), min(l_y + l_h, page.imagelength)
+        if x0 >= x1 or y0 >= y1:
+            return out
+        for t_r in range(y0 // t_h, -(-y1 // t_h)):
+            for t_c in range(x0 // t_w, -(-x1 // t_w)):
+                tile = self._tile(level, t_r * t_cols + t_c)
+                if tile is None:
+                    continue
+                ya, yb = max(y0, t_r * t_h), min(y1, (t_r + 1) * t_h)
+                xa, xb = max(x0, t_c * t_w), min(x1, (t_c + 1) * t_w)
+                out[ya - l_y:yb - l_y, xa - l_x:xb - l_x] = tile[ya - t_r * t_h:yb - t_r * t_h,
+                                                                 xa - t_c * t_w:xb - t_c * t_w, :3]
+        return out
+
+
 class Slide:
     """An open whole-slide image with its level-0 resolution. Use :func:`open_slide` to make one."""
 
@@ -57,6 +183,7 @@ class Slide:
         self.path = path
         self.slide_id = path.stem if path.is_file() else path.name
         self._osr = osr
+        self._direct = _DirectTiles.open(path, osr)
         self.l0_mpp = l0_mpp
         self.mpp_source = mpp_source
         self.l0_width, self.l0_height = osr.dimensions
@@ -73,6 +200,13 @@ class Slide:
 
     def close(self) -> None:
         self._osr.close()
+        if self._direct is not None:
+            self._direct.close()
+
+    @property
+    def direct_levels(self) -> tuple[int, ...]:
+        """Levels whose tiles are decoded directly (see the module docstring); the others go through OpenSlide."""
+        return () if self._direct is None else self._direct.levels()
 
     @property
     def l0_area_mm2(self) -> float:
@@ -83,9 +217,26 @@ class Slide:
 
         Returns an ``(l_h, l_w, 3)`` uint8 RGB array; transparent pixels (outside the scanned area) are white.
         """
-        return np.array(self._read_image(l0_x, l0_y, level, l_w, l_h))
+        rgb = self._read_direct(l0_x, l0_y, level, l_w, l_h)
+        return np.array(self._read_image(l0_x, l0_y, level, l_w, l_h)) if rgb is None else rgb
+
+    def _read_direct(self, l0_x: float, l0_y: float, level: int, l_w: int, l_h: int) -> np.ndarray | None:
+        """The direct tile decode of a read at whole pixels of a directly decoded level, else None."""
+        if self._direct is None or level not in self._direct.levels():
+            return None
+        down = self.level_downsamples[level]
+        l_x, l_y = l0_x / down, l0_y / down
+        if not (float(l_x).is_integer() and float(l_y).is_integer()):
+            return None
+        try:
+            return self._direct.read(level, int(l_x), int(l_y), int(l_w), int(l_h))
+        except Exception as err:  # truncated or corrupt tile data: the same error as OpenSlide's
+            raise MicrometsError(f"{self.path}: cannot read region at level {level} ({err})") from err
 
     def _read_image(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> Image.Image:
+        rgb = self._read_direct(l0_x, l0_y, level, l_w, l_h)
+        if rgb is not None:
+            return Image.fromarray(rgb)
         try:
             rgba = self._osr.read_region((int(l0_x), int(l0_y)), level, (int(l_w), int(l_h)))
         except openslide.OpenSlideError as err:
@@ -129,7 +280,7 @@ class Slide:
         k = target_mpp / (self.l0_mpp * down)  # level pixels per output pixel
         l_x0, l_y0 = l0_x / down, l0_y / down
         if k == 1.0 and float(l_x0).is_integer() and float(l_y0).is_integer():
-            return np.array(self._read_image(round(l0_x), round(l0_y), level, out_w, out_h))
+            return self.read_region(round(l0_x), round(l0_y), level, out_w, out_h)
         margin = math.ceil(max(k, 1.0) / 2) + 1  # the box filter reaches half an output pixel beyond a pixel
         l0_rx, l0_ry = round((math.floor(l_x0) - margin) * down), round((math.floor(l_y0) - margin) * down)
         r_x0, r_y0 = l_x0 - l0_rx / down, l_y0 - l0_ry / down  # window origin within the read, level pixels
