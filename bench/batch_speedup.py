@@ -1,11 +1,12 @@
 """Batch scale-out benchmark: the same phantom slides through `micromets batch` with 1 and 2 Dask workers.
 
-    PYTHONPATH=src .venv/bin/python bench/batch_speedup.py [--slides 8] [--size-mm 2.0] [--workers 1,2]
+    PYTHONPATH=src .venv/bin/python bench/batch_speedup.py [--slides 8] [--size-mm 2.0] [--workers 1,2] [--rounds 1]
 
 Builds `--slides` phantom slides (bundled CC0 CAMELYON16 tiles, 0.243 µm/px, `--size-mm` square, one 0.5 mm
 micrometastasis each; cached in bench/work/batch-speedup/), runs `micromets.batch.speedup.measure_speedup` and
 writes the report to bench/results/batch-speedup-<UTC time>.json (and prints it). Target: >= 1.8x from 1 to 2
-workers on 2 otherwise idle cores.
+workers on 2 otherwise idle cores. `--rounds R` repeats the comparison R times, alternating which worker count
+runs first, and reports the median speed-up (the VM's own speed drifts by several per cent over minutes).
 """
 
 import argparse
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--size-mm", type=float, default=2.0, help="side of each square phantom, mm")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker (inference; threads - 1 read ahead)")
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions, alternating the order of worker counts")
     args = parser.parse_args()
     work = HERE / "work" / "batch-speedup"
     slides = []
@@ -37,7 +39,8 @@ def main() -> None:
             build_phantom(work / "slides", TILES / "normal", TILES / "tumor", 0.243, "micro:1@0.5",
                           (args.size_mm, args.size_mm), seed=seed, name=name)
         slides.append(path)
-    report = measure_speedup(slides, work / "runs", tuple(int(w) for w in args.workers.split(",")), args.threads)
+    report = measure_speedup(slides, work / "runs", tuple(int(w) for w in args.workers.split(",")), args.threads,
+                             rounds=args.rounds)
     report.update(slide_size_mm=args.size_mm, date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     results = HERE / "results"
     results.mkdir(exist_ok=True)

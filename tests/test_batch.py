@@ -155,20 +155,23 @@ def test_local_cluster_spends_no_cpu_on_profiling(tmp_path):
 
     client_profiles = dask.config.get("distributed.worker.profile.enabled")
     with local_cluster(1) as cluster, Client(cluster) as client:
-        [(callbacks, tick_ms, memory_s)] = client.run(lambda dask_worker: (
+        [(callbacks, tick_ms, memory_s, environ)] = client.run(lambda dask_worker: (
             sorted(dask_worker.periodic_callbacks), dask_worker.periodic_callbacks["tick"].callback_time,
-            dask_worker.memory_manager.memory_monitor_interval)).values()
+            dask_worker.memory_manager.memory_monitor_interval, dict(os.environ))).values()
         [nanny] = cluster.workers.values()
         assert "profile" not in callbacks and "heartbeat" in callbacks  # in the spawned worker process
         assert tick_ms == cluster.scheduler.periodic_callbacks["tick"].callback_time == 500
         assert memory_s == nanny.memory_manager.memory_monitor_interval == 0.5
         assert cluster.scheduler.WORKER_SATURATION == 1.0  # a worker gets its next slide when it is free
+        # glibc keeps its adaptive mmap threshold (no MALLOC_TRIM_THRESHOLD_); BLAS stays single-threaded
+        assert "MALLOC_TRIM_THRESHOLD_" not in environ and environ["OPENBLAS_NUM_THREADS"] == "1"
     assert dask.config.get("distributed.worker.profile.enabled") == client_profiles  # this process's config unchanged
 
 
 def test_speedup_report_splits_the_cpu_of_client_and_worker_threads(tmp_path, slides):
-    report = measure_speedup(slides[:2], tmp_path, worker_counts=(1,))
-    [run] = report["runs"]
+    report = measure_speedup(slides[:2], tmp_path, worker_counts=(1,), rounds=2)
+    run, again = report["runs"]
+    assert (run["round"], again["round"]) == (0, 1) and report["speedup_wall_median"] == {"1": 1.0}
     [worker] = run["worker_threads"]  # one spawned worker process (not multiprocessing's resource tracker)
     assert worker["busiest_thread_cpu_s"] > 0 and worker["other_threads_cpu_s"] > 0  # slides; Dask's event loop
     assert run["worker_cpu_s"] >= worker["busiest_thread_cpu_s"] + worker["other_threads_cpu_s"]  # sampled <= exact

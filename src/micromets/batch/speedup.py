@@ -24,6 +24,7 @@ later runs would not pay: every run then starts alike.
 import os
 import resource
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -74,12 +75,42 @@ def _worker_threads_cpu(interval_s: float = 0.5) -> Iterator[dict]:
         sampler.join()
 
 
+def _timed_run(slides: list, out: Path, workers: int, threads_per_worker: int, model_dir: str | None) -> dict:
+    """One `run_batch` of `slides` into a fresh `out` with `workers` workers, timed (see the module docstring)."""
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    cpu_before, client_before = _cpu_s(resource.RUSAGE_CHILDREN), _cpu_s(resource.RUSAGE_SELF)
+    with _worker_threads_cpu() as threads:
+        summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
+                            timeout_s=None)
+        wall_s = time.perf_counter() - started
+    cpu_s = _cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
+    client_cpu_s = _cpu_s(resource.RUSAGE_SELF) - client_before - threads["sampler_cpu_s"]
+    worker_threads = [{"busiest_thread_cpu_s": round(max(per_thread.values()), 2),
+                       "other_threads_cpu_s": round(sum(per_thread.values()) - max(per_thread.values()), 2)}
+                      for per_thread in threads["per_process"].values()]
+    if summary.n_failed or summary.n_done != len(slides):
+        errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
+        raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
+    return {"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
+            "slides_per_min": round(60 * len(slides) / summary.compute_s, 2), "worker_cpu_s": round(cpu_s, 2),
+            "cores_used": round(cpu_s / summary.compute_s, 2), "client_cpu_s": round(client_cpu_s, 2),
+            "worker_threads": worker_threads}
+
+
 def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike,
                     worker_counts: tuple[int, ...] = (1, 2), threads_per_worker: int = 1,
-                    model_dir: str | None = None) -> dict:
-    """Analyse `slides` once per entry of `worker_counts` (Dask LocalCluster processes) and return the timings
-    (see the module docstring). Raises `MicrometsError` if any slide fails: a speed-up over failures means
-    nothing."""
+                    model_dir: str | None = None, rounds: int = 1) -> dict:
+    """Analyse `slides` once per entry of `worker_counts` (Dask LocalCluster processes), `rounds` times, and return
+    the timings (see the module docstring). Raises `MicrometsError` if any slide fails: a speed-up over failures
+    means nothing.
+
+    Each round runs every worker count once, in the given order in even rounds and reversed in odd ones, so that
+    a machine whose speed drifts over minutes (a shared VM: the same slides alone took 13.4–15.0 CPU s in four
+    runs here) favours neither count; speed-ups are taken within a round, against the round's run with
+    ``worker_counts[0]``, and the report gives each round's and their median (``speedup_wall_median``,
+    ``speedup_compute_median``, per worker count).
+    """
     work_dir = Path(work_dir)
     for path in slides:  # warm the page cache so that the first run does not pay the disk reads alone
         with open(path, "rb") as fh:
@@ -90,33 +121,23 @@ def measure_speedup(slides: list[str | os.PathLike], work_dir: str | os.PathLike
     model_identity(model_dir)
     load_before = os.getloadavg()
     runs = []
-    for workers in worker_counts:
-        out = work_dir / f"workers-{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        started = time.perf_counter()
-        cpu_before, client_before = _cpu_s(resource.RUSAGE_CHILDREN), _cpu_s(resource.RUSAGE_SELF)
-        with _worker_threads_cpu() as threads:
-            summary = run_batch(slides, out, workers=workers, threads=threads_per_worker, model_dir=model_dir,
-                                timeout_s=None)
-            wall_s = time.perf_counter() - started
-        cpu_s = _cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
-        client_cpu_s = _cpu_s(resource.RUSAGE_SELF) - client_before - threads["sampler_cpu_s"]
-        worker_threads = [{"busiest_thread_cpu_s": round(max(per_thread.values()), 2),
-                           "other_threads_cpu_s": round(sum(per_thread.values()) - max(per_thread.values()), 2)}
-                          for per_thread in threads["per_process"].values()]
-        if summary.n_failed or summary.n_done != len(slides):
-            errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
-            raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
-        runs.append({"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
-                     "slides_per_min": round(60 * len(slides) / summary.compute_s, 2), "worker_cpu_s": round(cpu_s, 2),
-                     "cores_used": round(cpu_s / summary.compute_s, 2), "client_cpu_s": round(client_cpu_s, 2),
-                     "worker_threads": worker_threads})
-    for run in runs:
-        run["speedup_wall"] = round(runs[0]["wall_s"] / run["wall_s"], 3)
-        run["speedup_compute"] = round(runs[0]["compute_s"] / run["compute_s"], 3)
-        run["cpu_work_ratio"] = round(run["worker_cpu_s"] / runs[0]["worker_cpu_s"], 3)
-        run["speedup_if_one_core_per_worker"] = round(
-            run["workers"] / runs[0]["workers"] / run["cpu_work_ratio"], 3)
+    for round_ in range(rounds):
+        order = worker_counts if round_ % 2 == 0 else worker_counts[::-1]
+        timed = {workers: _timed_run(slides, work_dir / f"workers-{workers}", workers, threads_per_worker, model_dir)
+                 for workers in order}
+        base = timed[worker_counts[0]]
+        for workers in worker_counts:
+            run = timed[workers]
+            run["round"] = round_
+            run["speedup_wall"] = round(base["wall_s"] / run["wall_s"], 3)
+            run["speedup_compute"] = round(base["compute_s"] / run["compute_s"], 3)
+            run["cpu_work_ratio"] = round(run["worker_cpu_s"] / base["worker_cpu_s"], 3)
+            run["speedup_if_one_core_per_worker"] = round(
+                run["workers"] / base["workers"] / run["cpu_work_ratio"], 3)
+            runs.append(run)
+    medians = {key: {str(w): round(statistics.median(r[key] for r in runs if r["workers"] == w), 3)
+                     for w in worker_counts} for key in ("speedup_wall", "speedup_compute")}
     return {"n_slides": len(slides), "cpu_count": os.cpu_count(), "threads_per_worker": threads_per_worker,
-            "load_avg_1min_before": round(load_before[0], 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
-            "runs": runs}
+            "rounds": rounds, "load_avg_1min_before": round(load_before[0], 2),
+            "load_avg_1min_after": round(os.getloadavg()[0], 2), "runs": runs,
+            "speedup_wall_median": medians["speedup_wall"], "speedup_compute_median": medians["speedup_compute"]}
