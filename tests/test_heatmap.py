@@ -124,3 +124,28 @@ def test_case_and_batch_commands_pass_the_mode_through(tmp_path):
     done = runner.invoke(app, ["case", str(case_dir / "manifest.csv"), "--out", str(tmp_path / "x"),
                                "--scan-mode", "quick"])
     assert "--scan-mode 'quick'" in str(done.exception)  # MicrometsError: one line, exit 2 from `micromets`
+
+
+def test_confirmation_windows_are_anchored_on_the_heatmap_grid(fast_and_thorough):
+    """With the single offset 0 the confirmation re-reads each cell's own patch, so it reproduces the heatmap; with
+    the 9 half-cell shifts, cells inside the 0.9 mm micrometastasis stay high."""
+    from micromets.analyze import stain_sample
+    from micromets.heatmap import confirmation_scores
+    from micromets.model import Detector
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    out, _, thorough = fast_and_thorough
+    h_prob = np.load(out / "thorough" / "node2" / "heatmap.npy")
+    hot = np.argwhere(h_prob >= 0.9)[:6]
+    cool = np.argwhere((h_prob > 0.05) & (h_prob < 0.3))[:6]
+    cells = np.concatenate([hot, cool])
+    detector = Detector.load()
+    with open_slide(NODE2) as slide:
+        detector.set_stain_reference(stain_sample(slide, tissue_mask(slide), detector.input_mpp, detector.patch_px))
+        heatmap = Heatmap(h_prob, h_prob > 0, thorough["heatmap"]["cell_um"], slide.l0_mpp)
+        own = confirmation_scores(slide, detector, heatmap, cells, offsets_cells=(0.0,))
+        dense = confirmation_scores(slide, detector, heatmap, cells)
+    assert own.h_tissue.sum() == len(cells) and dense.h_tissue[tuple(cells.T)].all()
+    np.testing.assert_allclose(own.h_prob[tuple(cells.T)], h_prob[tuple(cells.T)], atol=1e-3)
+    assert (dense.h_prob[tuple(hot.T)] >= 0.5).all()

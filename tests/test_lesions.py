@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from micromets.heatmap import Heatmap
-from micromets.lesions import heatmap_outlines_l0, max_value_inside, outlines_l0
+from micromets.lesions import heatmap_outlines_l0, max_value_inside, outlines_l0, top_cells_inside
 
 
 def test_single_hot_cell_gives_a_diamond_one_cell_across():
@@ -47,3 +47,14 @@ def test_level0_origin_and_cell_size_are_applied():
     # hot cells 1..2 → centres at 1.5 and 2.5 cells; crossings half a cell outside them
     assert poly.bounds == pytest.approx((1000 + 256, 2000 + 256, 1000 + 768, 2000 + 768))
     assert max_value_inside(hm, [poly]).tolist() == [1.0]
+
+
+def test_top_cells_inside_takes_each_outlines_highest_cells_once():
+    h = np.zeros((6, 10), np.float32)
+    h[1:4, 1:4] = [[0.6, 0.7, 0.6], [0.9, 0.8, 0.6], [0.6, 0.6, 0.95]]  # one blob, highest 0.95, 0.9, 0.8
+    h[2, 7] = 0.7  # a lone cell
+    hm = Heatmap(h_prob=h, h_tissue=np.ones_like(h, bool), cell_um=10.0, l0_mpp=1.0)
+    blob, lone = sorted(heatmap_outlines_l0(hm, 0.5), key=lambda p: p.area, reverse=True)
+    assert sorted(map(tuple, top_cells_inside(hm, [blob], 3))) == [(2, 1), (2, 2), (3, 3)]
+    assert sorted(map(tuple, top_cells_inside(hm, [blob, lone, blob], 1))) == [(2, 7), (3, 3)]  # no repeats
+    assert top_cells_inside(hm, [], 3).shape == (0, 2)

@@ -26,7 +26,7 @@ from micromets import __version__, normalise
 from micromets.errors import MicrometsError
 from micromets.annotations import geojson_dict
 from micromets.heatmap import Heatmap
-from micromets.lesions import heatmap_outlines_l0, max_value_inside
+from micromets.lesions import heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
@@ -41,6 +41,8 @@ MIN_TISSUE_MM2 = 0.01
 MODES = ("thorough", "fast")
 #: Resolution at which tumour nuclei are counted inside H&E lesions (µm/px).
 CELL_COUNT_MPP = 0.5
+#: A candidate lesion is confirmed by re-scoring this many of its highest cells (``heatmap.confirmation_scores``).
+CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
@@ -107,17 +109,40 @@ def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
     return int(count_nuclei(rgb, CELL_COUNT_MPP, mask))
 
 
-def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None]) -> list[dict]:
+def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None],
+                    confirmed: np.ndarray | None = None) -> list[dict]:
     records = []
     for i, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells), start=1):
         outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
         records.append({
             "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 4), "area_mm2": round(m.area_mm2, 5),
             "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
+            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[i - 1]), 4)}),
             "n_cells": cells, "n_deposits": m.n_members, "repaired": m.repaired,
             "class": node_class(m.diameter_mm, cells),
         })
     return records
+
+
+def lesion_thresholds(card: dict, threshold: float | None = None) -> tuple[float, float, float]:
+    """The (extent, seed, confirmation) thresholds of a detector's lesions: ``threshold`` (default: the card's,
+    else 0.5), the card's ``seed_threshold`` (never below the extent one) and its ``confirm_threshold`` (default:
+    the seed threshold; 0 = no confirmation). See :func:`analyze_slide`."""
+    threshold = float(card.get("threshold", 0.5) if threshold is None else threshold)
+    seed = max(threshold, float(card.get("seed_threshold", threshold)))
+    return threshold, seed, float(card.get("confirm_threshold", seed))
+
+
+def confirm_outlines(slide: Slide, detector, heatmap: Heatmap, outlines: list, threshold: float,
+                     top_cells: int = CONFIRM_TOP_CELLS) -> tuple[list, Heatmap]:
+    """The outlines whose evidence holds up when re-scored densely: at least one of the ``top_cells`` highest
+    cells inside an outline has a confirmation score (mean of the 9 half-cell-shifted windows,
+    :func:`micromets.heatmap.confirmation_scores`) ``>= threshold``. Returns the kept outlines and the scores."""
+    from micromets.heatmap import confirmation_scores
+
+    scores = confirmation_scores(slide, detector, heatmap, top_cells_inside(heatmap, outlines, top_cells))
+    keep = max_value_inside(scores, outlines) >= threshold
+    return [o for o, k in zip(outlines, keep) if k], scores
 
 
 def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float) -> dict:
@@ -194,7 +219,7 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
 def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
                   detector=None, stain: str | None = None, threshold: float | None = None,
                   gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None,
-                  readers: int = 2, screen=None) -> dict:
+                  readers: int = 2, screen=None, confirm_threshold: float | None = None) -> dict:
     """Analyse one slide and write its results folder; returns the result dict (``result.json``).
 
     ``mode`` is ``thorough`` (fine model over all tissue) or ``fast`` (coarse ``screen`` model — default the
@@ -209,7 +234,10 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
-    cells from becoming lesions.
+    cells from becoming lesions. A kept outline must then be confirmed (:func:`confirm_outlines`): one of its
+    3 highest cells, re-scored as the mean of the 9 windows shifted by half a cell, must reach
+    ``confirm_threshold`` (default: the card's ``confirm_threshold``, else the seed threshold; 0 turns the
+    confirmation off). Each lesion's ``confirmed_probability`` is recorded.
     """
     if mode not in MODES:
         raise MicrometsError(f"unknown mode {mode!r} (expected {' or '.join(MODES)})")
@@ -236,7 +264,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
 
             detector = detector or Detector.load()
             detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
-            threshold = float(detector.card.get("threshold", 0.5) if threshold is None else threshold)
+            threshold, seed_threshold, card_confirm = lesion_thresholds(detector.card, threshold)
+            confirm_threshold = card_confirm if confirm_threshold is None else confirm_threshold
             if mode == "fast":
                 screen = screen or Detector.load(coarse_model_dir(), threads=detector.threads)
                 screen.set_stain_reference(stain_sample(slide, tissue, screen.input_mpp, screen.patch_px))
@@ -249,10 +278,13 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
-            seed_threshold = max(threshold, float(detector.card.get("seed_threshold", threshold)))
             outlines = heatmap_outlines_l0(heatmap, threshold)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
-            measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
+            outlines = [o for o, keep in zip(outlines, seeded) if keep]
+            confirmed = None
+            if confirm_threshold > 0 and outlines:
+                outlines, confirmed = confirm_outlines(slide, detector, heatmap, outlines, confirm_threshold)
+            measures = measure_lesions(outlines, slide.l0_mpp, gap_um)
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
             if mode == "fast":
@@ -264,13 +296,15 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             findings = analyze_ihc(slide, tissue)
             heatmap = findings.heatmap
             post_start = time.perf_counter()
-            threshold = seed_threshold = None
+            threshold = seed_threshold = confirm_threshold = confirmed = None
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
-        records = _lesion_records(measures, max_value_inside(heatmap, [m.geometry_l0 for m in measures]), n_cells)
+        geoms = [m.geometry_l0 for m in measures]
+        records = _lesion_records(measures, max_value_inside(heatmap, geoms), n_cells,
+                                  None if confirmed is None else max_value_inside(confirmed, geoms))
         largest = max((r["diameter_mm"] for r in records), default=None)
         classes = [r["class"] for r in records]
         slide_class = max(classes, key=NODE_CLASSES.index, default="negative")
@@ -284,7 +318,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "stain": stain, "stain_reason": stain_reason,
             "tissue_area_mm2": round(tissue.area_mm2, 4),
             "model": model_info, "mode": mode, "threshold": threshold,
-            "seed_threshold": seed_threshold, "gap_um": gap_um,
+            "seed_threshold": seed_threshold, "confirm_threshold": confirm_threshold, "gap_um": gap_um,
             "heatmap": {"file": "heatmap.npy", "cell_um": heatmap.cell_um, "l0_origin": list(heatmap.l0_origin),
                         "shape": list(heatmap.h_prob.shape)},
             "node_class": slide_class,

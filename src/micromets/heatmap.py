@@ -10,6 +10,9 @@ Two modes (``analyze --mode``):
 - ``fast`` (:func:`compute_heatmap_fast`): a coarse screening model (2 µm/px, ``models/coarse``) over every
   tissue cell, then the fine model on the screen's candidates (:func:`candidate_cells`), grown over the whole of
   every positive region. A deposit the screen misses is lost: fast mode can miss ITC.
+
+:func:`confirmation_scores` re-scores chosen cells densely (the 3 × 3 windows shifted by half a cell), the
+evidence a lesion must show to be kept (``micromets.analyze``).
 """
 
 from __future__ import annotations
@@ -120,6 +123,41 @@ def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.nd
         if sum(len(p) for p in pending_rc) >= batch_size:
             flush()
     flush()
+
+
+def confirmation_scores(slide: Slide, detector: Detector, heatmap: Heatmap, h_rc: np.ndarray,
+                        offsets_cells: tuple[float, ...] = (-0.5, 0.0, 0.5), chunk_cells: int = 32) -> Heatmap:
+    """Dense re-scoring of the cells ``h_rc`` (N, 2 as row, col) of ``heatmap``: for each, the mean tumour
+    probability of the ``len(offsets_cells)²`` model windows whose origins are shifted from the cell's own by the
+    offsets (in cells) along x and y; by default the 9 windows at −½, 0 and +½ cell, all of which contain the
+    cell's centre. Returned as a Heatmap on the same grid, scored (``h_tissue``) only at ``h_rc``.
+
+    This is the sliding-window averaging of overlapping patches that CAMELYON16 heatmaps used (stride ½ patch),
+    done only where it decides something: a deposit shows in the windows around it, while a patch that scores
+    high from one particular field (a seam of the phantom texture, a stroma or vessel pattern cut just so) tends
+    not to (measured: docs/model.md, "Lesion confirmation"). The windows of one cell are cut from one read of
+    ``1 + span`` cells square, anchored at exact level-0 positions (:meth:`Slide.read_window`), so the unshifted
+    window is the cell's own heatmap patch.
+    """
+    p = detector.patch_px
+    lo, span = min(offsets_cells), max(offsets_cells) - min(offsets_cells)
+    shifts_px = [round((o - lo) * p) for o in offsets_cells]
+    side_px = p + round(span * p)
+    l0_cell = heatmap.l0_cell
+    h_rc = np.asarray(h_rc, np.int64).reshape(-1, 2)
+    scores = np.zeros(heatmap.h_prob.shape, np.float32)
+    done = np.zeros(heatmap.h_prob.shape, bool)
+    for start in range(0, len(h_rc), chunk_cells):
+        cells = h_rc[start:start + chunk_cells]
+        windows = []
+        for r, c in cells:
+            img = slide.read_window(heatmap.l0_origin[0] + (c + lo) * l0_cell,
+                                    heatmap.l0_origin[1] + (r + lo) * l0_cell, side_px, side_px, detector.input_mpp)
+            windows += [img[dy:dy + p, dx:dx + p] for dy in shifts_px for dx in shifts_px]
+        prob = detector.predict(np.stack(windows)).reshape(len(cells), -1)
+        scores[cells[:, 0], cells[:, 1]] = prob.mean(axis=1)
+        done[cells[:, 0], cells[:, 1]] = True
+    return Heatmap(scores, done, heatmap.cell_um, heatmap.l0_mpp, heatmap.l0_origin)
 
 
 def candidate_cells(screen: Heatmap, fine_shape: tuple[int, int], fine_cell_um: float,

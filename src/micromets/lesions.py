@@ -49,15 +49,29 @@ def heatmap_outlines_l0(heatmap: Heatmap, threshold: float) -> list[shapely.Geom
     return outlines_l0(heatmap.h_prob, threshold, heatmap.l0_cell, heatmap.l0_origin)
 
 
-def max_value_inside(heatmap: Heatmap, geoms_l0: list[shapely.Geometry]) -> np.ndarray:
-    """For each geometry, the highest heatmap value among the cells whose centres it covers (0 if none)."""
+def _cells_inside(heatmap: Heatmap, geoms_l0: list[shapely.Geometry]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scored cells whose centres each geometry covers: (geometry index, cell (row, col), cell value)."""
     h_rc = np.argwhere(heatmap.h_tissue)
     if len(h_rc) == 0 or not geoms_l0:
-        return np.zeros(len(geoms_l0), np.float32)
-    xy = heatmap.h_centres_l0(h_rc)
-    values = heatmap.h_prob[h_rc[:, 0], h_rc[:, 1]]
-    tree = shapely.STRtree(shapely.points(xy))
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    tree = shapely.STRtree(shapely.points(heatmap.h_centres_l0(h_rc)))
     geom_idx, point_idx = tree.query(np.asarray(geoms_l0, dtype=object), predicate="intersects")
+    return geom_idx, h_rc[point_idx], heatmap.h_prob[h_rc[point_idx, 0], h_rc[point_idx, 1]]
+
+
+def max_value_inside(heatmap: Heatmap, geoms_l0: list[shapely.Geometry]) -> np.ndarray:
+    """For each geometry, the highest heatmap value among the cells whose centres it covers (0 if none)."""
+    geom_idx, _, values = _cells_inside(heatmap, geoms_l0)
     best = np.zeros(len(geoms_l0), np.float32)
-    np.maximum.at(best, geom_idx, values[point_idx])
+    np.maximum.at(best, geom_idx, values)
     return best
+
+
+def top_cells_inside(heatmap: Heatmap, geoms_l0: list[shapely.Geometry], k: int) -> np.ndarray:
+    """Cells (M, 2 as row, col) that hold the ``k`` highest heatmap values inside each geometry (all of them
+    where it covers fewer), without repeats: the cells a lesion's confirmation re-scores."""
+    geom_idx, h_rc, values = _cells_inside(heatmap, geoms_l0)
+    order = np.lexsort((-values, geom_idx))  # by geometry, then value descending
+    geom_idx, h_rc = geom_idx[order], h_rc[order]
+    rank = np.arange(len(geom_idx)) - np.searchsorted(geom_idx, geom_idx)  # position within its geometry
+    return np.unique(h_rc[rank < k], axis=0).reshape(-1, 2)

@@ -210,13 +210,13 @@ def discover_inputs(specs: list[str | os.PathLike]) -> list[BatchInput]:
 # ---- settings -------------------------------------------------------------------------------------------------
 
 
-def model_identity(model_dir: str | None) -> tuple[str, str]:
-    """(name, version) of the model `analyze_slide` will use (card in `model_dir`, or the shipped default);
+def model_identity(model_dir: str | None) -> tuple[str, str, dict]:
+    """(name, version, card) of the model `analyze_slide` will use (card in `model_dir`, or the shipped default);
     loading it here also rejects a broken model before any slide is queued."""
     from micromets.model import Detector
 
     detector = Detector.load(model_dir, threads=1)
-    return str(detector.name), str(detector.version)
+    return str(detector.name), str(detector.version), detector.card
 
 
 def screen_identity() -> str:
@@ -229,7 +229,7 @@ def screen_identity() -> str:
 
 def settings_key(settings: dict) -> str:
     """16-hex key of the settings that change a slide's result (model name/version, mode and, in fast mode, the
-    screen model, µm/px, stain, threshold and grouping gap)."""
+    screen model, µm/px, stain, threshold, grouping gap and lesion confirmation threshold)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -480,10 +480,13 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
         if item.path is not None:
             slides.setdefault(item.path, item)
     slides = list(slides.values())
-    model_name, model_version = model_identity(model_dir)
+    from micromets.analyze import lesion_thresholds
+
+    model_name, model_version, card = model_identity(model_dir)
     base = {"model_name": model_name, "model_version": model_version, "mode": mode, "mpp": mpp,
             **({"screen": screen_identity()} if mode == "fast" else {}),
-            "threshold": threshold, "gap_um": DEFAULT_GAP_UM if gap_um is None else float(gap_um)}
+            "threshold": threshold, "gap_um": DEFAULT_GAP_UM if gap_um is None else float(gap_um),
+            "confirm_threshold": lesion_thresholds(card, threshold)[2]}
     job_args = {"mode": mode, "mpp": mpp, "threshold": threshold, "gap_um": base["gap_um"], "model_dir": model_dir,
                 "threads": threads or (1 if scheduler else _default_threads(workers)), "timeout_s": timeout_s}
     with _batch_lock(out), open_store(db if db is not None else out / "results.sqlite") as store:
