@@ -56,13 +56,15 @@ def test_the_false_cell_of_node1_is_in_the_heatmap_but_not_confirmed(demo_output
     result = json.loads((folder / "result.json").read_text())
     assert np.load(folder / "heatmap.npy").max() >= 0.5
     assert result["confirm_threshold"] == 0.5 and result["lesions"] == [] and result["node_class"] == "negative"
+    [candidate] = result["unconfirmed_lesions"]  # kept for review, counted for nothing
+    assert candidate["diameter_mm"] < 0.1 and candidate["max_probability"] >= 0.5 > candidate["confirmed_probability"]
 
 
 def test_without_confirmation_node1_gets_the_false_itc(tmp_path):
     from micromets.analyze import analyze_slide
 
     raw = analyze_slide(REPO / "demo" / "slides" / "node1.tiff", tmp_path, stain="he", confirm_threshold=0.0)
-    assert raw["confirm_threshold"] == 0.0 and raw["node_class"] == "itc"
+    assert raw["confirm_threshold"] == 0.0 and raw["node_class"] == "itc" and raw["unconfirmed_lesions"] == []
     assert [les["diameter_mm"] < 0.1 and "confirmed_probability" not in les for les in raw["lesions"]] == [True]
 
 

@@ -133,16 +133,18 @@ def lesion_thresholds(card: dict, threshold: float | None = None) -> tuple[float
     return threshold, seed, float(card.get("confirm_threshold", seed))
 
 
-def confirm_outlines(slide: Slide, detector, heatmap: Heatmap, outlines: list, threshold: float,
-                     top_cells: int = CONFIRM_TOP_CELLS) -> tuple[list, Heatmap]:
-    """The outlines whose evidence holds up when re-scored densely: at least one of the ``top_cells`` highest
-    cells inside an outline has a confirmation score (mean of the 9 half-cell-shifted windows,
-    :func:`micromets.heatmap.confirmation_scores`) ``>= threshold``. Returns the kept outlines and the scores."""
+def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[LesionMeasure],
+                 top_cells: int = CONFIRM_TOP_CELLS) -> np.ndarray:
+    """Each lesion's confirmation score: the highest, over the ``top_cells`` highest heatmap cells inside it, of
+    the mean probability of the 9 half-cell-shifted windows (:func:`micromets.heatmap.confirmation_scores`).
+
+    A lesion is the group of deposits within the gap, so a macrometastasis that the heatmap breaks into pieces
+    is confirmed (or not) as a whole by its strongest cells, and keeps all of its pieces."""
     from micromets.heatmap import confirmation_scores
 
-    scores = confirmation_scores(slide, detector, heatmap, top_cells_inside(heatmap, outlines, top_cells))
-    keep = max_value_inside(scores, outlines) >= threshold
-    return [o for o, k in zip(outlines, keep) if k], scores
+    geoms = [m.geometry_l0 for m in measures]
+    scores = confirmation_scores(slide, detector, heatmap, top_cells_inside(heatmap, geoms, top_cells))
+    return max_value_inside(scores, geoms)
 
 
 def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float) -> dict:
@@ -234,10 +236,11 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
-    cells from becoming lesions. A kept outline must then be confirmed (:func:`confirm_outlines`): one of its
-    3 highest cells, re-scored as the mean of the 9 windows shifted by half a cell, must reach
-    ``confirm_threshold`` (default: the card's ``confirm_threshold``, else the seed threshold; 0 turns the
-    confirmation off). Each lesion's ``confirmed_probability`` is recorded.
+    cells from becoming lesions. The outlines are grouped into lesions (``gap_um``), and a lesion must then be
+    confirmed (:func:`confirmation`): one of its 3 highest cells, re-scored as the mean of the 9 windows shifted
+    by half a cell, must reach ``confirm_threshold`` (default: the card's ``confirm_threshold``, else the seed
+    threshold; 0 turns the confirmation off). Each lesion's ``confirmed_probability`` is recorded; the lesions
+    that fail are listed in ``unconfirmed_lesions`` (for review; they count for no class).
     """
     if mode not in MODES:
         raise MicrometsError(f"unknown mode {mode!r} (expected {' or '.join(MODES)})")
@@ -280,11 +283,15 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             post_start = time.perf_counter()
             outlines = heatmap_outlines_l0(heatmap, threshold)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
-            outlines = [o for o, keep in zip(outlines, seeded) if keep]
-            confirmed = None
-            if confirm_threshold > 0 and outlines:
-                outlines, confirmed = confirm_outlines(slide, detector, heatmap, outlines, confirm_threshold)
-            measures = measure_lesions(outlines, slide.l0_mpp, gap_um)
+            measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
+            confirmed, unconfirmed = None, []
+            if confirm_threshold > 0 and measures:
+                scores = confirmation(slide, detector, heatmap, measures)
+                keep = scores >= confirm_threshold
+                dropped = [m for m, k in zip(measures, keep) if not k]
+                unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
+                                              [None] * len(dropped), scores[~keep])
+                measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
             if mode == "fast":
@@ -297,14 +304,14 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             heatmap = findings.heatmap
             post_start = time.perf_counter()
             threshold = seed_threshold = confirm_threshold = confirmed = None
+            unconfirmed = []
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
         geoms = [m.geometry_l0 for m in measures]
-        records = _lesion_records(measures, max_value_inside(heatmap, geoms), n_cells,
-                                  None if confirmed is None else max_value_inside(confirmed, geoms))
+        records = _lesion_records(measures, max_value_inside(heatmap, geoms), n_cells, confirmed)
         largest = max((r["diameter_mm"] for r in records), default=None)
         classes = [r["class"] for r in records]
         slide_class = max(classes, key=NODE_CLASSES.index, default="negative")
@@ -325,6 +332,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "largest_deposit_mm": largest,
             "n_lesions": len(records),
             "lesions": records,
+            "unconfirmed_lesions": unconfirmed,
             "software": {"micromets": __version__},
             "timing_s": timing,
         }
