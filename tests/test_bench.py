@@ -93,6 +93,23 @@ def test_a_false_positive_above_the_true_lesions_costs_the_quarter_fp_operating_
     assert report["node_confusion"]["rows_truth_cols_predicted"][0] == [0, 0, 1, 0]
 
 
+def test_unconfirmed_candidates_are_ranked_but_not_counted(tiny_set):
+    """An unconfirmed candidate on negative slide A (confirmed probability 0.3 < the true lesions' 0.8) is a
+    false-positive candidate, but no counted lesion: node classes stay right, the FROC is not hurt (it ranks below
+    every true lesion), and the slide AUC uses the confirmed probabilities."""
+    results = [truth_result(t) for t in tiny_set]
+    for result in results:
+        for lesion in result["lesions"]:
+            lesion["confirmed_probability"] = 0.8
+    fp = shapely.Point(200, 200).buffer(100)
+    results[0]["unconfirmed_lesions"] = [{"l0_outline": [np.asarray(fp.exterior.coords).tolist()], "diameter_mm": 0.39,
+                                          "max_probability": 1.0, "confirmed_probability": 0.3, "class": "micro"}]
+    report = score(tiny_set, results)
+    assert report["n_false_positives"] == 1 and report["n_false_positive_lesions"] == 0
+    assert report["froc"] == pytest.approx(1.0) and report["slide_auc"] == pytest.approx(1.0)
+    assert report["node_accuracy"] == 1.0
+
+
 def test_markdown_table_lists_every_mode_and_speed_row(tiny_set):
     acc = score(tiny_set, [truth_result(t) for t in tiny_set])
     report = {"date": "2026-01-01T00:00:00+00:00", "micromets": "0.1.0", "elapsed_s": 1.0,

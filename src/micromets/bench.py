@@ -6,8 +6,11 @@ Accuracy, from the real pipeline (`analyze.analyze_slide`) on every phantom of a
 
 - lesion matching: a detected lesion HITS a true lesion when its outline intersects the true outline dilated by
   75/2 µm (the CAMELYON16 reference-mask dilation, ≈ 5 tumour cells; Bejnordi et al., JAMA 2017;318:2199); a
-  true lesion counts once, scored by the highest `max_probability` of the detections that hit it; a detection
-  that hits no true lesion is a false positive (FP);
+  true lesion counts once, scored by the highest score of the detections that hit it; a detection that hits no
+  true lesion is a false positive (FP). The detections are the result's lesions and its unconfirmed candidates
+  (`unconfirmed_lesions`), scored by `confirmed_probability` (by `max_probability` where a result has none), so
+  FROC and sensitivity rank every candidate, while node classes, kappa and the counted false-positive lesions
+  (`n_false_positive_lesions`) are those of the pipeline's operating point;
 - CAMELYON16 FROC (mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 FP per slide; ITC lesions — fitted-ellipse major
   axis < 275 µm — are neither hits nor FPs) and slide-level AUC (slide score = highest lesion probability),
   with the project's own `evaluation.camelyon16`;
@@ -162,31 +165,37 @@ def read_truths(manifest: str | Path) -> list[SlideTruth]:
     return truths
 
 
-def _detections(result: dict) -> tuple[list, np.ndarray, np.ndarray]:
-    """Detected lesions of a result.json dict: outlines (level-0 px), max probabilities, diameters (mm)."""
-    geoms, probs, diameters = [], [], []
-    for lesion in result.get("lesions", []):
-        parts = [shapely.Polygon(ring) for ring in lesion["l0_outline"] if len(ring) >= 3]
-        if not parts:
-            continue
-        geoms.append(shapely.make_valid(shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]))
-        probs.append(float(lesion.get("max_probability") or 0.0))
-        diameters.append(float(lesion["diameter_mm"]))
-    return geoms, np.asarray(probs, float), np.asarray(diameters, float)
+def _detections(result: dict) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of a result.json dict, the counted lesions then the unconfirmed candidates: outlines (level-0
+    px), scores (``confirmed_probability`` where the pipeline confirmed, else ``max_probability``), diameters
+    (mm) and whether each is a counted lesion."""
+    geoms, probs, diameters, counted = [], [], [], []
+    for is_lesion, key in ((True, "lesions"), (False, "unconfirmed_lesions")):
+        for lesion in result.get(key, []):
+            parts = [shapely.Polygon(ring) for ring in lesion["l0_outline"] if len(ring) >= 3]
+            if not parts:
+                continue
+            geoms.append(shapely.make_valid(shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]))
+            probs.append(float(lesion.get("confirmed_probability", lesion.get("max_probability")) or 0.0))
+            diameters.append(float(lesion["diameter_mm"]))
+            counted.append(is_lesion)
+    return geoms, np.asarray(probs, float), np.asarray(diameters, float), np.asarray(counted, bool)
 
 
 def match_slide(truth: SlideTruth, result: dict) -> dict:
     """Hits between the detections of one slide and its true lesions (see the module docstring).
 
-    Returns `hit` (n_det × n_true bool), `probs`, `det_diameters_mm` and `is_fp` (detections hitting nothing).
+    Returns `hit` (n_det × n_true bool), `probs`, `det_diameters_mm`, `is_fp` (detections hitting nothing) and
+    `counted` (detections that are lesions of the result, not unconfirmed candidates).
     """
-    geoms, probs, diameters = _detections(result)
+    geoms, probs, diameters, counted = _detections(result)
     dilated = shapely.buffer(np.asarray(truth.outlines_l0, dtype=object), FROC_DILATION_UM / truth.l0_mpp)
     if geoms and len(dilated):
         hit = shapely.intersects(np.asarray(geoms, dtype=object)[:, None], dilated[None, :])
     else:
         hit = np.zeros((len(geoms), len(truth.outlines_l0)), bool)
-    return {"hit": hit, "probs": probs, "det_diameters_mm": diameters, "is_fp": ~hit.any(axis=1)}
+    return {"hit": hit, "probs": probs, "det_diameters_mm": diameters, "is_fp": ~hit.any(axis=1),
+            "counted": counted}
 
 
 def _sensitivity_at_fp(truths: list[SlideTruth], matches: list[dict], max_fp_per_slide: float) -> dict:
@@ -211,11 +220,12 @@ def _sensitivity_at_fp(truths: list[SlideTruth], matches: list[dict], max_fp_per
 
 
 def _diameter_errors(truths: list[SlideTruth], matches: list[dict]) -> dict:
-    """Detected minus true maximum Feret diameter (mm) of each hit lesion (largest hitting detection), by class."""
+    """Detected minus true maximum Feret diameter (mm) of each hit lesion (largest hitting counted lesion of the
+    result), by class."""
     errors: dict[str, list[float]] = {c: [] for c in SIZE_CLASSES}
     for truth, match in zip(truths, matches):
         for j, (cls, true_mm) in enumerate(zip(truth.classes, truth.diameters_mm)):
-            hitting = match["det_diameters_mm"][match["hit"][:, j]]
+            hitting = match["det_diameters_mm"][match["hit"][:, j] & match["counted"]]
             if hitting.size:
                 errors[cls].append(float(hitting.max()) - true_mm)
     return {
@@ -240,7 +250,7 @@ def _froc_and_auc(truths: list[SlideTruth], results: list[dict]) -> dict:
     target_mpp = camelyon16.CAMELYON16_L0_MPP * 2**camelyon16.EVALUATION_LEVEL
     fp_all, tp_all, slide_scores = [], [], []
     for truth, result in zip(truths, results):
-        geoms, probs, _ = _detections(result)
+        geoms, probs, _, _ = _detections(result)
         points = shapely.get_coordinates(shapely.point_on_surface(np.asarray(geoms, dtype=object)))
         detections = np.column_stack([probs, points]) if geoms else np.zeros((0, 3))
         reference = None
@@ -282,6 +292,7 @@ def score(truths: list[SlideTruth], results: list[dict]) -> dict:
     return {
         "n_slides": len(truths),
         "n_false_positives": int(sum(m["is_fp"].sum() for m in matches)),
+        "n_false_positive_lesions": int(sum((m["is_fp"] & m["counted"]).sum() for m in matches)),
         **_froc_and_auc(truths, results),
         "sensitivity_at_1fp_per_slide": _sensitivity_at_fp(truths, matches, 1.0),
         "diameter_error": _diameter_errors(truths, matches),
@@ -563,7 +574,7 @@ def markdown(report: dict) -> str:
     if report["modes"]:
         lines += ["## Accuracy", "",
                   "| mode | FROC | slide AUC | kappa (pN) | node acc. | sens. ITC @1FP | sens. micro @1FP | "
-                  "sens. macro @1FP | diam. err. micro (mm) | diam. err. macro (mm) | FPs |",
+                  "sens. macro @1FP | diam. err. micro (mm) | diam. err. macro (mm) | FP lesions (candidates) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, acc in report["modes"].items():
             sens = acc["sensitivity_at_1fp_per_slide"]
@@ -574,8 +585,10 @@ def markdown(report: dict) -> str:
                 f"{_fmt(sens['micro']['sensitivity'])} | {_fmt(sens['macro']['sensitivity'])} | "
                 f"{_fmt(diam['micro']['mean_error_mm'])} ± {_fmt(diam['micro']['mean_abs_error_mm'])} | "
                 f"{_fmt(diam['macro']['mean_error_mm'])} ± {_fmt(diam['macro']['mean_abs_error_mm'])} | "
-                f"{acc['n_false_positives']} |")
-        lines += ["", "Diameter error: mean signed ± mean absolute (detected − true maximum Feret diameter).", ""]
+                f"{acc['n_false_positive_lesions']} ({acc['n_false_positives']}) |")
+        lines += ["", "Diameter error: mean signed ± mean absolute (detected − true maximum Feret diameter). FP "
+                  "lesions: counted lesions that hit no true lesion; candidates: also the unconfirmed ones. FROC and "
+                  "sensitivities rank every candidate by its confirmed probability.", ""]
         for mode, acc in report["modes"].items():
             conf = acc["node_confusion"]
             lines += [f"Node classes, {mode} (rows truth, columns pipeline):", "",
