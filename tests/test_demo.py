@@ -80,3 +80,15 @@ def test_demo_command_runs_and_reports_where_the_report_is(tmp_path):
     assert "demo: expected pN1mi" in done.stdout and ": MATCHES" in done.stdout
     report = tmp_path / "demo-out" / "demo_patient" / "report.html"
     assert f"demo: report at {report}" in done.stdout and report.is_file()
+
+
+def test_the_readme_api_example_runs_on_the_demo(capsys):
+    """The README's Python API example, run as written on demo node 2, prints its confirmed micrometastasis."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    api = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", api, re.S).group(1)
+    exec(code.replace('"node.svs"', repr(str(REPO / "demo" / "slides" / "node2.tiff"))), {})
+    printed = capsys.readouterr().out
+    assert re.fullmatch(r"\[\(0\.9\d, 'micro'\)\]\n", printed), printed
