@@ -138,6 +138,19 @@ def test_asap_degenerate_outline_and_dots_are_skipped(tmp_path):
     assert len(ann.skipped) == 2 and ann.tumour_names == ["r"] and ann.tumour[0].area == 8
 
 
+def test_a_valid_ring_that_folds_back_on_itself_is_skipped_as_degenerate(tmp_path):
+    """Four vertices not on one line, but the ring retraces itself (hypothesis found it): GEOS calls it valid with
+    area 0, so it is skipped like a line, while a bow tie (invalid) is kept for repair."""
+    folding = [[1.0, 1.0], [2.5437695186286857e-47, 0.0], [0.0, -1.0], [0.0, 0.0]]
+    bow_tie = [[0, 0], [4, 4], [4, 0], [0, 4]]
+    path = tmp_path / "Tumor_999.json"
+    path.write_text(json.dumps({"positive": [{"name": "fold", "vertices": folding},
+                                             {"name": "bow", "vertices": bow_tie}]}))
+    ann = read_camelyon16_json(path)
+    assert ann.skipped == ["positive 'fold': 4 vertices, no area"] and ann.tumour_names == ["bow"]
+    assert not ann.tumour[0].is_valid
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [

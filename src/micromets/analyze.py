@@ -310,8 +310,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
-        geoms = [m.geometry_l0 for m in measures]
-        records = _lesion_records(measures, max_value_inside(heatmap, geoms), n_cells, confirmed)
+        records = _lesion_records(measures, max_value_inside(heatmap, [m.geometry_l0 for m in measures]), n_cells,
+                                  confirmed)
         largest = max((r["diameter_mm"] for r in records), default=None)
         classes = [r["class"] for r in records]
         slide_class = max(classes, key=NODE_CLASSES.index, default="negative")

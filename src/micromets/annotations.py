@@ -19,8 +19,8 @@ All coordinates are level-0 pixels of the slide (x right, y down). Three formats
 
 Bad input policy: a file that does not parse, has wrong types, missing or non-finite coordinates, or an outline
 with no vertices at all raises ``MicrometsError`` naming the file and the annotation. A well-formed but degenerate
-outline (fewer than 3 distinct vertices, or all on one line: no area) is skipped and listed in
-``Annotations.skipped``; the real CAMELYON16 file Tumor_054 contains one such 2-vertex stroke.
+outline (fewer than 3 distinct vertices, all on one line, or a valid ring folding back on itself: no area) is
+skipped and listed in ``Annotations.skipped``; the real CAMELYON16 file Tumor_054 contains one such 2-vertex stroke.
 
 Writers emit every coordinate with ``repr(float)``, so writing and reading back returns the same numbers exactly.
 """
@@ -93,6 +93,9 @@ def _ring(coords, where: str, path: Path) -> np.ndarray | None:
         return None
     centred = distinct - distinct.mean(axis=0)
     if np.linalg.matrix_rank(centred, tol=1e-9 * max(1.0, float(np.abs(centred).max()))) < 2:
+        return None
+    ring = shapely.Polygon(xy)
+    if ring.is_valid and not ring.area > 0:  # valid but folding back on itself: no area in floating point
         return None
     return xy
 

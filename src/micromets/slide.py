@@ -218,7 +218,7 @@ class Slide:
         Returns an ``(l_h, l_w, 3)`` uint8 RGB array; transparent pixels (outside the scanned area) are white.
         """
         rgb = self._read_direct(l0_x, l0_y, level, l_w, l_h)
-        return np.array(self._read_image(l0_x, l0_y, level, l_w, l_h)) if rgb is None else rgb
+        return np.array(self._read_openslide(l0_x, l0_y, level, l_w, l_h)) if rgb is None else rgb
 
     def _read_direct(self, l0_x: float, l0_y: float, level: int, l_w: int, l_h: int) -> np.ndarray | None:
         """The direct tile decode of a read at whole pixels of a directly decoded level, else None."""
@@ -235,8 +235,9 @@ class Slide:
 
     def _read_image(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> Image.Image:
         rgb = self._read_direct(l0_x, l0_y, level, l_w, l_h)
-        if rgb is not None:
-            return Image.fromarray(rgb)
+        return self._read_openslide(l0_x, l0_y, level, l_w, l_h) if rgb is None else Image.fromarray(rgb)
+
+    def _read_openslide(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> Image.Image:
         try:
             rgba = self._osr.read_region((int(l0_x), int(l0_y)), level, (int(l_w), int(l_h)))
         except openslide.OpenSlideError as err:
