@@ -210,6 +210,26 @@ def test_one_batch_per_output_folder_and_slide_timeout(tmp_path, good_slides, sh
     assert time.perf_counter() - start < 60
 
 
+def test_a_slide_timeout_is_not_swallowed_by_an_except_exception():
+    """The timeout is injected into whatever runs; a broad `except Exception` there (like a reader's fallback for
+    corrupt tiles) must not catch it (once it did: the giant slide above failed as "cannot read region ()")."""
+    from micromets.batch.run import SlideTimeout, call_with_timeout
+
+    def busy_with_a_broad_handler():
+        end = time.perf_counter() + 5
+        while time.perf_counter() < end:
+            try:
+                time.sleep(0.01)
+            except Exception:
+                pass
+        return "swallowed"
+
+    start = time.perf_counter()
+    with pytest.raises(SlideTimeout):
+        call_with_timeout(busy_with_a_broad_handler, 0.2)
+    assert time.perf_counter() - start < 2
+
+
 # ---- SIGKILL at random moments ---------------------------------------------------------------------------------
 
 

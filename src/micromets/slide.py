@@ -230,7 +230,7 @@ class Slide:
             return None
         try:
             return self._direct.read(level, int(l_x), int(l_y), int(l_w), int(l_h))
-        except Exception as err:  # truncated or corrupt tile data: the same error as OpenSlide's
+        except (OSError, ValueError, RuntimeError) as err:  # truncated or corrupt tile data (tifffile, imagecodecs)
             raise MicrometsError(f"{self.path}: cannot read region at level {level} ({err})") from err
 
     def _read_image(self, l0_x: int, l0_y: int, level: int, l_w: int, l_h: int) -> Image.Image:

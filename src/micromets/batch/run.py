@@ -236,8 +236,12 @@ def settings_key(settings: dict) -> str:
 # ---- the worker side ------------------------------------------------------------------------------------------
 
 
-class SlideTimeout(Exception):
-    """Raised inside the analysing thread when a slide exceeds its time budget."""
+class SlideTimeout(BaseException):
+    """Raised inside the analysing thread when a slide exceeds its time budget.
+
+    A BaseException, as asyncio's CancelledError is: it is injected into whatever code runs at that moment, and
+    an ``except Exception`` there (ours or a library's, e.g. a reader's fallback for corrupt tiles) must not turn
+    it into an ordinary error or swallow it; `analyze_job` catches it by name."""
 
 
 def call_with_timeout(fn: Callable[[], object], timeout_s: float | None):
