@@ -12,7 +12,7 @@ Accuracy, from the real pipeline (`analyze.analyze_slide`) on every phantom of a
   FROC and sensitivity rank every candidate, while node classes, kappa and the counted false-positive lesions
   (`n_false_positive_lesions`) are those of the pipeline's operating point;
 - CAMELYON16 FROC (mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 FP per slide; ITC lesions — fitted-ellipse major
-  axis < 275 µm — are neither hits nor FPs) and slide-level AUC (slide score = highest lesion probability),
+  axis < 275 µm — are neither hits nor FPs) and slide-level AUC (slide score = highest detection score),
   with the project's own `evaluation.camelyon16`;
 - per-size-class lesion sensitivity (ITC, micro, macro) at the lowest probability threshold that keeps the mean
   FP count <= 1 per slide;
@@ -239,8 +239,8 @@ def _diameter_errors(truths: list[SlideTruth], matches: list[dict]) -> dict:
 def _froc_and_auc(truths: list[SlideTruth], results: list[dict]) -> dict:
     """CAMELYON16 FROC and slide AUC by `evaluation.camelyon16`, one point detection per detected lesion.
 
-    A lesion's point is `shapely.point_on_surface` of its outline (always inside it), its probability the
-    lesion's `max_probability`. The evaluation mask level is the one nearest the challenge's 7.776 µm/px
+    A detection's point is `shapely.point_on_surface` of its outline (always inside it), its probability the
+    detection's score (`_detections`). The evaluation mask level is the one nearest the challenge's 7.776 µm/px
     (level 5 of a 0.243 µm/px slide), so phantoms of any resolution are judged at the same scale.
     """
     from sklearn.metrics import roc_auc_score
