@@ -16,9 +16,9 @@ OpenSlide opens every slide and says what its levels are. Where a level is a pla
 imagecodecs (libjpeg-turbo) instead of through ``openslide_read_region``, which costs about 6× more CPU for the
 same pixels (0.28 against 0.045 ms per 96 × 96 px of a JPEG level, measured on the speed slides): OpenSlide
 decodes into premultiplied ARGB, paints it with cairo and openslide-python converts it back. A level is read
-directly only when one of its tiles decodes to exactly OpenSlide's pixels (checked when the slide is opened) and
-only at whole level pixels; every other read (fractional level positions, other formats, other compressions)
-goes through OpenSlide.
+directly only when one of its tiles decodes to exactly OpenSlide's pixels (checked the first time the level is
+read) and only at whole level pixels; every other read (fractional level positions, other formats, other
+compressions) goes through OpenSlide.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class _DirectTiles:
 
         self._tif = tifffile.TiffFile(path)
         self._fd = os.open(path, os.O_RDONLY)
+        self._osr = osr
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
@@ -91,12 +92,12 @@ class _DirectTiles:
             if page is not None and page.is_tiled and page.tiledepth == 1 and page.samplesperpixel == 3 \
                     and page.bitspersample == 8 and page.planarconfig == 1 and page.compression in _DIRECT_COMPRESSIONS:
                 self._pages[level] = page
-                if not self._same_as_openslide(osr, level):
-                    del self._pages[level]
+        self._usable: dict[int, bool] = {}  # level -> checked against OpenSlide (on first use)
 
     @classmethod
     def open(cls, path: Path, osr: openslide.OpenSlide) -> "_DirectTiles | None":
-        """The direct reader of ``path``'s tiled levels, or None when no level qualifies (or tifffile fails)."""
+        """The direct reader of ``path``'s tiled levels, or None when no level is a plain tiled page (or tifffile
+        fails)."""
         if osr.properties.get(openslide.PROPERTY_NAME_VENDOR) not in _DIRECT_VENDORS or not path.is_file():
             return None
         try:
@@ -112,8 +113,18 @@ class _DirectTiles:
         self._tif.close()
         os.close(self._fd)
 
-    def _same_as_openslide(self, osr: openslide.OpenSlide, level: int) -> bool:
+    def usable(self, level: int) -> bool:
+        """Whether ``level`` is decoded directly: a tiled page whose middle tile decodes to exactly OpenSlide's
+        pixels (checked the first time the level is asked for, then remembered)."""
+        if level not in self._pages:
+            return False
+        if level not in self._usable:
+            self._usable[level] = self._same_as_openslide(level)
+        return self._usable[level]
+
+    def _same_as_openslide(self, level: int) -> bool:
         """Whether the level's middle tile decodes to OpenSlide's pixels exactly."""
+        osr = self._osr
         page = self._pages[level]
         t_w, t_h = page.tilewidth, page.tilelength
         l_x = (page.imagewidth // 2) // t_w * t_w
@@ -129,7 +140,7 @@ class _DirectTiles:
         return np.array_equal(mine, theirs)
 
     def levels(self) -> tuple[int, ...]:
-        return tuple(self._pages)
+        return tuple(level for level in self._pages if self.usable(level))
 
     def _tile(self, level: int, t_index: int) -> np.ndarray | None:
         """Decoded tile ``t_index`` of ``level`` as (tile_h, tile_w, 3) uint8, or None when it is missing."""
@@ -222,7 +233,7 @@ class Slide:
 
     def _read_direct(self, l0_x: float, l0_y: float, level: int, l_w: int, l_h: int) -> np.ndarray | None:
         """The direct tile decode of a read at whole pixels of a directly decoded level, else None."""
-        if self._direct is None or level not in self._direct.levels():
+        if self._direct is None or not self._direct.usable(level):
             return None
         down = self.level_downsamples[level]
         l_x, l_y = l0_x / down, l0_y / down
