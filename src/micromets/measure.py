@@ -132,8 +132,9 @@ def hull_vertices(geom: BaseGeometry) -> np.ndarray:
 def max_feret(points: np.ndarray, chunk: int = 1024) -> tuple[float, int, int]:
     """Exact maximum Feret diameter of a point set: the largest distance between two of its points.
 
-    ``points`` (k, 2) are a lesion's hull vertices (`hull_vertices`), in any order. Returns the diameter (same unit as the points) and the
-    indices of its two end points. Every vertex pair is compared, ``chunk`` rows at a time (memory O(chunk * k)).
+    ``points`` (k, 2) are a lesion's hull vertices (`hull_vertices`), in any order. Returns the diameter (same
+    unit as the points) and the indices of its two end points. Every vertex pair is compared, ``chunk`` rows at a
+    time (memory O(chunk * k)).
     Hulls of real outlines are small (CAMELYON16 tumour outlines: at most 96 hull vertices), so the O(k^2) pass
     costs microseconds; unlike rotating calipers it has no failure mode on the duplicate or collinear vertices
     that floating-point hulls can hold.
