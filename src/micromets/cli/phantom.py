@@ -25,7 +25,9 @@ def phantom(
     patient: str = typer.Option("", "--patient", help="Patient id recorded in the manifest (groups nodes for pN staging in micromets bench)."),
     node: str = typer.Option("", "--node", help="Node label recorded in the manifest."),
     capsule_tiles: Optional[Path] = typer.Option(None, "--capsule-tiles", help="Folder of fibrous-stroma H&E tiles for the node's 30 µm capsule, re-stained to the normal tiles' H&E (default: the 3 bundled Kather 2016 STROMA tiles, CC BY 4.0)."),
-    capsule_tiles_mpp: float = typer.Option(0.495, "--capsule-tiles-mpp", help="Resolution of the capsule tiles in µm/px (Kather 2016: 0.495)."),
+    capsule_tiles_mpp: float = typer.Option(0.495, "--capsule-tiles-mpp", help="Resolution of the capsule (and fat) tiles in µm/px (Kather 2016: 0.495)."),
+    stroma: bool = typer.Option(False, "--stroma/--no-stroma", help="Also draw fibrous trabeculae and stroma islands inside the node, with the capsule tiles (micromets bench does)."),
+    fat_tiles: Optional[Path] = typer.Option(None, "--fat-tiles", help="Folder of adipose H&E tiles (at --capsule-tiles-mpp) for the perinodal fat instead of drawn adipocytes; 'bundled' = the 3 bundled Kather 2016 ADIPOSE tiles (CC BY 4.0)."),
 ) -> None:
     """Build one phantom slide: a lymph node (capsule, cortex, perinodal fat, glass) from real normal tiles, with
     tumour lesions of prescribed maximum Feret diameter (mm) from real tumour tiles and a capsule of real stroma.
@@ -37,7 +39,7 @@ def phantom(
     Memory stays flat in slide size (tile rows are streamed), so CAMELYON-size slides are possible.
     """
     from micromets.errors import MicrometsError
-    from micromets.phantom.build import CAPSULE_TILES, build_phantom
+    from micromets.phantom.build import CAPSULE_TILES, FAT_TILES, build_phantom
 
     try:
         width_mm, height_mm = (float(v) for v in size_mm.split(","))
@@ -45,6 +47,6 @@ def phantom(
         raise MicrometsError(f"--size-mm must be WIDTH,HEIGHT in mm, got {size_mm!r}") from None
     row = build_phantom(out, normal_tiles, tumour_tiles, tiles_mpp, lesions, (width_mm, height_mm), mpp, seed,
                         name, shape, polygons, jpeg_quality, patient, node, capsule_tiles or CAPSULE_TILES,
-                        capsule_tiles_mpp)
+                        capsule_tiles_mpp, stroma, FAT_TILES if str(fat_tiles) == "bundled" else fat_tiles)
     typer.echo(f"{out / row['slide_path']}: {row['l0_width']} x {row['l0_height']} px at {mpp} µm/px, "
                f"{row['n_lesions']} lesion(s) {row['lesion_diameters_mm'] or '-'} mm, node class {row['node_class']}")

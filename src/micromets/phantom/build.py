@@ -12,7 +12,11 @@
 
 The capsule is drawn from `CAPSULE_TILES` unless told otherwise: the three fibrous-stroma tiles of Kather et al.
 2016 (colorectal cancer H&E, STROMA class, 150 px at 0.495 µm/px, CC BY 4.0) bundled with the package, re-stained
-to the normal tiles' H&E (`texture.restain`).
+to the normal tiles' H&E (`texture.restain`). With `stroma=True` trabeculae and stroma islands are drawn with
+the same tiles. `fat_tiles` (e.g. `FAT_TILES`: the three Kather 2016 ADIPOSE tiles, CC BY 4.0, bundled) fill the
+perinodal fat with real adipose tissue instead of drawn adipocytes. The bundled stroma and fat tiles are never
+trained on by the default model (`micromets.train.tissue_data.BENCH_RESERVED`), so `micromets bench` tests it on
+stroma and fat it has not seen.
 
 The phantom is fully determined by (tile folders, tiles_mpp, lesions, size_mm, l0_mpp, seed, shape, outlines):
 rebuilding with the same arguments gives the same pixels and the same ground truth.
@@ -37,10 +41,11 @@ ASAP_GROUP = "metastases"
 MANIFEST_COLUMNS = (
     "name", "patient", "node", "slide_path", "xml_path", "geojson_path", "node_class", "n_lesions", "lesion_classes",
     "lesion_diameters_mm", "l0_mpp", "l0_width", "l0_height", "size_mm", "lesions", "shape", "seed",
-    "normal_tiles", "tumour_tiles", "tiles_mpp", "capsule_tiles", "capsule_tiles_mpp",
+    "normal_tiles", "tumour_tiles", "tiles_mpp", "capsule_tiles", "capsule_tiles_mpp", "stroma", "fat_tiles",
 )
 CAPSULE_TILES = Path(__file__).resolve().parents[1] / "data" / "tiles" / "stroma"
 CAPSULE_TILES_MPP = 0.495  # Kather et al. 2016, Sci Rep 6:27988
+FAT_TILES = Path(__file__).resolve().parents[1] / "data" / "tiles" / "fat"  # same source and µm/px
 
 
 def default_name(lesions: str, seed: int) -> str:
@@ -116,6 +121,8 @@ def build_phantom(
     node: str = "",
     capsule_tiles: str | Path = CAPSULE_TILES,
     capsule_tiles_mpp: float = CAPSULE_TILES_MPP,
+    stroma: bool = False,
+    fat_tiles: str | Path | None = None,
 ) -> dict:
     """Write `<name>.tiff/.xml/.geojson` into `out_dir`, add the manifest row and return it.
 
@@ -123,7 +130,8 @@ def build_phantom(
     (width, height) in mm; `shape` is `blob`, `disc` or `camelyon16` (real CAMELYON16 outlines from the
     `polygons` folder, scaled to the drawn diameter). `patient` and `node` (optional) group phantoms into
     patients for staging (`micromets bench` scores the pN stage of such groups). `capsule_tiles` (at
-    `capsule_tiles_mpp` µm/px) line the node as its fibrous capsule, re-stained to the normal tiles' H&E.
+    `capsule_tiles_mpp` µm/px) line the node as its fibrous capsule, re-stained to the normal tiles' H&E, and
+    form its trabeculae and stroma islands with `stroma`; `fat_tiles` (same µm/px) texture the perinodal fat.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,11 +140,12 @@ def build_phantom(
         raise MicrometsError(f"phantom name {name!r} may only use letters, digits, '_', '-' and '.'")
     specs = parse_lesions(lesions)
     outlines = load_outlines(polygons) if shape == "camelyon16" and polygons else None
-    layout = make_layout(size_mm, l0_mpp, specs, seed, shape, outlines)
+    layout = make_layout(size_mm, l0_mpp, specs, seed, shape, outlines, stroma=stroma)
     normal = load_tiles(normal_tiles, tiles_mpp, l0_mpp)
     tumour = load_tiles(tumour_tiles, tiles_mpp, l0_mpp)
     capsule = restain(load_tiles(capsule_tiles, capsule_tiles_mpp, l0_mpp), like=normal)
-    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed)
+    fat = restain(load_tiles(fat_tiles, capsule_tiles_mpp, l0_mpp), like=normal) if fat_tiles else None
+    renderer = PhantomRenderer(layout, normal, tumour, capsule, seed, fat)
     node_class = expected_node_class(layout)
     slide_path = out_dir / f"{name}.tiff"
     tmp_path = out_dir / f".{name}.tiff.part"
@@ -168,6 +177,8 @@ def build_phantom(
         "tiles_mpp": tiles_mpp,
         "capsule_tiles": os.path.relpath(capsule_tiles, out_dir),
         "capsule_tiles_mpp": capsule_tiles_mpp,
+        "stroma": int(stroma),
+        "fat_tiles": os.path.relpath(fat_tiles, out_dir) if fat_tiles else "",
     }
     _update_manifest(out_dir, row)
     return row

@@ -1,8 +1,11 @@
 """Geometry of a phantom slide, in level-0 pixels: node outline, capsule, perinodal fat and lesions.
 
 A phantom node is a smooth lobulated ellipse filling most of the slide, lined by a fibrous capsule
-(`CAPSULE_UM` thick), with a crescent of perinodal fat on one side and glass around it. Lesions are placed
-inside the node, away from the capsule, at least `LESION_SEPARATION_UM` apart (edge to edge) so that no two of
+(`CAPSULE_UM` thick), with a crescent of perinodal fat on one side and glass around it. With `stroma=True` the
+node also holds what every real node has besides lymphoid cortex: `N_TRABECULAE` fibrous trabeculae running from
+the capsule towards the hilum (`TRABECULA_UM` wide) and stroma islands (one per mm² of node, 80-200 µm), drawn
+with the capsule's texture (the cortex excludes them). Lesions are placed inside the cortex, away from the
+capsule and the stroma, at least `LESION_SEPARATION_UM` apart (edge to edge) so that no two of
 them fall within the 75 µm grouping distance of CAMELYON16 evaluation or merge in a detector's heatmap.
 
 Every lesion shape is scaled so that its maximum Feret diameter (the largest distance between two points of the
@@ -35,6 +38,9 @@ LESION_MARGIN_UM = 60.0  # lesion edge to capsule, at least
 LESION_SEPARATION_UM = 200.0  # lesion edge to lesion edge, at least (> 75 µm grouping + 2 heatmap cells)
 DIAMETER_RANGES_MM = {"itc": (0.06, 0.18), "micro": (0.3, 1.8), "macro": (2.2, 3.0)}
 SHAPES = ("blob", "disc", "camelyon16")
+N_TRABECULAE = 3
+TRABECULA_UM = 40.0
+ISLAND_UM = (80.0, 200.0)
 _N_VERTICES = 256
 
 
@@ -65,7 +71,7 @@ class Layout:
     l0_height: int
     l0_mpp: float
     node_l0: Polygon
-    cortex_l0: Polygon  # node minus capsule
+    cortex_l0: Polygon  # node minus capsule (and minus trabeculae and stroma islands when drawn)
     fat_l0: Polygon  # perinodal fat (outside the node)
     lesions: tuple[Lesion, ...]
 
@@ -160,8 +166,10 @@ def make_layout(
     seed: int,
     shape: str = "blob",
     outlines: list[np.ndarray] | None = None,
+    stroma: bool = False,
 ) -> Layout:
-    """Draw node, capsule, fat and lesions of a `size_mm` (width, height) slide at `l0_mpp` µm/px from `seed`."""
+    """Draw node, capsule, fat and lesions of a `size_mm` (width, height) slide at `l0_mpp` µm/px from `seed`;
+    with `stroma`, trabeculae and stroma islands too (module docstring)."""
     width_mm, height_mm = size_mm
     if not (width_mm > 0 and height_mm > 0):
         raise MicrometsError(f"--size-mm must be two positive numbers of mm, got {width_mm},{height_mm}")
@@ -183,6 +191,9 @@ def make_layout(
 
     placed: list[Lesion] = []
     room = node.buffer(-(CAPSULE_UM + LESION_MARGIN_UM) / l0_mpp)
+    if stroma:
+        cortex = cortex.difference(_stroma(node, centre, l0_mpp, np.random.default_rng((seed, 11))))
+        room = cortex.buffer(-LESION_MARGIN_UM / l0_mpp)
     min_x, min_y, max_x, max_y = room.bounds
     separation_px = LESION_SEPARATION_UM / l0_mpp
     # place the largest lesions first: they are the hardest to fit
@@ -209,6 +220,29 @@ def make_layout(
         Lesion(i + 1, les.size_class, les.diameter_mm, les.shape, les.outline_l0) for i, les in enumerate(ordered)
     )
     return Layout(l0_width, l0_height, l0_mpp, node, cortex, fat, numbered)
+
+
+def _stroma(node: Polygon, centre: np.ndarray, l0_mpp: float, rng: np.random.Generator):
+    """Trabeculae (capsule → 25-45 % of the way to the centre) and stroma islands inside `node` (level-0 px)."""
+    boundary = node.exterior
+    parts = []
+    for angle in rng.uniform(0, 2 * np.pi, N_TRABECULAE):
+        far = centre + 4 * max(node.bounds[2:]) * np.array([np.cos(angle), np.sin(angle)])
+        hit = shapely.intersection(boundary, shapely.LineString([centre, far]))
+        start = np.asarray(shapely.get_coordinates(hit)[0])
+        end = start + rng.uniform(0.25, 0.45) * (centre - start)
+        parts.append(shapely.LineString([start, end]).buffer(TRABECULA_UM / 2 / l0_mpp))
+    inner = node.buffer(-(CAPSULE_UM + LESION_MARGIN_UM) / l0_mpp)
+    n_islands = max(1, int(round(node.area * (l0_mpp / 1000.0) ** 2)))
+    min_x, min_y, max_x, max_y = inner.bounds
+    while n_islands and inner.area > 0:
+        xy = np.array([rng.uniform(min_x, max_x), rng.uniform(min_y, max_y)])
+        if inner.contains(shapely.Point(xy)):
+            radius = rng.uniform(*ISLAND_UM) / 2 / l0_mpp
+            island = shapely.affinity.scale(shapely.Point(xy).buffer(radius), rng.uniform(0.6, 1.0), 1.0)
+            parts.append(shapely.affinity.rotate(island, rng.uniform(0, 180)))
+            n_islands -= 1
+    return shapely.union_all(parts).intersection(node)
 
 
 def expected_node_class(layout: Layout) -> str:

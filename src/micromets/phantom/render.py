@@ -3,10 +3,11 @@
 Regions, back to front:
 
 - glass: a flat near-white (noise-free: it costs nothing in the JPEG tiles);
-- perinodal fat: adipocytes, i.e. a Voronoi tessellation (cells ≈ `ADIPOCYTE_UM` across) drawn as thin
+- perinodal fat: texture from a FAT tile library when one is given (stream 3: real adipose tissue, re-stained
+  like the capsule), else adipocytes drawn as a Voronoi tessellation (cells ≈ `ADIPOCYTE_UM` across) of thin
   eosinophilic membranes around empty white cells;
 - node: texture from the NORMAL tile library (`texture.synthesize`, stream 0);
-- capsule: the outer `layout.CAPSULE_UM` of the node, texture from the CAPSULE tile library (stream 2: real
+- capsule (and trabeculae and stroma islands when the layout has them): the node outside the cortex, texture from the CAPSULE tile library (stream 2: real
   fibrous stroma, re-stained to the normal tiles' H&E by `texture.restain`);
 - lesions: texture from the TUMOUR tile library (stream 1) inside each lesion outline, with a hard edge, so that
   the pixels drawn as tumour are exactly those whose centre lies inside the ground-truth outline.
@@ -91,8 +92,10 @@ def _fill(geom, l0_x: int, l0_y: int, l0_w: int, l0_h: int) -> np.ndarray:
 class PhantomRenderer:
     """Render level-0 windows of a phantom `layout` from NORMAL, TUMOUR and CAPSULE tile libraries and a seed."""
 
-    def __init__(self, layout: Layout, normal: TileLibrary, tumour: TileLibrary, capsule: TileLibrary, seed: int):
+    def __init__(self, layout: Layout, normal: TileLibrary, tumour: TileLibrary, capsule: TileLibrary, seed: int,
+                 fat: TileLibrary | None = None):
         self.layout, self.normal, self.tumour, self.capsule, self.seed = layout, normal, tumour, capsule, seed
+        self.fat = fat
         self._lesions = shapely.union_all([les.outline_l0 for les in layout.lesions]) if layout.lesions else None
 
     def lesion_mask(self, l0_x: int, l0_y: int, l0_w: int, l0_h: int) -> np.ndarray:
@@ -128,7 +131,10 @@ class PhantomRenderer:
         fat = _fill(lay.fat_l0, l0_x, l0_y, l0_w, l0_h) & ~node
         out = np.empty((l0_h, l0_w, 3), np.float32)
         out[:] = GLASS_RGB
-        if fat.any():
+        if fat.any() and self.fat is not None:
+            texture = synthesize(self.fat, l0_x, l0_y, l0_w, l0_h, self.seed, 3, needed=fat)
+            np.copyto(out, texture, where=fat[..., None])
+        elif fat.any():
             membrane = np.zeros_like(fat)
             membrane[fat] = self._fat(l0_x, l0_y, fat)
             np.copyto(out, FAT_RGB, where=(fat & ~membrane)[..., None])
