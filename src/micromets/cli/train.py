@@ -26,7 +26,7 @@ def _path_at_mpp(spec: str, option: str) -> tuple[Path, float]:
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output model folder: model.onnx + model.json (the card)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="'lymph-node-he': the shipped default's data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="'tissue-classes': the shipped default (issue 14): 7 tissue classes from every source under --data-root (micromets.train.tissue_data; uses --out, --data-root, --steps, --width, --seed, --patch-px, --input-mpp, --name, --version; held-out numbers: bench/tissue_heldout.py). 'lymph-node-he': the earlier binary recipe's data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
     data_root: Path = typer.Option(Path("../shared/data"), "--data-root", help="Folder of the real data for --recipe."),
     folder: list[str] = typer.Option([], "--folder", help="Folder-per-class tiles as PATH@MPP (class folders tumor*/normal*; MPP = µm/px of the images). Repeatable."),
     idc: Optional[str] = typer.Option(None, "--idc", help="Breast IDC layout <patient>/<0|1>/*.png as PATH@MPP (≈4 µm/px)."),
@@ -69,6 +69,16 @@ def train(
         card = train_coarse(data_root, out, steps=steps, width=width, seed=seed, name=name, version=version,
                             command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
                             log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
+        return
+    if recipe == "tissue-classes":
+        from micromets.train import tissue_data, tissue_fit
+
+        tissue_set = tissue_data.build(data_root, patch_px, input_mpp)
+        card = tissue_fit.export_tissue_model(
+            tissue_set, out, data_root, steps=steps, seed=seed, width=width, patch_px=patch_px, input_mpp=input_mpp,
+            name=name, version=version, command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+            log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
         return
     if recipe is not None:

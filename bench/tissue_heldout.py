@@ -1,0 +1,50 @@
+"""Held-out protocol of the tissue-class detector (issue 14): whole sources held out, per source, over seeds.
+
+    PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --seeds 0,1 --steps 1200 [--data-root ../shared/data]
+
+Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
+"""
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from micromets.train import tissue_data, tissue_fit
+
+
+def markdown(report: dict) -> str:
+    lines = ["| source | held out as | number | mean ± sd over seeds | per seed |", "|---|---|---|---|---|"]
+    for source, keys in report["summary"].items():
+        for key, v in keys.items():
+            sd = f" ± {v['sd']:.3f}" if v["sd"] is not None else ""
+            lines.append(f"| {source} | {report['per_seed'][str(report['seeds'][0])][source]['kind']} | {key} | "
+                         f"{v['mean']:.3f}{sd} | {', '.join(f'{x:.3f}' for x in v['per_seed'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--width", type=int, default=16)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    ts = tissue_data.build(args.data_root)
+    report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
+                                        log=lambda m: print(m, file=sys.stderr, flush=True))
+    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    out = Path(__file__).parent / "results" / f"tissue-heldout-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(markdown(report))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

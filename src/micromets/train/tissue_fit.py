@@ -1,0 +1,284 @@
+"""Tissue-class detector: training with partial labels, whole-source held-out folds, per-source report.
+
+Training (:func:`train_tissue`): a :class:`~micromets.train.net.PatchNet` with one output per
+:data:`~micromets.train.tissue_data.CLASSES`; a window labelled with a class gets the cross-entropy of that class,
+a window labelled :data:`~micromets.train.tissue_data.ANY_NORMAL` the cross-entropy of "not carcinoma"
+(``-log Σ p_normal classes``). Each batch is half carcinoma, half normal windows; within each half every source
+(:attr:`Sample.source`) has an equal share. Augmentation as the binary recipe (:mod:`micromets.train.augment`).
+
+Held-out protocol (:func:`held_out_report`): for each fold of :data:`~micromets.train.tissue_data.FOLDS` a model is
+trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BACH slide, BreCaHAD, a colorectal
+tile set, a third of the PCam hard negatives, a CAMELYON17 centre) and scores every window of them. Per source:
+
+- CAMELYON16 patches: AUC of the centre crop, pooled over the three folds;
+- carcinoma sources: share of images found (max over the image's windows >= threshold, as ``score-tiles`` does)
+  and share of its labelled carcinoma windows >= threshold;
+- normal sources: share of windows >= threshold, and share of images with any window >= threshold.
+
+Every number is reported per seed and as mean ± sd over seeds (never the best seed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from micromets.train.augment import augment_batch, center_crop
+from micromets.train.fit import to_tensor
+from micromets.train.net import PatchNet
+from micromets.train.tissue_data import ANY_NORMAL, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid, _stained
+
+TISSUE_STAIN_JITTER = (0.5, 0.1)
+
+
+def sampling_weights(ts: TissueSet, keep: np.ndarray) -> np.ndarray:
+    """Probability of each window: carcinoma / normal half each, equal share per source, uniform within."""
+    labels, sources = ts.labels(), ts.sources()
+    tumour = labels == CARCINOMA
+    w = np.zeros(len(labels))
+    for half in (True, False):
+        in_half = keep & (tumour == half)
+        names = np.unique(sources[in_half])
+        for name in names:
+            idx = in_half & (sources == name)
+            w[idx] = 1.0 / (2 * len(names) * idx.sum())
+    return w / w.sum()
+
+
+def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; for ANY_NORMAL the target is the set of normal classes (log of their summed probability)."""
+    logp = torch.log_softmax(logits, dim=1)
+    normal = torch.logsumexp(torch.cat([logp[:, :CARCINOMA], logp[:, CARCINOMA + 1:]], dim=1), dim=1)
+    exact = logp.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    return -torch.where(labels == ANY_NORMAL, normal, exact).mean()
+
+
+def window_pixels(ts: TissueSet, index: int) -> np.ndarray:
+    w = ts.windows[index]
+    return ts.images[w.image].rgb[w.y:w.y + ts.size, w.x:w.x + ts.size]
+
+
+def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
+                 width: int = 16, lr: float = 3e-3, seed: int = 0,
+                 stain_jitter: tuple[float, float] = TISSUE_STAIN_JITTER, log=print) -> PatchNet:
+    """Train on the windows where ``keep`` is True (see the module docstring)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    p = sampling_weights(ts, keep)
+    labels = ts.labels()
+    model = PatchNet(width=width, n_classes=len(CLASSES))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    t0, running = time.perf_counter(), 0.0
+    for step in range(steps):
+        idx = rng.choice(len(p), size=batch, p=p)
+        crops = augment_batch([window_pixels(ts, i) for i in idx], patch_px, rng, stain_jitter)
+        loss = partial_label_loss(model(to_tensor(crops)), torch.from_numpy(labels[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % 100 == 0:
+            log(f"  step {step + 1}/{steps} loss {running / 100:.3f} ({time.perf_counter() - t0:.0f} s)")
+            running = 0.0
+    return model.eval()
+
+
+@torch.no_grad()
+def carcinoma_probability(model: nn.Module, crops: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Carcinoma-class softmax of uint8 (N, P, P, 3) crops."""
+    out = [torch.softmax(model(to_tensor(crops[i:i + batch])), dim=1)[:, CARCINOMA].numpy()
+           for i in range(0, len(crops), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def score_images(model: nn.Module, ts: TissueSet, image_ids: list[int], patch_px: int = 96) -> dict[int, np.ndarray]:
+    """Carcinoma probability of every tissue window (stride half a patch) of each image; patches: their centre."""
+    out = {}
+    for i in image_ids:
+        rgb = ts.images[i].rgb
+        h, w = rgb.shape[:2]
+        if max(h, w) <= 1.3 * ts.size or ts.images[i].source == "pcam_hard_negative":
+            crops = center_crop(rgb, patch_px)[None]
+        else:
+            stained = _stained(rgb)
+            crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in _grid(h, w, patch_px, patch_px // 2)
+                              if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05] or
+                             [center_crop(rgb, patch_px)])
+        out[i] = carcinoma_probability(model, crops)
+    return out
+
+
+def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_scores: dict[int, float],
+                  threshold: float = 0.5) -> dict:
+    """Per source: images found / called tumour, windows at or above ``threshold`` (module docstring)."""
+    rows: dict = defaultdict(lambda: {"images": 0, "images_positive": 0, "windows": 0, "windows_positive": 0,
+                                      "labelled_carcinoma_windows": 0, "labelled_carcinoma_found": 0})
+    for i, scores in image_scores.items():
+        r = rows[ts.images[i].source]
+        r["images"] += 1
+        r["images_positive"] += int(scores.max() >= threshold)
+        r["windows"] += len(scores)
+        r["windows_positive"] += int((scores >= threshold).sum())
+    for k, score in window_scores.items():
+        if ts.windows[k].label == CARCINOMA:
+            r = rows[ts.images[ts.windows[k].image].source]
+            r["labelled_carcinoma_windows"] += 1
+            r["labelled_carcinoma_found"] += int(score >= threshold)
+    out = {}
+    for source, r in sorted(rows.items()):
+        carcinoma = "carcinoma" in source or source == "c16_tumour"
+        out[source] = {
+            "kind": "carcinoma" if carcinoma else "normal", "images": r["images"],
+            ("share_images_found" if carcinoma else "share_images_called_tumour"):
+                round(r["images_positive"] / r["images"], 4),
+            "share_windows_at_or_above": round(r["windows_positive"] / max(1, r["windows"]), 4),
+        }
+        if carcinoma and r["labelled_carcinoma_windows"]:
+            out[source]["labelled_window_sensitivity"] = round(
+                r["labelled_carcinoma_found"] / r["labelled_carcinoma_windows"], 4)
+    return out
+
+
+def fold_keep(ts: TissueSet, fold: str) -> np.ndarray:
+    return ~np.isin(ts.groups(), sorted(FOLDS[fold]))
+
+
+def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96, width: int = 16,
+             log=print) -> dict:
+    """Train without the fold's groups, score them: image scores, labelled-window scores, C16 centre crops."""
+    keep = fold_keep(ts, fold)
+    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed, log=log)
+    held_images = sorted({w.image for w, k in zip(ts.windows, keep) if not k})
+    image_scores = score_images(model, ts, held_images, patch_px)
+    labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
+    crops = np.stack([center_crop(window_pixels(ts, k), patch_px) for k in labelled]) if labelled else None
+    window_scores = dict(zip(labelled, carcinoma_probability(model, crops))) if labelled else {}
+    c16 = [{"name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
+            "probability": float(image_scores[i][0])} for i in held_images if ts.images[i].source.startswith("c16")]
+    return {"fold": fold, "seed": seed, "image_scores": image_scores, "window_scores": window_scores,
+            "c16": c16, "model": model}
+
+
+def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int = 96, width: int = 16,
+                    threshold: float = 0.5, log=print) -> dict:
+    """Every fold × seed (module docstring); per seed the per-source table and the pooled CAMELYON16 AUC, then
+    mean ± sd over seeds of every number."""
+    from sklearn.metrics import roc_auc_score
+
+    per_seed = {}
+    for seed in seeds:
+        image_scores, window_scores, c16 = {}, {}, []
+        for fold in FOLDS:
+            log(f"seed {seed}, {fold}: hold out {', '.join(sorted(FOLDS[fold]))}")
+            r = run_fold(ts, fold, seed, steps, patch_px, width, log=log)
+            image_scores.update(r["image_scores"])
+            window_scores.update(r["window_scores"])
+            c16 += r["c16"]
+        table = source_report(ts, image_scores, window_scores, threshold)
+        y = np.array([row["label"] for row in c16])
+        p = np.array([row["probability"] for row in c16])
+        table["c16_patches"] = {"kind": "both", "images": int(len(y)), "auc": round(float(roc_auc_score(y, p)), 4)}
+        per_seed[str(seed)] = table
+        log(f"seed {seed}: {table}")
+    summary: dict = {}
+    for source in per_seed[str(seeds[0])]:
+        for key, value in per_seed[str(seeds[0])][source].items():
+            if isinstance(value, float):
+                vals = [per_seed[str(s)][source][key] for s in seeds]
+                summary.setdefault(source, {})[key] = {"mean": round(float(np.mean(vals)), 4),
+                                                       "sd": round(float(np.std(vals, ddof=1)), 4)
+                                                       if len(vals) > 1 else None, "per_seed": vals}
+    return {"protocol": "whole sources held out in 3 folds (micromets.train.tissue_data.FOLDS); every window of "
+                        "a held-out image scored (stride half a patch); CAMELYON16 AUC pooled over the folds",
+            "folds": {k: sorted(v) for k, v in FOLDS.items()}, "threshold": threshold, "seeds": seeds,
+            "steps": steps, "summary": summary, "per_seed": per_seed}
+
+
+TRAINING_DATA = [
+    {"name": "CAMELYON16 patches (tumor_001, tumor_004, tumor_064)", "path": "camelyon16_patches", "licence": "CC0",
+     "mpp": 0.243, "classes": "carcinoma (tumour), any normal (normal)"},
+    {"name": "CAMELYON17 negative-node tiles of centres 0 and 2", "path": "camelyon17_tiles", "licence": "CC0",
+     "mpp": 0.24, "classes": "any normal"},
+    {"name": "PCam lymph-node hard negatives (1,600)", "path": "pcam_hard_negatives", "licence": "CC0",
+     "mpp": 0.972, "classes": "any normal (centre window)"},
+    {"name": "BACH WSI A03 tiles (invasive / in situ masks; unannotated = normal breast)",
+     "path": "breast_he/bach_wsi_A03", "licence": "CC BY-NC-ND 4.0 (BACH / ICIAR 2018): research use only",
+     "mpp": 0.467, "classes": "carcinoma (dense windows in the masks), any normal (sparse unannotated windows)"},
+    {"name": "MoNuSeg TCGA-BRCA tiles (6 patients)", "path": "breast_he/monuseg",
+     "licence": "CC BY-NC-SA 4.0 (MoNuSeg): research use only", "mpp": 0.25,
+     "classes": "carcinoma (dense windows only)"},
+    {"name": "BreCaHAD (30 images)", "path": "breast_he/brecahad", "licence": "CC BY 4.0 (Aksac et al. 2019)",
+     "mpp": 0.3, "classes": "carcinoma (dense windows only)"},
+    {"name": "Kather 2016 / NCT-CRC-HE colorectal tiles: TUM, LYM, STR, ADI, MUS, DEB, BACK",
+     "path": "crc_tiles", "licence": "CC BY 4.0 (Kather et al. 2016, 2019)", "mpp": "0.331-0.5",
+     "classes": "carcinoma, lymphoid, stroma, fat, muscle_vessel, debris_blood, background"},
+]
+WEIGHTS_LICENCE = ("research use only, non-commercial: trained on BACH (CC BY-NC-ND 4.0) and MoNuSeg "
+                   "(CC BY-NC-SA 4.0) besides CC0 / CC BY data; the code is Apache-2.0")
+
+
+def unseen_checks(detector, data_root, threshold: float = 0.5) -> dict:
+    """Sources no model of this recipe trains on: the CAMELYON17 tiles of centres 1, 3, 4 and BreakHis (max over
+    each image's windows, as ``score-tiles``)."""
+    import csv
+    from pathlib import Path
+
+    from micromets.train import recipes
+    from micromets.train.data import read_rgb
+
+    out = {"camelyon17_unseen_tiles": recipes.unseen_tile_check(detector, data_root, threshold)}
+    root = Path(data_root) / "breast_he" / "breakhis"
+    rows = {}
+    with open(root / "labels.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows[Path(row["file"]).name] = {"label": row["label"], "subtype": row["subtype"],
+                                            "max_probability": round(detector.score_image(
+                                                read_rgb(root / row["file"]), float(row["um_per_px_approx"])), 4)}
+    out["breakhis"] = rows
+    return out
+
+
+def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: int, width: int = 16,
+                        patch_px: int = 96, input_mpp: float = 0.5, name: str = "micromets-tissue",
+                        version: str = "0.3.0", command: str = "", held_out: dict | None = None, log=print) -> dict:
+    """Fit on every source, export ONNX + card (classes, tumour index, data, licence, held-out report)."""
+    import datetime as dt
+
+    from micromets.model import Detector
+    from micromets.train.fit import base_card, export_onnx
+
+    t0 = time.perf_counter()
+    model = train_tissue(ts, np.ones(len(ts.windows), bool), patch_px=patch_px, steps=steps, width=width,
+                         seed=seed, log=log)
+    card = base_card(name, version, input_mpp, patch_px, width)
+    card.update({
+        "classes": CLASSES, "tumour_class_index": CARCINOMA,
+        "training_data": TRAINING_DATA,
+        "labels": "tissue classes with partial labels and nuclear window selection (micromets.train.tissue_data)",
+        "split": {"unit": "group (slide / patient / tile set / source)", "held_out_folds":
+                  {k: sorted(v) for k, v in FOLDS.items()}},
+        "training": {"steps": steps, "batch": 64, "seed": seed, "optimizer": "AdamW one-cycle, lr 3e-3",
+                     "loss": "cross-entropy; ANY_NORMAL windows: -log sum of normal-class probabilities",
+                     "augmentation": f"random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ "
+                                     f"{TISSUE_STAIN_JITTER[0]}, vectors σ {TISSUE_STAIN_JITTER[1]}), brightness "
+                                     "±8 %, contrast ±15 %, blur p 0.3",
+                     "sampling": "half carcinoma, half normal windows; equal share per source within each half",
+                     "n_windows": len(ts.windows), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
+        "metrics": {"held_out": held_out} if held_out else {},
+        "date": dt.date.today().isoformat(), "command": command, "licence": WEIGHTS_LICENCE,
+    })
+    card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
+    export_onnx(model, out_dir, card, patch_px, seed)
+    card["metrics"]["unseen"] = unseen_checks(Detector.load(out_dir), data_root)
+    from pathlib import Path
+    import json
+
+    (Path(out_dir) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,109 @@
+"""Tissue-class recipe (issue 14): window labels from what the windows show, the partial-label loss, the sampling,
+the held-out folds, and a short real training run scored per source and exported to ONNX."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+
+from micromets.model import Detector  # noqa: E402
+from micromets.train import tissue_data as td  # noqa: E402
+from micromets.train import tissue_fit as tf  # noqa: E402
+from micromets.train.data import Sample, read_rgb, resample  # noqa: E402
+from micromets.train.fit import base_card, export_onnx, normalise_by_group  # noqa: E402
+
+
+def test_partial_label_loss_is_minus_log_of_the_summed_normal_probability():
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.1, 0.0, -0.5, 1.5], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0]])
+    p = torch.softmax(logits, dim=1)
+    got = tf.partial_label_loss(logits, torch.tensor([td.ANY_NORMAL, td.ANY_NORMAL]))
+    assert got.item() == pytest.approx(-torch.log(1 - p[:, td.CARCINOMA]).mean().item(), rel=1e-5)
+    exact = tf.partial_label_loss(logits, torch.tensor([td.CARCINOMA, 1]))
+    assert exact.item() == pytest.approx(-(torch.log(p[0, td.CARCINOMA]) + torch.log(p[1, 1])).item() / 2, rel=1e-5)
+
+
+def _set(sources_labels):
+    images, windows = [], []
+    for source, label, n in sources_labels:
+        for _ in range(n):
+            images.append(Sample(np.zeros((120, 120, 3), np.uint8), label, source, source, source))
+            windows.append(td.Window(len(images) - 1, 0, 0, label))
+    return td.TissueSet(images, windows, 120)
+
+
+def test_sampling_gives_each_half_half_and_each_source_an_equal_share_of_its_half():
+    ts = _set([("a", td.CARCINOMA, 10), ("b", td.CARCINOMA, 90), ("c", td.ANY_NORMAL, 5), ("d", 1, 45),
+               ("e", 2, 50)])
+    p = tf.sampling_weights(ts, np.ones(len(ts.windows), bool))
+    src = ts.sources()
+    assert p[src == "a"].sum() == pytest.approx(0.25) and p[src == "b"].sum() == pytest.approx(0.25)
+    for s in "cde":
+        assert p[src == s].sum() == pytest.approx(1 / 6)
+    keep = src != "a"
+    p = tf.sampling_weights(ts, keep)
+    assert p[~keep].sum() == 0 and p[src == "b"].sum() == pytest.approx(0.5)
+
+
+def test_folds_hold_out_disjoint_whole_groups():
+    groups = [g for fold in td.FOLDS.values() for g in fold]
+    assert len(groups) == len(set(groups))
+    assert {"c16:tumor_001", "c16:tumor_004", "c16:tumor_064"} <= set(groups)
+
+
+def _normalised(path, mpp, source, label, group):
+    return normalise_by_group([Sample(resample(read_rgb(path), mpp, 0.5), label, group, source, str(path))])[0]
+
+
+def test_carcinoma_tiles_give_dense_windows_and_stroma_tiles_none(shared_data):
+    """A MoNuSeg carcinoma tile keeps only its nucleus-dense windows as carcinoma; the same rule applied to a
+    colorectal stroma tile (here as if it were a carcinoma tile) keeps almost nothing."""
+    carcinoma = _normalised(next((shared_data / "breast_he" / "monuseg" / "images").glob("*DX1.png")), 0.25,
+                            "monuseg_carcinoma", td.CARCINOMA, "monuseg:x")
+    windows = td.label_windows([carcinoma], 120, 0.5)
+    n_grid = len(list(td._grid(*carcinoma.rgb.shape[:2], 120, 60)))
+    assert all(w.label == td.CARCINOMA for w in windows)
+    assert 0.2 * n_grid < len(windows) < n_grid  # the tile's stroma and sparse windows are dropped
+    stroma_tiles = sorted((shared_data / "crc_tiles" / "crc_val_he_7k" / "STR").iterdir())
+    dense = 0
+    for path in stroma_tiles:
+        s = _normalised(path, 0.5, "monuseg_carcinoma", td.CARCINOMA, "s")
+        dense += len(td.label_windows([s], 120, 0.5))
+    assert dense <= 2
+
+
+def test_bach_windows_follow_the_mask(shared_data):
+    bach = shared_data / "breast_he" / "bach_wsi_A03"
+    invasive = _normalised(bach / "images" / "A03_0_image_12.jpg", td.BACH_MPP, "bach_carcinoma", td.CARCINOMA,
+                           "bach:A03")
+    mask = td.carcinoma_mask(invasive)
+    assert mask.shape == invasive.rgb.shape[:2] and mask.mean() > 0.5
+    for w in td.label_windows([invasive], 120, 0.5):
+        inside = mask[w.y:w.y + 120, w.x:w.x + 120].mean()
+        assert (w.label == td.CARCINOMA and inside >= td.MASK_FRACTION_MIN) or (w.label == td.ANY_NORMAL
+                                                                               and inside == 0)
+
+
+def test_a_short_training_run_scores_held_out_sources_and_exports(tmp_path, shared_data):
+    """Real data, few steps: the report has every held-out source and the ONNX model gives torch's carcinoma
+    probability through Detector (7 classes, tumour index from the card)."""
+    root = shared_data
+    images = [_normalised(p, 0.243, "c16_tumour", td.CARCINOMA, "c16:tumor_001")
+              for p in sorted((root / "camelyon16_patches" / "tumor").glob("tumor_001*"))[:6]]
+    images += [_normalised(p, 0.243, "c16_normal", td.ANY_NORMAL, "c16:tumor_004")
+               for p in sorted((root / "camelyon16_patches" / "normal").glob("tumor_004*"))[:6]]
+    images += [_normalised(p, 0.5, "crc_stroma", 1, "crc:crc_val_he_7k")
+               for p in sorted((root / "crc_tiles" / "crc_val_he_7k" / "STR").iterdir())]
+    ts = td.TissueSet(images, td.label_windows(images, 120, 0.5), 120)
+    keep = np.array([ts.images[w.image].group != "crc:crc_val_he_7k" for w in ts.windows])
+    model = tf.train_tissue(ts, keep, steps=6, batch=8, log=lambda m: None)
+    held = sorted({w.image for w, k in zip(ts.windows, keep) if not k})
+    report = tf.source_report(ts, tf.score_images(model, ts, held), {})
+    assert set(report) == {"crc_stroma"} and report["crc_stroma"]["images"] == 4
+    card = base_card("t", "0", 0.5, 96, 16) | {"classes": td.CLASSES, "tumour_class_index": td.CARCINOMA}
+    export_onnx(model, tmp_path, card, 96)
+    det = Detector.load(tmp_path)
+    crops = np.stack([images[0].rgb[:96, :96], images[-1].rgb[:96, :96]])
+    want = tf.carcinoma_probability(model, crops)
+    np.testing.assert_allclose(det._run(crops), want, atol=1e-3)  # float32 input scaling order
