@@ -231,3 +231,20 @@ def test_real_camelyon16_outlines_are_scaled_to_the_prescribed_diameter(shared_d
     measured = sorted(m.diameter_mm for m in measure_lesions([les.outline_l0 for les in layout.lesions], 0.972))
     assert measured == pytest.approx([0.6, 0.6, 2.4], rel=1e-9)
     assert all(les.shape == "camelyon16" and les.outline_l0.is_valid for les in layout.lesions)
+
+
+def test_stroma_is_drawn_around_the_lesions_the_seed_placed():
+    """Trabeculae and islands come after the lesions: the seed places the same lesions with or without stroma, a
+    2.2 mm macrometastasis still fits a 3.6 x 3.2 mm node (the islands-first layout could not place it), and the
+    stroma keeps LESION_MARGIN_UM away from every lesion."""
+    from micromets.phantom.layout import LESION_MARGIN_UM
+
+    specs = parse_lesions("macro:1@2.2,itc:1")
+    plain = make_layout((3.6, 3.2), 0.243, specs, seed=401)
+    layout = make_layout((3.6, 3.2), 0.243, specs, seed=401, stroma=True)
+    assert [les.outline_l0.wkt for les in layout.lesions] == [les.outline_l0.wkt for les in plain.lesions]
+    stroma_l0 = plain.cortex_l0.difference(layout.cortex_l0)
+    assert stroma_l0.area * 0.243 ** 2 / 1e6 > 0.02  # mm²: trabeculae and islands, less what the macro displaced
+    margin_px = LESION_MARGIN_UM / 0.243
+    for les in layout.lesions:
+        assert stroma_l0.distance(les.outline_l0) >= margin_px * 0.99

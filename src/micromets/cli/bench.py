@@ -30,7 +30,7 @@ def bench(
     touches the lesion dilated by 37.5 µm.
     Speed: seconds per slide and per cm² of tissue, patches/s, share of time reading / inference / post-processing,
     peak RSS (MB, each run in a fresh process), on a small and a 4x larger slide; the baseline runs on the same
-    slides in the same run. The default set (9 slides at 0.243 µm/px) takes <= 20 min on 2 cores.
+    slides in the same run. The default set (15 slides at 0.243 µm/px, 7 of them negative nodes with real stroma and fat) takes about 20 min on 2 cores.
     """
     from micromets.bench import run_bench
 

@@ -4,9 +4,11 @@ A phantom node is a smooth lobulated ellipse filling most of the slide, lined by
 (`CAPSULE_UM` thick), with a crescent of perinodal fat on one side and glass around it. With `stroma=True` the
 node also holds what every real node has besides lymphoid cortex: `N_TRABECULAE` fibrous trabeculae running from
 the capsule towards the hilum (`TRABECULA_UM` wide) and stroma islands (one per mm² of node, 80-200 µm), drawn
-with the capsule's texture (the cortex excludes them). Lesions are placed inside the cortex, away from the
-capsule and the stroma, at least `LESION_SEPARATION_UM` apart (edge to edge) so that no two of
-them fall within the 75 µm grouping distance of CAMELYON16 evaluation or merge in a detector's heatmap.
+with the capsule's texture (the cortex excludes them). Lesions are placed inside the node, away from the
+capsule, at least `LESION_SEPARATION_UM` apart (edge to edge) so that no two of
+them fall within the 75 µm grouping distance of CAMELYON16 evaluation or merge in a detector's heatmap; the
+trabeculae and islands are drawn after them and stop `LESION_MARGIN_UM` short of every lesion (a deposit displaces
+the stroma it grows into), so the same seed places the same lesions with or without stroma.
 
 Every lesion shape is scaled so that its maximum Feret diameter (the largest distance between two points of the
 outline, the AJCC "greatest dimension") equals the prescribed diameter exactly; for a polygon that is the largest
@@ -191,9 +193,6 @@ def make_layout(
 
     placed: list[Lesion] = []
     room = node.buffer(-(CAPSULE_UM + LESION_MARGIN_UM) / l0_mpp)
-    if stroma:
-        cortex = cortex.difference(_stroma(node, centre, l0_mpp, np.random.default_rng((seed, 11))))
-        room = cortex.buffer(-LESION_MARGIN_UM / l0_mpp)
     min_x, min_y, max_x, max_y = room.bounds
     separation_px = LESION_SEPARATION_UM / l0_mpp
     # place the largest lesions first: they are the hardest to fit
@@ -215,6 +214,10 @@ def make_layout(
                 f"cannot fit a {diameter_mm:.2f} mm {spec.size_class} lesion with {len(placed)} others into a "
                 f"{width_mm} x {height_mm} mm phantom: enlarge --size-mm or ask for fewer lesions"
             )
+    if stroma:  # after the lesions, around them: a deposit displaces the stroma it grows into
+        deposits = shapely.union_all([les.outline_l0 for les in placed]).buffer(LESION_MARGIN_UM / l0_mpp)
+        stroma_l0 = _stroma(node, centre, l0_mpp, np.random.default_rng((seed, 11)))
+        cortex = cortex.difference(stroma_l0.difference(deposits))
     ordered = sorted(placed, key=lambda les: (les.outline_l0.centroid.y, les.outline_l0.centroid.x))
     numbered = tuple(
         Lesion(i + 1, les.size_class, les.diameter_mm, les.shape, les.outline_l0) for i, les in enumerate(ordered)
