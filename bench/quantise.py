@@ -25,8 +25,8 @@ Per candidate (calibration method × layers kept in float × weight format) it r
 patch the network scores: max and mean |p_int8 − p_float|, the share of patches whose side of 0.5 flips, the
 CAMELYON16 AUC of both graphs (per tile = max over its windows, as the card's metrics; and per window), and the
 network's CPU ms per patch (one thread, batch 128). The best candidate (fewest flips, then smallest max |Δp|) is
-written to ``OUT/model.onnx`` with a card ``OUT/model.json`` (version 0.2.1 proposed, a ``quantisation`` section
-with the numbers); then the bundled demo case is run with both models in both scan modes (:func:`demo_check`).
+written to ``OUT/model.onnx`` with a card ``OUT/model.json`` (the float version with patch number + 1, a
+``quantisation`` section with the numbers); then the bundled demo case is run with both models in both scan modes (:func:`demo_check`).
 All numbers go to ``OUT/report.json``.
 
 Measured (2,816 calibration and 1,235 evaluation patches; docs/speed.md has the table): full-range int8 weights
@@ -353,7 +353,9 @@ def main() -> None:
     _, row, onnx_bytes = best
     (args.out / "model.onnx").write_bytes(onnx_bytes)
     card = json.loads((source / "model.json").read_text())
-    source_version, card["version"] = card["version"], "0.2.1"
+    source_version = card["version"]
+    major, minor, patch = (int(x) for x in source_version.split("."))
+    card["version"] = f"{major}.{minor}.{patch + 1}"  # the INT8 graph of float X.Y.Z ships as X.Y.Z+1
     card["quantisation"] = {
         "what": f"INT8 static quantisation of {card['name']} {source_version} (onnxruntime quantize_static, QDQ, "
                 f"per-channel symmetric weights {WEIGHT_NOTES[row['weights']]}, uint8 activations; calibration "

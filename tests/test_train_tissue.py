@@ -107,3 +107,43 @@ def test_a_short_training_run_scores_held_out_sources_and_exports(tmp_path, shar
     crops = np.stack([images[0].rgb[:96, :96], images[-1].rgb[:96, :96]])
     want = tf.carcinoma_probability(model, crops)
     np.testing.assert_allclose(det._run(crops), want, atol=1e-3)  # float32 input scaling order
+
+
+def test_operating_point_weighs_each_normal_source_the_same():
+    """Two normal sources: one with 1,000 windows all at 0.2, one with 10 windows spread 0.55-0.95. Pooled, the
+    small one would vanish; weighed per source the threshold must leave at most 10 % (of 5 % x 2 sources) of it."""
+    img = td.Sample(np.zeros((8, 8, 3), np.uint8), td.ANY_NORMAL, "pcam_hard_negative", "pcam:0", "x")
+    small = td.Sample(np.zeros((8, 8, 3), np.uint8), 1, "crc_stroma", "crc:kather2016", "y")
+    tumour = td.Sample(np.zeros((8, 8, 3), np.uint8), td.CARCINOMA, "monuseg_carcinoma", "monuseg:A", "z")
+    ts = td.TissueSet([img, small, tumour], [td.Window(2, 0, 0, td.CARCINOMA)] * 4, 8)
+    scores = {0: np.full(1000, 0.2), 1: np.linspace(0.55, 0.95, 10)}
+    op = tf.operating_point(ts, scores, {0: 0.99, 1: 0.97, 2: 0.9, 3: 0.6})
+    assert op["threshold"] == 0.91 and op["normal_window_share"] <= 0.05
+    assert op["carcinoma_window_sensitivity"] == 0.5 and op["normal_window_share_at_0_5"] == 0.5
+
+
+def test_failure_modes_are_written_from_the_measured_numbers():
+    held = {"seeds": [0, 1], "summary": {
+        "crc_stroma": {"share_images_called_tumour": {"mean": 0.7}, "share_windows_at_or_above": {"mean": 0.4}},
+        "crc_fat": {"share_images_called_tumour": {"mean": 0.0}, "share_windows_at_or_above": {"mean": 0.01}},
+        "bach_carcinoma": {"share_images_found": {"mean": 0.99}, "labelled_window_sensitivity": {"mean": 0.4}}}}
+    unseen = {"breakhis": {"a": {"label": "benign", "max_probability": 0.9},
+                           "b": {"label": "benign", "max_probability": 0.1},
+                           "c": {"label": "malignant", "max_probability": 0.99}}}
+    text = tf.failure_modes(held, unseen)
+    assert len(text) == 3
+    assert "40% of the crc stroma tissue fields" in text[0] and "2 seeds" in text[0]
+    assert "Misses 60% of the annotated bach carcinoma fields" in text[1]
+    assert "1 of 2 benign BreakHis images" in text[2]
+
+
+def test_train_refuses_a_held_out_file_that_is_not_a_report_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "r.json"
+    bad.write_text('{"auc": 1}')
+    run = subprocess.run([sys.executable, "-m", "micromets", "train", "--recipe", "tissue-classes", "--out",
+                          str(tmp_path / "m"), "--held-out", str(bad)], capture_output=True, text=True)
+    assert run.returncode == 2 and "not a bench/tissue_heldout.py result" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()

@@ -1,5 +1,6 @@
 """`micromets train`: train a tumour-patch detector with torch and export ONNX + model card (needs `.[train]`)."""
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -23,6 +24,19 @@ def _path_at_mpp(spec: str, option: str) -> tuple[Path, float]:
     return Path(path), value
 
 
+def _held_out_report(path: Path) -> dict:
+    """A bench/tissue_heldout.py result, checked before any training."""
+    from micromets.errors import MicrometsError
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise MicrometsError(f"--held-out {path}: not a readable JSON file ({exc.__class__.__name__})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("summary"), dict) or "seeds" not in report:
+        raise MicrometsError(f"--held-out {path}: not a bench/tissue_heldout.py result (no 'summary' and 'seeds')")
+    return report
+
+
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output model folder: model.onnx + model.json (the card)."),
@@ -42,6 +56,7 @@ def train(
     width: int = typer.Option(16, "--width", help="Channels of the CNN's first stage (speed ∝ width²)."),
     stain_jitter: str = typer.Option("0.25,0.05", "--stain-jitter", help="SIGMA,VECTOR_SIGMA of the H&E stain augmentation: each stain amount (OD) × U(1-SIGMA, 1+SIGMA), stain-vector components + N(0, VECTOR_SIGMA). docs/model.md compares 0.25,0.05 with 0.5,0.1 on the held-out protocol."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic for a seed)."),
+    held_out: Optional[Path] = typer.Option(None, "--held-out", help="--recipe tissue-classes: a bench/tissue_heldout.py result (JSON) to write into the card's metrics.held_out and known_failure_modes."),
     cv_groups: str = typer.Option("", "--cv-groups", help="Comma-separated groups (slides/patients) held out one at a time for the held-out metrics; empty = none."),
     exclude_groups: str = typer.Option("", "--exclude-groups", help="Comma-separated groups (slides/patients) left out of training entirely, e.g. to keep a slide unseen for phantom tests."),
     name: str = typer.Option("micromets-cnn", "--name", help="Model name for the card."),
@@ -74,11 +89,12 @@ def train(
     if recipe == "tissue-classes":
         from micromets.train import tissue_data, tissue_fit
 
+        held_out_report = _held_out_report(held_out) if held_out else None
         tissue_set = tissue_data.build(data_root, patch_px, input_mpp)
         card = tissue_fit.export_tissue_model(
             tissue_set, out, data_root, steps=steps, seed=seed, width=width, patch_px=patch_px, input_mpp=input_mpp,
             name=name, version=version, command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-            log=lambda msg: typer.echo(msg, err=True))
+            held_out=held_out_report, log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
         return
     if recipe is not None:

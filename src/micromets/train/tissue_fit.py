@@ -98,8 +98,11 @@ def carcinoma_probability(model: nn.Module, crops: np.ndarray, batch: int = 512)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def score_images(model: nn.Module, ts: TissueSet, image_ids: list[int], patch_px: int = 96) -> dict[int, np.ndarray]:
-    """Carcinoma probability of every tissue window (stride half a patch) of each image; patches: their centre."""
+def score_images(model, ts: TissueSet, image_ids: list[int], patch_px: int = 96) -> dict[int, np.ndarray]:
+    """Carcinoma probability of every tissue window (stride half a patch) of each image; patches: their centre.
+
+    ``model`` is a torch module being trained, or a shipped :class:`micromets.model.Detector` (stain vectors
+    estimated per image, as ``score-tiles`` does), so both are judged on the same windows."""
     out = {}
     for i in image_ids:
         rgb = ts.images[i].rgb
@@ -111,8 +114,35 @@ def score_images(model: nn.Module, ts: TissueSet, image_ids: list[int], patch_px
             crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in _grid(h, w, patch_px, patch_px // 2)
                               if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05] or
                              [center_crop(rgb, patch_px)])
-        out[i] = carcinoma_probability(model, crops)
+        if isinstance(model, nn.Module):
+            out[i] = carcinoma_probability(model, crops)
+        else:
+            model.set_stain_reference(crops)
+            out[i] = model.predict(crops)
     return out
+
+
+def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5) -> dict:
+    """Every source of ``ts`` scored by one exported model (no training): the same per-source numbers as
+    :func:`held_out_report`, for comparing a shipped model with the recipe. Sources the model trained on are
+    not held out for it: its card's ``training_data`` says which."""
+    from sklearn.metrics import roc_auc_score
+
+    ids = sorted({w.image for w in ts.windows})
+    image_scores = score_images(detector, ts, ids, detector.patch_px)
+    labelled = [k for k, w in enumerate(ts.windows) if w.label == CARCINOMA]
+    window_scores = {}
+    if labelled:
+        crops = np.stack([center_crop(window_pixels(ts, k), detector.patch_px) for k in labelled])
+        detector.set_stain_reference(None)
+        window_scores = dict(zip(labelled, detector.predict(crops)))
+    table = source_report(ts, image_scores, window_scores, threshold)
+    c16 = [(int(ts.images[i].source == "c16_tumour"), float(image_scores[i][0])) for i in ids
+           if ts.images[i].source.startswith("c16")]
+    y, p = np.array(c16).T
+    table["c16_patches"] = {"kind": "both", "images": len(c16), "auc": round(float(roc_auc_score(y, p)), 4)}
+    return {"model": f"{detector.name} {detector.card.get('version', '')}", "threshold": threshold,
+            "trained_on": [d.get("path") for d in detector.card.get("training_data", [])], "table": table}
 
 
 def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_scores: dict[int, float],
@@ -144,6 +174,31 @@ def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_sco
             out[source]["labelled_window_sensitivity"] = round(
                 r["labelled_carcinoma_found"] / r["labelled_carcinoma_windows"], 4)
     return out
+
+
+def operating_point(ts: TissueSet, image_scores: dict[int, np.ndarray], window_scores: dict[int, float],
+                    normal_share: float = 0.05) -> dict:
+    """The lowest threshold at which the held-out normal sources call on average at most ``normal_share`` of their
+    windows tumour (each source weighs the same, however many windows it has), and at it the mean share of
+    labelled carcinoma windows found over the carcinoma sources: where a lesion's confirmed probability should
+    stand for this recipe, read from tissue no fold's model saw."""
+    normal, carcinoma = defaultdict(list), defaultdict(list)
+    for i, scores in image_scores.items():
+        source = ts.images[i].source
+        if not ("carcinoma" in source or source == "c16_tumour"):
+            normal[source].append(scores)
+    for k, score in window_scores.items():
+        carcinoma[ts.images[ts.windows[k].image].source].append(score)
+    normal = {s: np.concatenate(v) for s, v in normal.items()}
+    carcinoma = {s: np.asarray(v) for s, v in carcinoma.items()}
+    grid = np.round(np.arange(0.50, 1.0, 0.01), 2)
+    fp = np.array([np.mean([(v >= t).mean() for v in normal.values()]) for t in grid])
+    t = float(grid[np.argmax(fp <= normal_share)]) if (fp <= normal_share).any() else 1.0
+    return {"kind": "operating point", "threshold": t,
+            "normal_window_share": round(float(np.mean([(v >= t).mean() for v in normal.values()])), 4),
+            "carcinoma_window_sensitivity": round(float(np.mean([(v >= t).mean() for v in carcinoma.values()])), 4)
+            if carcinoma else None,
+            "normal_window_share_at_0_5": round(float(fp[0]), 4)}
 
 
 def fold_keep(ts: TissueSet, fold: str) -> np.ndarray:
@@ -182,6 +237,7 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
             window_scores.update(r["window_scores"])
             c16 += r["c16"]
         table = source_report(ts, image_scores, window_scores, threshold)
+        table["operating_point"] = operating_point(ts, image_scores, window_scores)
         y = np.array([row["label"] for row in c16])
         p = np.array([row["probability"] for row in c16])
         table["c16_patches"] = {"kind": "both", "images": int(len(y)), "auc": round(float(roc_auc_score(y, p)), 4)}
@@ -245,6 +301,31 @@ def unseen_checks(detector, data_root, threshold: float = 0.5) -> dict:
     return out
 
 
+def failure_modes(held_out: dict | None, unseen: dict, threshold: float = 0.5) -> list[str]:
+    """Plain sentences for the card's ``known_failure_modes``, written from the measured numbers: every held-out
+    normal source with >= 10 % of its windows at or above ``threshold`` (mean over seeds), every held-out
+    carcinoma source whose labelled carcinoma windows are found < 80 % of the time, and the benign BreakHis
+    images (benign breast epithelium, never trained as normal) scoring >= ``threshold``."""
+    out = []
+    for source, keys in ((held_out or {}).get("summary") or {}).items():
+        kind = source.replace("_", " ")
+        window = keys.get("share_windows_at_or_above", {}).get("mean")
+        sens = keys.get("labelled_window_sensitivity", {}).get("mean")
+        if "share_images_called_tumour" in keys and window is not None and window >= 0.10:
+            out.append(f"Calls {window:.0%} of the {kind} tissue fields (48 µm) of a source it never trained on "
+                       f"tumour (held out, mean of {len(held_out['seeds'])} seeds).")
+        if sens is not None and sens < 0.80:
+            out.append(f"Misses {1 - sens:.0%} of the annotated {kind} fields of a source it never trained on "
+                       f"(held out, mean of {len(held_out['seeds'])} seeds).")
+    benign = [r for r in (unseen.get("breakhis") or {}).values() if r["label"] == "benign"]
+    if benign:
+        high = sum(r["max_probability"] >= threshold for r in benign)
+        out.append(f"Benign breast epithelium looks like carcinoma to it: {high} of {len(benign)} benign BreakHis "
+                   "images (fibroadenoma, adenosis, tubular adenoma) score as tumour. Benign glands are not lymph-"
+                   "node tissue and were not trained as normal; epithelial inclusions in a node need a pathologist.")
+    return out
+
+
 def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: int, width: int = 16,
                         patch_px: int = 96, input_mpp: float = 0.5, name: str = "micromets-tissue",
                         version: str = "0.3.0", command: str = "", held_out: dict | None = None, log=print) -> dict:
@@ -277,6 +358,7 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
     card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
     export_onnx(model, out_dir, card, patch_px, seed)
     card["metrics"]["unseen"] = unseen_checks(Detector.load(out_dir), data_root)
+    card["known_failure_modes"] = failure_modes(held_out, card["metrics"]["unseen"])
     from pathlib import Path
     import json
 
