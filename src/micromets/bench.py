@@ -79,7 +79,7 @@ DEFAULT_SET = (
     ("bench_p6", "2", "micro:1@0.5", (2.0, 1.6), 602, ""),
     ("bench_p7", "1", "none", (2.0, 1.6), 701, ""),
     ("bench_p7", "2", "none", (1.5, 1.2), 702, ""),
-    ("bench_p8", "1", "macro:1@2.4", (3.6, 3.2), 801, ""),
+    ("bench_p8", "1", "macro:1@2.4", (4.0, 3.6), 801, ""),
     ("bench_p8", "2", "none", (2.0, 1.6), 802, ""),
 )
 #: Every default phantom has trabeculae and stroma islands of real fibrous stroma besides its capsule, and real
