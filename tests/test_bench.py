@@ -5,6 +5,7 @@ tumor_004, tumor_064). No model runs here: "perfect" reports the ground truth it
 both through the same scoring code as real pipeline results.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,15 @@ def test_every_default_node_can_be_laid_out():
     for _, _, lesions, size_mm, seed, _role in DEFAULT_SET:
         layout = make_layout(size_mm, 0.243, parse_lesions(lesions), seed, stroma=PHANTOM_STROMA)
         assert len(layout.lesions) == sum(spec.size_class != "none" for spec in parse_lesions(lesions))
+
+
+def test_the_report_says_whether_the_model_trained_on_the_phantom_stroma():
+    from micromets.bench import stroma_and_fat_seen
+    from micromets.model import default_model_dir
+
+    shipped = json.loads((default_model_dir() / "model.json").read_text())
+    assert stroma_and_fat_seen(shipped).startswith("SEEN: the model trained on crc_tiles/kather2016")
+    held = {"held_back": ["crc_tiles/kather2016/02_STROMA", "crc_tiles/kather2016/07_ADIPOSE"],
+            "training_data": [{"path": "crc_tiles"}]}
+    assert stroma_and_fat_seen(held).startswith("unseen")
+    assert stroma_and_fat_seen({"training_data": [{"path": "camelyon16_patches"}]}).startswith("not in")

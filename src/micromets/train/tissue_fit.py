@@ -30,7 +30,8 @@ from torch import nn
 from micromets.train.augment import augment_batch, center_crop
 from micromets.train.fit import to_tensor
 from micromets.train.net import PatchNet
-from micromets.train.tissue_data import ANY_NORMAL, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid, _stained
+from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid,
+                                         _stained)
 
 TISSUE_STAIN_JITTER = (0.5, 0.1)
 
@@ -343,6 +344,7 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
         "classes": CLASSES, "tumour_class_index": CARCINOMA,
         "training_data": TRAINING_DATA,
         "labels": "tissue classes with partial labels and nuclear window selection (micromets.train.tissue_data)",
+        "held_back": [f"crc_tiles/{name}" for name in BENCH_RESERVED],
         "split": {"unit": "group (slide / patient / tile set / source)", "held_out_folds":
                   {k: sorted(v) for k, v in FOLDS.items()}},
         "training": {"steps": steps, "batch": 64, "seed": seed, "optimizer": "AdamW one-cycle, lr 3e-3",
