@@ -160,3 +160,20 @@ def test_coarse_screen_card_is_valid_and_its_onnx_runs(shared_data):
     x = rng.integers(0, 256, size=(4, screen.patch_px, screen.patch_px, 3), dtype=np.uint8)
     p = screen.predict(x)
     assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()
+
+
+def test_the_bundled_tissue_class_model_card_and_scores(shared_data):
+    """The opt-in tissue-class model (issue 14): seven classes with carcinoma as the tumour class, its held-out
+    report over seeds, the sources it held back for the bench, failure modes in words, a research-only licence;
+    and it scores CAMELYON16 tumour patches above normal ones through the same Detector seam."""
+    folder = default_model_dir().parent / "tissue-classes"
+    card = json.loads((folder / "model.json").read_text())
+    assert card["classes"][card["tumour_class_index"]] == "carcinoma" and len(card["classes"]) == 7
+    held = card["metrics"]["held_out"]
+    assert len(held["seeds"]) >= 3 and held["summary"]["monuseg_carcinoma"]["labelled_window_sensitivity"]["sd"]
+    assert set(card["held_back"]) == {"crc_tiles/kather2016/02_STROMA", "crc_tiles/kather2016/07_ADIPOSE"}
+    assert card["known_failure_modes"] and "research use only" in card["licence"]
+    det = Detector.load(folder)
+    tumour = det.predict(_patches(shared_data / "camelyon16_patches" / "tumor", det, 12))
+    normal = det.predict(_patches(shared_data / "camelyon16_patches" / "normal", det, 12))
+    assert np.median(tumour) > 0.5 > np.median(normal)

@@ -62,7 +62,7 @@ CRC_SETS = {"kather2016": 0.495, "kather2016_extra": 0.495, "kather2016_resized2
             "crc_val_he_7k": 0.5, "crc_val_he_7k_jpeg": 0.5, "nct_crc_he_100k": 0.5}
 C16_MPP, C17_MPP, PCAM_MPP, BACH_MPP, MONUSEG_MPP, BRECAHAD_MPP = 0.243, 0.24, 0.972, 0.467, 0.25, 0.3
 #: never trained on: the bundled phantom capsule / fat tiles (src/micromets/data/tiles/stroma, …/fat), so that
-#: ``micromets bench`` draws its stroma and fat from tissue the default model has not seen
+#: ``micromets bench`` draws its stroma and fat from tissue a model of this recipe has not seen (card `held_back`)
 BENCH_RESERVED = ("kather2016/02_STROMA", "kather2016/07_ADIPOSE")
 C17_NEGATIVE_TRAIN = ["centre_0_patient_006_node_1.jpeg", "centre_2_patient_056_node_1.jpeg"]
 
