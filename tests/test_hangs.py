@@ -55,3 +55,40 @@ def test_implausible_mpp_is_refused_before_any_work(command, mpp, tmp_path):
     _one_line_exit_2(done, "--mpp", "µm/px", "0.05-2")
     assert time.monotonic() - start < 30
     assert not (tmp_path / "out" / slide.stem / "result.json").exists()
+
+
+@pytest.mark.parametrize("side_px", [12_000, 20_000])
+def test_score_tiles_refuses_a_giant_image_from_its_header(side_px, tmp_path):
+    """A 12000² PNG peaked at 2 GB in score-tiles and a 20000² one crashed (decompression bomb)."""
+    import zlib
+
+    import psutil
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    # A real PNG of side_px² white pixels, compressed row by row (a few hundred kB on disk).
+    row = b"\x00" + b"\xff" * (3 * side_px)
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(row) for _ in range(side_px)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = side_px.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data)
+                                      + chunk(b"IEND", b""))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = psutil.Popen([sys.executable, "-m", "micromets", "score-tiles", str(folder), "--mpp", "0.5", "--out",
+                         str(tmp_path / "scores.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        env=env)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert "megapixels" in stderr and "bomb.png" in stderr
+    assert peak < 1.0e9
