@@ -92,3 +92,32 @@ def test_score_tiles_refuses_a_giant_image_from_its_header(side_px, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr
     assert "megapixels" in stderr and "bomb.png" in stderr
     assert peak < 1.0e9
+
+
+def test_evaluate_camelyon16_refuses_a_reference_beyond_any_slide(tmp_path):
+    """A huge reference polygon asked for 29 GiB (or raised ValueError) building the level-5 mask."""
+    import json
+
+    (tmp_path / "det").mkdir()
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "det" / "tumor_001.csv").write_text("0.9,1000,1000\n")
+    (tmp_path / "det" / "normal_001.csv").write_text("0.1,1000,1000\n")
+    big = 5e7
+    (tmp_path / "ref" / "tumor_001.json").write_text(json.dumps(
+        {"positive": [{"name": "a", "vertices": [[0, 0], [big, 0], [big, big], [0, big]]}], "negative": []}))
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = psutil.Popen([sys.executable, "-m", "micromets", "evaluate", "camelyon16", str(tmp_path / "det"),
+                         str(tmp_path / "ref")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert "tumor_001.json" in stderr and "80 mm" in stderr
+    assert peak < 1.0e9
