@@ -35,7 +35,10 @@ def analyze(
     from micromets.analyze import MODES, analyze_slide
     from micromets.errors import MicrometsError
     from micromets.model import Detector, coarse_model_dir
+    from micromets.slide import check_l0_mpp
 
+    if mpp is not None:
+        check_l0_mpp(mpp, "--mpp")
     console = Console(stderr=True)
     if mode not in MODES:
         raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")

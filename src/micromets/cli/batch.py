@@ -73,9 +73,12 @@ def batch(
     from micromets.analyze import MODES
     from micromets.batch.run import run_batch
     from micromets.errors import MicrometsError
+    from micromets.slide import check_l0_mpp
 
     if mode not in MODES:
         raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
+    if mpp is not None:
+        check_l0_mpp(mpp, "--mpp")
 
     console = Console(stderr=True)
     counts = {"done": 0, "failed": 0, "skipped": 0}

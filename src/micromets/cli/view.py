@@ -1,6 +1,7 @@
 """`micromets view`: the browser viewer over a results folder."""
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -13,6 +14,10 @@ def view(
     port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this computer only. "
                                                           "Use 0.0.0.0 only on a trusted network."),
+    allow_host: Optional[list[str]] = typer.Option(
+        None, "--allow-host", help="A host name (or address) the viewer may be reached by besides localhost, "
+        "127.0.0.1, [::1] and --host; repeat for several, *.example.org for a domain. Requests naming any other "
+        "host are refused (400), which keeps web pages from reading the viewer by DNS rebinding."),
 ) -> None:
     """Serve a zoomable viewer of the slides in RESULTS_DIR at http://HOST:PORT/.
 
@@ -25,9 +30,13 @@ def view(
     import uvicorn
 
     from micromets.viewer import create_app
-    from micromets.viewer.app import OSD_JS
+    from micromets.viewer.app import OSD_JS, allowed_host_names
 
-    application = create_app(results_dir)
+    names = list(allow_host or [])
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host else host)
+    allowed_host_names(names)  # a malformed name is refused before the results folder is scanned
+    application = create_app(results_dir, allowed_hosts=names)
     if not OSD_JS.is_file():
         typer.echo(f"warning: OpenSeadragon missing at {OSD_JS}; run `make viewer-assets`", err=True)
     typer.echo(f"micromets viewer: http://{host}:{port}/  ({len(application.state.catalog.slides)} slides)")
