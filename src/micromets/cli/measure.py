@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -16,11 +17,11 @@ def measure(
         help="asap (ASAP/CAMELYON XML), geojson (QuPath) or camelyon16-json ({'positive': [...]}); "
         "default: from the suffix (.xml asap, .geojson geojson, .json by its content).",
     ),
-    mpp: float = typer.Option(..., "--mpp", help="Level-0 resolution in µm per pixel (CAMELYON16: 0.243)."),
+    mpp: float = typer.Option(..., "--mpp", callback=validate.MPP, help="Level-0 resolution in µm per pixel (CAMELYON16: 0.243)."),
     gap_um: float = typer.Option(
-        75.0, "--gap-um", help="Outlines at most this far apart (µm) form one lesion (CAMELYON: 75 µm ≈ 5 cells)."
+        75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Outlines at most this far apart (µm) form one lesion (CAMELYON: 75 µm ≈ 5 cells)."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV table to write (default: print only)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="CSV table to write (default: print only)."),
 ) -> None:
     """Measure the tumour outlines of each file and classify the node by its largest lesion.
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -13,7 +14,7 @@ def threshold(
     labels: Path = typer.Option(..., "--labels", help="CSV slide,label (slide = file name or id; label negative/"
                                                       "normal/0 or itc/micro/macro/tumour/1; CAMELYON17 "
                                                       "stage_labels files work as they are)."),
-    target_sensitivity: float = typer.Option(1.0, "--target-sensitivity", help="Share of positive slides that must "
+    target_sensitivity: float = typer.Option(1.0, "--target-sensitivity", callback=validate.in_range(0, 1, low_open=True), help="Share of positive slides that must "
                                                                                "stay flagged, in (0, 1]."),
     positive: str = typer.Option("itc,micro,macro,tumor,tumour,positive,1,true,yes", "--positive",
                                  help="Labels that count as positive, comma-separated (e.g. micro,macro to treat "

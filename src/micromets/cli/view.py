@@ -4,13 +4,14 @@ from pathlib import Path
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
 @app.command("view")
 def view(
     results_dir: Path = typer.Argument(..., help="Output folder of `micromets case` or `micromets analyze`."),
-    port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
+    port: int = typer.Option(8765, "--port", callback=validate.PORT, help="TCP port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this computer only. "
                                                           "Use 0.0.0.0 only on a trusted network."),
 ) -> None:
