@@ -169,3 +169,37 @@ def test_stage_reads_a_utf8_bom(tmp_path, capsys):
     nodes.write_bytes(b"\xef\xbb\xbfpatient,stage\npatient_100_node_0.tif,macro\n")
     code, out, err = cli(capsys, "stage", nodes)
     assert code == 0 and "pN1" in out, err
+
+
+def test_results_reads_without_writing_and_refuses_other_files(tmp_path, capsys, same_name_slides):
+    import sqlite3
+    import subprocess
+
+    out = tmp_path / "batch"
+    assert cli(capsys, "batch", same_name_slides[0], "--out", out, "-w", "0")[0] == 0
+    empty, foreign = tmp_path / "empty.sqlite", tmp_path / "foreign.sqlite"
+    empty.touch()
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    for path in (empty, foreign):
+        before = path.read_bytes()
+        code, _, err = cli(capsys, "results", "--db", path)
+        assert code == 2 and err.count("\n") == 1 and "not a micromets results store" in err, err
+        assert path.read_bytes() == before  # no micromets tables written into it
+    store = tmp_path / "ro" / "results.sqlite"
+    store.parent.mkdir()
+    shutil.copy(out / "results.sqlite", store)
+    before = store.read_bytes()
+    store.chmod(0o444)
+    store.parent.chmod(0o555)
+    unprivileged = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                    "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if shutil.which("setpriv") is None:
+        unprivileged = []
+    env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(unprivileged + [sys.executable, "-m", "micromets", "results", "--db", str(store),
+                                          "--format", "csv"], capture_output=True, text=True, env=env, timeout=120)
+    store.parent.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    assert "n1" in proc.stdout and store.read_bytes() == before
+    assert sorted(p.name for p in store.parent.iterdir()) == ["results.sqlite"]

@@ -56,10 +56,8 @@ def results(
         raise MicrometsError(f"--level {level!r}: choose one of {', '.join(_LEVELS)}")
     if fmt not in ("table", "csv", "json"):
         raise MicrometsError(f"--format {fmt!r}: choose table, csv or json")
-    if not Path(db.removeprefix("sqlite:///")).is_file():
-        raise MicrometsError(f"--db {db}: no such results store")
     classes = tuple(node_class or ())
-    with open_store(db) as store:
+    with open_store(db, read_only=True) as store:
         if level in ("slides", "worklist"):
             rows = select_slides(store.slides(), classes, min_probability, "done" if level == "worklist" else status)
             if level == "worklist":

@@ -41,10 +41,8 @@ def threshold(
 
     if fmt not in ("table", "json"):
         raise MicrometsError(f"--format {fmt!r}: choose table or json")
-    if not Path(db.removeprefix("sqlite:///")).is_file():
-        raise MicrometsError(f"--db {db}: no such results store")
     truth = read_labels(labels, tuple(p.strip().lower() for p in positive.split(",") if p.strip()))
-    with open_store(db) as store:
+    with open_store(db, read_only=True) as store:
         done = [r for r in store.slides(status="done") if r["slide_id"] in truth and r["max_probability"] is not None]
     if not done:
         raise MicrometsError(f"{labels}: none of its {len(truth)} labelled slides is done in {db}")
