@@ -203,3 +203,15 @@ def test_results_reads_without_writing_and_refuses_other_files(tmp_path, capsys,
     assert proc.returncode == 0, proc.stderr
     assert "n1" in proc.stdout and store.read_bytes() == before
     assert sorted(p.name for p in store.parent.iterdir()) == ["results.sqlite"]
+
+
+def test_analyze_names_link_loops_and_folders_and_keeps_the_good_slide(tmp_path, capsys, same_name_slides):
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    (tmp_path / "folder.svs").mkdir()
+    code, _, err = cli(capsys, "analyze", tmp_path / "l1", same_name_slides[0], tmp_path / "folder.svs",
+                       "--out", tmp_path / "out")
+    assert code == 2
+    assert "l1: symbolic link to nothing (dangling, or a loop of links)" in err
+    assert "folder.svs: is a folder, not a slide file" in err
+    assert (tmp_path / "out" / "n1" / "result.json").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 from pathlib import Path
 
 
@@ -40,7 +41,7 @@ def plan_folders(slides: list[Path], out_dir: Path) -> list[str]:
     owners: dict[str, tuple[str, ...]] = {}
     names = []
     for slide in slides:
-        key = (str(Path(slide).resolve()),)
+        key = (os.path.realpath(slide),)
         stem = Path(slide).stem
         if out_dir.is_dir():
             for folder in [out_dir / stem, *sorted(out_dir.glob(f"{glob.escape(stem)}~*"))]:
