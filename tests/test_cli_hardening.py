@@ -215,3 +215,17 @@ def test_analyze_names_link_loops_and_folders_and_keeps_the_good_slide(tmp_path,
     assert "l1: symbolic link to nothing (dangling, or a loop of links)" in err
     assert "folder.svs: is a folder, not a slide file" in err
     assert (tmp_path / "out" / "n1" / "result.json").is_file()
+
+
+def test_measure_names_bad_files_and_still_writes_the_good_ones(tmp_path, capsys):
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"positive": [{"name": "a", "vertices": [[0, 0], [1e300, 0], [1e300, 1e300],
+                                                                        [0, 1e300]]}]}))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    good = Path(__file__).parents[1] / "demo" / "slides" / "node2.xml"
+    table = tmp_path / "table.csv"
+    code, _, err = cli(capsys, "measure", huge, deep, good, "--mpp", "0.243", "--out", table)
+    assert code == 2
+    assert f"{huge}: " in err and f"{deep}: JSON nested too deeply" in err
+    assert table.read_text().splitlines()[1].startswith("node2,")

@@ -51,21 +51,23 @@ def measure(
         try:
             annotation = read_annotations(path, fmt)
             lesions = measure_lesions(annotation.geometries_l0(), mpp, gap_um)
-        except MicrometsError as err:
+            largest = lesions[0] if lesions else None
+            largest_class = node_class(largest.diameter_mm if largest else None)
+        except MicrometsError as err:  # this file is reported and skipped; the others are still measured
             failed += 1
-            print(f"micromets: error: {err}", file=sys.stderr)
+            print(f"micromets: error: {err}" if str(path) in str(err) else f"micromets: error: {path}: {err}",
+                  file=sys.stderr)
             continue
         for note in annotation.skipped:
             errors.print(f"{path.name}: skipped {note}", highlight=False)
         if annotation.n_invalid:
             errors.print(f"{path.name}: repaired {annotation.n_invalid} self-intersecting outline(s)", highlight=False)
-        largest = lesions[0] if lesions else None
         rows.append({
             "slide": path.stem,
             "n_lesions": len(lesions),
             "largest_diameter_mm": round(largest.diameter_mm, 4) if largest else 0.0,
             "largest_area_mm2": round(largest.area_mm2, 4) if largest else 0.0,
-            "node_class": node_class(largest.diameter_mm if largest else None),
+            "node_class": largest_class,
         })
     if out is not None and rows:
         with open(out, "w", newline="", encoding="utf-8") as handle:

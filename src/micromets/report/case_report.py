@@ -81,6 +81,8 @@ def _read_json(path: Path, schema: str) -> dict:
         raise MicrometsError(f"{path}: not found") from None
     except (OSError, ValueError) as err:
         raise MicrometsError(f"{path}: unreadable JSON ({err})") from None
+    except RecursionError:
+        raise MicrometsError(f"{path}: unreadable JSON (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("schema") != schema:
         raise MicrometsError(f"{path}: not a {schema} file")
     return data
