@@ -229,3 +229,10 @@ def test_measure_names_bad_files_and_still_writes_the_good_ones(tmp_path, capsys
     assert code == 2
     assert f"{huge}: " in err and f"{deep}: JSON nested too deeply" in err
     assert table.read_text().splitlines()[1].startswith("node2,")
+
+
+def test_case_manifest_with_an_unterminated_quote_says_so(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('patient,node,slide_path\np,1,"a.tif\np,2,b.tif\n')
+    code, _, err = cli(capsys, "case", manifest, "--out", tmp_path / "out")
+    assert code == 2 and "malformed CSV" in err and "unexpected end of data" in err, err

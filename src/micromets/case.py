@@ -60,7 +60,7 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise MicrometsError(f"{path}: no such manifest file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)  # strict: an unterminated quote is an error, not a long field
             columns = [c.strip() for c in (reader.fieldnames or [])]
             twice = sorted({c for c in columns if columns.count(c) > 1})
             if twice:
