@@ -236,3 +236,15 @@ def test_case_manifest_with_an_unterminated_quote_says_so(tmp_path, capsys):
     manifest.write_text('patient,node,slide_path\np,1,"a.tif\np,2,b.tif\n')
     code, _, err = cli(capsys, "case", manifest, "--out", tmp_path / "out")
     assert code == 2 and "malformed CSV" in err and "unexpected end of data" in err, err
+
+
+def test_view_on_a_busy_port_is_one_line(capsys, demo_output):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = cli(capsys, "view", demo_output, "--port", port)
+    errors = [line for line in err.splitlines() if not line.startswith("warning: OpenSeadragon missing")]
+    assert code == 2 and len(errors) == 1 and "cannot listen there" in errors[0], err

@@ -23,13 +23,24 @@ def view(
     Feret diameter in mm; a list of deposits sorted by size that zooms to each; a ruler reading µm/mm and a scale
     bar. Only slides named by a result.json under RESULTS_DIR are served. Research use only.
     """
+    import socket
+
     import uvicorn
 
+    from micromets.errors import MicrometsError
     from micromets.viewer import create_app
     from micromets.viewer.app import OSD_JS
 
     application = create_app(results_dir)
     if not OSD_JS.is_file():
         typer.echo(f"warning: OpenSeadragon missing at {OSD_JS}; run `make viewer-assets`", err=True)
+    try:  # bound here, so a busy port is one line and --port 0 prints the port the system chose
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as err:
+        raise MicrometsError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    port = sock.getsockname()[1]
     typer.echo(f"micromets viewer: http://{host}:{port}/  ({len(application.state.catalog.slides)} slides)")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(application, log_level="warning")).run(sockets=[sock])
