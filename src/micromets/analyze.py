@@ -1,8 +1,9 @@
 """The one-slide job: slide → tissue → (H&E heatmap | IHC cells) → lesions → measurements → node class.
 
-:func:`analyze_slide` writes ``out_dir/<slide_id>/`` with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and
-``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result dict. The folder appears whole or not at
-all: it is written under a temporary name and renamed into place.
+:func:`analyze_slide` writes ``out_dir/<slide_id>/`` (or the folder it is given, see :mod:`micromets.folders`)
+with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and ``lesions.geojson`` (schemas in docs/DESIGN.md) and
+returns the result dict. The folder appears whole or not at all: it is written under a temporary name and renamed
+into place.
 """
 
 from __future__ import annotations
@@ -221,8 +222,10 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
 def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
                   detector=None, stain: str | None = None, threshold: float | None = None,
                   gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None,
-                  readers: int = 2, screen=None, confirm_threshold: float | None = None) -> dict:
-    """Analyse one slide and write its results folder; returns the result dict (``result.json``).
+                  readers: int = 2, screen=None, confirm_threshold: float | None = None,
+                  folder: str | None = None) -> dict:
+    """Analyse one slide and write its results folder ``out_dir/<folder>`` (default ``<slide_id>``; commands name
+    it by :func:`micromets.folders.plan_folders`); returns the result dict (``result.json``).
 
     ``mode`` is ``thorough`` (fine model over all tissue) or ``fast`` (coarse ``screen`` model — default the
     shipped ``models/coarse`` — over all tissue at its card's ``screen_threshold``, then the fine model on its
@@ -341,5 +344,5 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
         if cells_xy is not None:
             geojson["cells.geojson"] = _cells_geojson(cells_xy)
             result["n_cells_total"] = int(len(cells_xy))
-    _write_outputs(Path(out_dir), slide.slide_id, result, heatmap, overlay, geojson)
+    _write_outputs(Path(out_dir), folder or slide.slide_id, result, heatmap, overlay, geojson)
     return result

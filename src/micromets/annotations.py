@@ -188,6 +188,8 @@ def _load_json(path: Path):
         raise MicrometsError(f"{path}: malformed JSON: {err.msg} at line {err.lineno}") from None
     except UnicodeDecodeError:
         raise MicrometsError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise MicrometsError(f"{path}: JSON nested too deeply to be an annotation file") from None
     except OSError as err:
         raise MicrometsError(f"{path}: cannot read: {err.strerror or err}") from None
 

@@ -363,7 +363,11 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise MicrometsError(f"{path}: symbolic link to nothing (dangling, or a loop of links)")
         raise MicrometsError(f"{path}: no such file")
+    if path.is_dir():
+        raise MicrometsError(f"{path}: is a folder, not a slide file")
     check_not_special_file(path)
     if path.is_file() and path.stat().st_size == 0:
         raise MicrometsError(f"{path}: empty file, not a slide")

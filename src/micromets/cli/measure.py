@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -16,11 +17,11 @@ def measure(
         help="asap (ASAP/CAMELYON XML), geojson (QuPath) or camelyon16-json ({'positive': [...]}); "
         "default: from the suffix (.xml asap, .geojson geojson, .json by its content).",
     ),
-    mpp: float = typer.Option(..., "--mpp", help="Level-0 resolution in µm per pixel (CAMELYON16: 0.243)."),
+    mpp: float = typer.Option(..., "--mpp", callback=validate.MPP, help="Level-0 resolution in µm per pixel (CAMELYON16: 0.243)."),
     gap_um: float = typer.Option(
-        75.0, "--gap-um", help="Outlines at most this far apart (µm) form one lesion (CAMELYON: 75 µm ≈ 5 cells)."
+        75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Outlines at most this far apart (µm) form one lesion (CAMELYON: 75 µm ≈ 5 cells)."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV table to write (default: print only)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="CSV table to write (default: print only)."),
 ) -> None:
     """Measure the tumour outlines of each file and classify the node by its largest lesion.
 
@@ -50,21 +51,23 @@ def measure(
         try:
             annotation = read_annotations(path, fmt)
             lesions = measure_lesions(annotation.geometries_l0(), mpp, gap_um)
-        except MicrometsError as err:
+            largest = lesions[0] if lesions else None
+            largest_class = node_class(largest.diameter_mm if largest else None)
+        except MicrometsError as err:  # this file is reported and skipped; the others are still measured
             failed += 1
-            print(f"micromets: error: {err}", file=sys.stderr)
+            print(f"micromets: error: {err}" if str(path) in str(err) else f"micromets: error: {path}: {err}",
+                  file=sys.stderr)
             continue
         for note in annotation.skipped:
             errors.print(f"{path.name}: skipped {note}", highlight=False)
         if annotation.n_invalid:
             errors.print(f"{path.name}: repaired {annotation.n_invalid} self-intersecting outline(s)", highlight=False)
-        largest = lesions[0] if lesions else None
         rows.append({
             "slide": path.stem,
             "n_lesions": len(lesions),
             "largest_diameter_mm": round(largest.diameter_mm, 4) if largest else 0.0,
             "largest_area_mm2": round(largest.area_mm2, 4) if largest else 0.0,
-            "node_class": node_class(largest.diameter_mm if largest else None),
+            "node_class": largest_class,
         })
     if out is not None and rows:
         with open(out, "w", newline="", encoding="utf-8") as handle:

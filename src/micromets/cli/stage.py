@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -24,7 +25,7 @@ def stage(
         help="ajcc8 only: nodes come from sentinel biopsy alone → '(sn)' suffix when fewer than 6 nodes.",
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Write the official submission format: 'patient,stage', each patient_NNN.zip row "
+        None, "--out", "-o", callback=validate.OUT_FILE, help="Write the official submission format: 'patient,stage', each patient_NNN.zip row "
         "followed by its node rows.",
     ),
 ) -> None:

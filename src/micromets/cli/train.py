@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -25,7 +26,7 @@ def _path_at_mpp(spec: str, option: str) -> tuple[Path, float]:
 
 @app.command("train")
 def train(
-    out: Path = typer.Option(..., "--out", "-o", help="Output model folder: model.onnx + model.json (the card)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output model folder: model.onnx + model.json (the card)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="'tissue-classes': the shipped default (issue 14): 7 tissue classes from every source under --data-root (micromets.train.tissue_data; uses --out, --data-root, --steps, --width, --seed, --patch-px, --input-mpp, --name, --version; held-out numbers: bench/tissue_heldout.py). 'lymph-node-he': the earlier binary recipe's data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
     data_root: Path = typer.Option(Path("../shared/data"), "--data-root", help="Folder of the real data for --recipe."),
     folder: list[str] = typer.Option([], "--folder", help="Folder-per-class tiles as PATH@MPP (class folders tumor*/normal*; MPP = µm/px of the images). Repeatable."),
@@ -35,7 +36,7 @@ def train(
     pcam_limit: Optional[int] = typer.Option(None, "--pcam-limit", help="Use only the first N PCam patches."),
     wsi: list[str] = typer.Option([], "--wsi", help="SLIDE:ANNOTATION.xml (ASAP XML, level-0 px outlines = tumour). Repeatable."),
     wsi_patches: int = typer.Option(200, "--wsi-patches", help="Patches sampled per class and slide for --wsi."),
-    input_mpp: float = typer.Option(0.5, "--input-mpp", help="Model resolution in µm/px; every dataset is resampled to it."),
+    input_mpp: float = typer.Option(0.5, "--input-mpp", callback=validate.MPP, help="Model resolution in µm/px; every dataset is resampled to it."),
     patch_px: int = typer.Option(96, "--patch-px", help="Model patch side in pixels at --input-mpp (heatmap cell = patch_px × input_mpp µm)."),
     family: str = typer.Option("cnn", "--family", help="cnn (PatchNet on stain-normalised pixels) or morphometry (nuclear features → logistic regression)."),
     steps: int = typer.Option(300, "--steps", help="Training batches (64 augmented crops each) per fit."),

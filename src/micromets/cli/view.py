@@ -5,13 +5,14 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
 @app.command("view")
 def view(
     results_dir: Path = typer.Argument(..., help="Output folder of `micromets case` or `micromets analyze`."),
-    port: int = typer.Option(8765, "--port", help="TCP port to listen on."),
+    port: int = typer.Option(8765, "--port", callback=validate.PORT, help="TCP port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this computer only. "
                                                           "Use 0.0.0.0 only on a trusted network."),
     allow_host: Optional[list[str]] = typer.Option(
@@ -27,8 +28,11 @@ def view(
     Feret diameter in mm; a list of deposits sorted by size that zooms to each; a ruler reading µm/mm and a scale
     bar. Only slides named by a result.json under RESULTS_DIR are served. Research use only.
     """
+    import socket
+
     import uvicorn
 
+    from micromets.errors import MicrometsError
     from micromets.viewer import create_app
     from micromets.viewer.app import OSD_JS, allowed_host_names
 
@@ -39,5 +43,13 @@ def view(
     application = create_app(results_dir, allowed_hosts=names)
     if not OSD_JS.is_file():
         typer.echo(f"warning: OpenSeadragon missing at {OSD_JS}; run `make viewer-assets`", err=True)
+    try:  # bound here, so a busy port is one line and --port 0 prints the port the system chose
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as err:
+        raise MicrometsError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
+    port = sock.getsockname()[1]
     typer.echo(f"micromets viewer: http://{host}:{port}/  ({len(application.state.catalog.slides)} slides)")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(application, log_level="warning")).run(sockets=[sock])

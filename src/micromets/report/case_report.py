@@ -69,7 +69,7 @@ class NodeView:
 
     node: dict
     slides: list[SlideView]
-    n_deposits: int
+    n_deposits: int | None  # None: a slide's result could not be read, so the count is unknown
     n_cells: int | None  # tumour cells counted in the node's largest deposit (None: not counted)
     size_plot_svg: str
 
@@ -81,6 +81,8 @@ def _read_json(path: Path, schema: str) -> dict:
         raise MicrometsError(f"{path}: not found") from None
     except (OSError, ValueError) as err:
         raise MicrometsError(f"{path}: unreadable JSON ({err})") from None
+    except RecursionError:
+        raise MicrometsError(f"{path}: unreadable JSON (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("schema") != schema:
         raise MicrometsError(f"{path}: not a {schema} file")
     return data
@@ -156,7 +158,7 @@ def _node_view(patient_dir: Path, node: dict) -> NodeView:
     return NodeView(
         node=node,
         slides=slides,
-        n_deposits=sum(s.result["n_lesions"] for s in slides if s.result is not None),
+        n_deposits=None if any(s.result is None for s in slides) else sum(s.result["n_lesions"] for s in slides),
         n_cells=largest.get("n_cells") if largest else None,
         size_plot_svg=figures.size_bars_svg(deposits),
     )
@@ -188,17 +190,30 @@ def _capped(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return pairs[:MAX_CARD_ENTRIES] + [("…", f"{len(pairs) - MAX_CARD_ENTRIES} more entries in the model card")]
 
 
+def incomplete(case: dict, nodes: list[NodeView]) -> list[str]:
+    """Why the case is provisional, one line each: slides that failed in `micromets case` and slide results that
+    cannot be read now (empty: the case is complete)."""
+    lines = [f"{f['path']}: {f['error']}" for f in case["failed_slides"]]
+    return lines + [s.error for n in nodes for s in n.slides if s.result is None]
+
+
 def render_report_html(patient_dir: str | Path) -> str:
     """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
-    patient_dir = Path(patient_dir)
+    return _render(Path(patient_dir))[0]
+
+
+def _render(patient_dir: Path) -> tuple[str, list[str]]:
+    """The report's HTML and the reasons it is provisional (see :func:`incomplete`)."""
     case = _read_json(patient_dir / "case.json", "micromets.case/1")
     nodes = [_node_view(patient_dir, node) for node in case["nodes"]]
+    problems = incomplete(case, nodes)
     results = [s.result for n in nodes for s in n.slides if s.result is not None]
     threshold = results[0]["threshold"] if results else None
     card = _model_card()
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
         case=case,
+        provisional=problems,
         nodes=nodes,
         results=results,
         card=card,
@@ -209,18 +224,21 @@ def render_report_html(patient_dir: str | Path) -> str:
         research_use=RESEARCH_USE,
         colour_scale_svg=figures.colour_scale_svg(threshold),
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
-    )
+    ), problems
 
 
-def write_report(patient_dir: str | Path, pdf: bool = True) -> Path:
+def write_report(patient_dir: str | Path, pdf: bool = True, problems: list[str] | None = None) -> Path:
     """Write ``report.html`` (and ``report.pdf`` when Chromium is present and ``pdf``) into ``patient_dir``.
 
     ``patient_dir`` is ``DIR/<patient>`` of ``micromets case`` (it holds ``case.json``). Returns the HTML path.
     Raises :class:`MicrometsError` naming the file when ``case.json`` is missing or not a case file; a slide whose
-    result or image cannot be read is reported inside the document instead of stopping it.
+    result or image cannot be read is reported inside the document instead of stopping it, and the stage is then
+    marked provisional. ``problems``, when given, receives why the case is provisional (see :func:`incomplete`).
     """
     patient_dir = Path(patient_dir)
-    html = render_report_html(patient_dir)
+    html, found = _render(patient_dir)
+    if problems is not None:
+        problems.extend(found)
     html_path = patient_dir / "report.html"
     part = html_path.with_name("report.html.part")
     part.write_text(html, encoding="utf-8")
