@@ -166,7 +166,8 @@ def max_feret(points: np.ndarray) -> tuple[float, int, int]:
             j, steps = j1, steps + 1
         for a in (i, i1):
             for b in (j, (j + 1) % k):
-                d2 = (xs[a] - xs[b]) ** 2 + (ys[a] - ys[b]) ** 2
+                dx, dy = xs[a] - xs[b], ys[a] - ys[b]
+                d2 = dx * dx + dy * dy  # inf on overflow (float ** 2 raises OverflowError)
                 if d2 > best:
                     best, best_pair = d2, (a, b)
     return math.sqrt(best), int(order[best_pair[0]]), int(order[best_pair[1]])
