@@ -20,6 +20,7 @@ from PIL import Image
 from micromets.errors import MicrometsError
 from micromets.report import figures, write_report
 from micromets.report import pdf as report_pdf
+from micromets.sizes import format_mm
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_pdf_text_shows_stage_classes_and_sizes(written, case_dir, artifacts):
     for result in _slide_results(case_dir, case):
         assert result["sha256"][:16] in text
         for lesion in result["lesions"]:
-            assert f"{lesion['diameter_mm']:.3f}" in text
+            assert format_mm(lesion["diameter_mm"], unit=False) in text
 
 
 def test_pdf_pages_carry_the_pictures(written, case_dir, artifacts):

@@ -26,7 +26,7 @@ from micromets import __version__, normalise
 from micromets.errors import MicrometsError
 from micromets.annotations import geojson_dict
 from micromets.heatmap import Heatmap
-from micromets.lesions import heatmap_outlines_l0, max_value_inside, top_cells_inside
+from micromets.lesions import drop_specks, heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
@@ -46,6 +46,10 @@ CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+#: An iso-line outline less than this across (maximum Feret diameter, µm; about one tumour-cell nucleus) is no
+#: deposit: it is the iso-line closing round a lone heatmap cell that barely reaches the threshold (demo node 3: a
+#: cell at 0.5007 gave a 0.2 µm "candidate" of area 0). Such outlines are dropped before lesions are grouped.
+MIN_OUTLINE_UM = 10.0
 
 
 #: One background thread hashes slide files while they are analysed.
@@ -110,14 +114,17 @@ def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
 
 
 def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None],
-                    confirmed: np.ndarray | None = None) -> list[dict]:
+                    confirmed: np.ndarray | None = None, first_id: int = 1) -> list[dict]:
+    """result.json records of ``measures``, numbered from ``first_id`` (ids are unique per slide: the unconfirmed
+    candidates are numbered after the lesions)."""
     records = []
-    for i, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells), start=1):
+    for k, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells)):
+        i = first_id + k
         outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
         records.append({
-            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 4), "area_mm2": round(m.area_mm2, 5),
+            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 6), "area_mm2": round(m.area_mm2, 5),
             "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
-            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[i - 1]), 4)}),
+            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[k]), 4)}),
             "n_cells": cells, "n_deposits": m.n_members, "repaired": m.repaired,
             "class": node_class(m.diameter_mm, cells),
         })
@@ -281,7 +288,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
-            outlines = heatmap_outlines_l0(heatmap, threshold)
+            outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             confirmed, unconfirmed = None, []
@@ -290,7 +297,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 keep = scores >= confirm_threshold
                 dropped = [m for m, k in zip(measures, keep) if not k]
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
-                                              [None] * len(dropped), scores[~keep])
+                                              [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}

@@ -26,6 +26,7 @@ from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
+from micromets.sizes import format_mm
 
 RESEARCH_USE = (
     "Research use only. micromets is not a medical device and has not been cleared or approved for clinical "
@@ -47,6 +48,7 @@ _TEMPLATES = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html", "j2"]),
     undefined=jinja2.StrictUndefined,
 )
+_TEMPLATES.filters["mm"] = format_mm
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _slide_pictures(view: SlideView, slide_dir: Path) -> None:
     crop, bar_um = figures.draw_scale_bar(crop, crop_mpp)
     view.crop_uri = figures.jpeg_data_uri(crop, quality=90)
     view.crop_caption = (
-        f"Largest deposit #{largest['id']} ({largest['class']}, {largest['diameter_mm']:.2f} mm); "
+        f"Largest deposit #{largest['id']} ({largest['class']}, {format_mm(largest['diameter_mm'])}); "
         f"{crop_mpp:.2f} µm/px, scale bar {figures.format_length_um(bar_um)}"
     )
 

@@ -18,6 +18,8 @@ from html import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from micromets.sizes import format_mm
+
 #: Outline colour per node / lesion class (RGB), shared with the viewer's front end.
 CLASS_COLOURS = {
     "negative": (120, 120, 120),
@@ -241,7 +243,7 @@ def size_bars_svg(deposits: Sequence[tuple[str, float, str]], width_px: int = 56
         parts.append(f'<text x="{left - 4}" y="{y + 10}" font-size="10" text-anchor="end">{escape(label)}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{max(1.0, x_of(mm) - left):.1f}" height="{row_h - 4}" '
                      f'fill="{hex_colour(CLASS_COLOURS.get(cls, (90, 90, 90)))}" stroke="#222" stroke-width="0.5"/>')
-        parts.append(f'<text x="{x_of(mm) + 3:.1f}" y="{y + 10}" font-size="9">{mm:.{2 if mm >= 0.1 else 3}f} mm</text>')
+        parts.append(f'<text x="{x_of(mm) + 3:.1f}" y="{y + 10}" font-size="9">{format_mm(mm)}</text>')
     if not rows:
         parts.append(f'<text x="{left + 4}" y="{6 + 10}" font-size="10" fill="#555">no deposits</text>')
     for mm in (0.01, 0.1, 1.0, 10.0):
