@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import shapely
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from micromets import __version__, normalise
 from micromets.errors import MicrometsError
@@ -169,34 +169,25 @@ def _cells_geojson(cells_l0: np.ndarray) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-_CLASS_RGB = {"itc": (255, 200, 0), "micro": (255, 110, 0), "macro": (220, 0, 0)}
+#: Long side of ``heatmap.png`` (px): big enough to see, bounded whatever the slide's size.
+OVERLAY_LONG_PX = 1000
 
 
-def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict], band_rows: int = 256) -> Image.Image:
-    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class.
+def render_overlay(slide: Slide, heatmap: Heatmap, records: list[dict], threshold: float | None) -> Image.Image:
+    """``heatmap.png``: the slide at ≤ ``OVERLAY_LONG_PX`` px on its long side with the heatmap and the lesion
+    outlines in the report's and viewer's colours (:mod:`micromets.report.figures`), a scale bar, and a legend
+    strip below (colour bar with the ``threshold`` marked, class colours)."""
+    from micromets.report import figures
 
-    Blended ``band_rows`` thumbnail rows at a time, so the float temporaries do not grow with the slide.
-    """
-    rows, cols = tissue.rgb.shape[:2]
-    # heatmap cell of each thumbnail pixel centre
-    scale = tissue.mask_mpp / heatmap.cell_um
-    h_r = np.minimum(((np.arange(rows) + 0.5) * scale).astype(int), heatmap.h_prob.shape[0] - 1)
-    h_c = np.minimum(((np.arange(cols) + 0.5) * scale).astype(int), heatmap.h_prob.shape[1] - 1)
-    blended = np.empty_like(tissue.rgb)
-    for r0 in range(0, rows, band_rows):
-        prob = heatmap.h_prob[np.ix_(h_r[r0:r0 + band_rows], h_c)][..., None]
-        colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
-        alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
-        base = tissue.rgb[r0:r0 + band_rows].astype(np.float32)
-        blended[r0:r0 + band_rows] = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
-    image = Image.fromarray(blended)
-    draw = ImageDraw.Draw(image)
-    l0_to_px = tissue.l0_mpp / tissue.mask_mpp
-    for rec in records:
-        for ring in rec["l0_outline"]:
-            xy = [(x * l0_to_px, y * l0_to_px) for x, y in ring]
-            draw.line(xy + [xy[0]], fill=_CLASS_RGB.get(rec["class"], (0, 0, 0)), width=2)
-    return image
+    long_um = max(slide.l0_width, slide.l0_height) * slide.l0_mpp
+    k = max(1, math.ceil(long_um / OVERLAY_LONG_PX / slide.l0_mpp))  # level-0 px per picture px
+    rgb, img_mpp = slide.thumbnail(k * slide.l0_mpp)
+    rgb = figures.overlay_heatmap(rgb, img_mpp, heatmap.h_prob, heatmap.cell_um, heatmap.l0_origin, slide.l0_mpp)
+    rgb = figures.draw_outlines(rgb, [(r["l0_outline"], r["class"], f"#{r['id']}") for r in records], img_mpp,
+                                slide.l0_mpp)
+    rgb, _ = figures.draw_scale_bar(rgb, img_mpp)
+    legend = figures.legend_strip(rgb.shape[1], threshold)
+    return Image.fromarray(np.concatenate([rgb, legend], axis=0))
 
 
 def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image,
@@ -343,7 +334,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "software": {"micromets": __version__},
             "timing_s": timing,
         }
-        overlay = render_overlay(tissue, heatmap, records)
+        overlay = render_overlay(slide, heatmap, records, threshold)
         geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp)}
         if cells_xy is not None:
             geojson["cells.geojson"] = _cells_geojson(cells_xy)
