@@ -223,3 +223,20 @@ def test_cli_rebuilds_the_report_and_refuses_an_empty_folder(case_dir, tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"micromets: error: {empty}: no case.json here or in its "
                                                 "sub-folders (run `micromets case` first)"]
+
+
+def test_every_pdf_page_names_the_patient_and_its_number(written):
+    require_tools("chromium", "pdftotext", "pdfinfo")
+    html, pdf, case = written
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    n_pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
+    for page in range(1, n_pages + 1):
+        text = subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), "-layout", str(pdf), "-"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f"patient {case['patient']}" in text and f"page {page} of {n_pages}" in text, page
+
+
+def test_patient_id_cannot_break_out_of_the_page_footer_css():
+    from micromets.report.case_report import css_string
+
+    assert str(css_string('p1 "</style><b>&')) == '"p1 \\22 \\3c \\2f style\\3e \\3c b\\3e \\26 "'

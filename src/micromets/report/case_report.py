@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 import numpy as np
 
 from micromets import __version__
@@ -49,6 +50,16 @@ _TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 _TEMPLATES.filters["mm"] = format_mm
+
+
+def css_string(text) -> Markup:
+    """``text`` as a quoted CSS string (the PDF page footer): every character but letters, digits, space and
+    ``_-.,()`` is a CSS escape, so no patient id can end the string or the ``<style>`` element."""
+    body = "".join(c if c.isalnum() or c in " _-.,()" else f"\\{ord(c):x} " for c in str(text))
+    return Markup(f'"{body}"')
+
+
+_TEMPLATES.filters["css_string"] = css_string
 
 
 @dataclass
