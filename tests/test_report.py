@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from html import escape
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -240,3 +241,20 @@ def test_patient_id_cannot_break_out_of_the_page_footer_css():
     from micromets.report.case_report import css_string
 
     assert str(css_string('p1 "</style><b>&')) == '"p1 \\22 \\3c \\2f style\\3e \\3c b\\3e \\26 "'
+
+
+def test_model_section_is_plain_language_from_the_card(written):
+    """The model section says what the model learned from, how it did on patches it never saw (counts and
+    rates, not a dump of the card's fields) and its failure modes."""
+    from micromets.model import Detector
+
+    html, pdf, case = written
+    text = html.read_text()
+    card = Detector.load().card
+    conf = card["metrics"]["held_out"]["confusion"]
+    n_t = conf["tp"] + conf["fn"]
+    assert f"called {conf['tp']} of {n_t} tumour patches tumour" in text
+    assert f"sensitivity {conf['tp'] / n_t:.0%}" in text
+    assert escape(card["training_data"][0]["name"]) in text
+    assert 'id="model-failures"' in text
+    assert "held_out_predictions" not in text and "held_out confusion" not in text
