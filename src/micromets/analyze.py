@@ -21,13 +21,13 @@ from typing import Callable
 
 import numpy as np
 import shapely
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from micromets import __version__, normalise
 from micromets.errors import MicrometsError
 from micromets.annotations import geojson_dict
 from micromets.heatmap import Heatmap
-from micromets.lesions import heatmap_outlines_l0, max_value_inside, top_cells_inside
+from micromets.lesions import drop_specks, heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
@@ -47,6 +47,10 @@ CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+#: An iso-line outline less than this across (maximum Feret diameter, µm; about one tumour-cell nucleus) is no
+#: deposit: it is the iso-line closing round a lone heatmap cell that barely reaches the threshold (demo node 3: a
+#: cell at 0.5007 gave a 0.2 µm "candidate" of area 0). Such outlines are dropped before lesions are grouped.
+MIN_OUTLINE_UM = 10.0
 
 
 #: One background thread hashes slide files while they are analysed.
@@ -111,14 +115,17 @@ def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
 
 
 def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None],
-                    confirmed: np.ndarray | None = None) -> list[dict]:
+                    confirmed: np.ndarray | None = None, first_id: int = 1) -> list[dict]:
+    """result.json records of ``measures``, numbered from ``first_id`` (ids are unique per slide: the unconfirmed
+    candidates are numbered after the lesions)."""
     records = []
-    for i, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells), start=1):
+    for k, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells)):
+        i = first_id + k
         outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
         records.append({
-            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 4), "area_mm2": round(m.area_mm2, 5),
+            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 6), "area_mm2": round(m.area_mm2, 5),
             "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
-            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[i - 1]), 4)}),
+            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[k]), 4)}),
             "n_cells": cells, "n_deposits": m.n_members, "repaired": m.repaired,
             "class": node_class(m.diameter_mm, cells),
         })
@@ -163,34 +170,25 @@ def _cells_geojson(cells_l0: np.ndarray) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-_CLASS_RGB = {"itc": (255, 200, 0), "micro": (255, 110, 0), "macro": (220, 0, 0)}
+#: Long side of ``heatmap.png`` (px): big enough to see, bounded whatever the slide's size.
+OVERLAY_LONG_PX = 1000
 
 
-def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict], band_rows: int = 256) -> Image.Image:
-    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class.
+def render_overlay(slide: Slide, heatmap: Heatmap, records: list[dict], threshold: float | None) -> Image.Image:
+    """``heatmap.png``: the slide at ≤ ``OVERLAY_LONG_PX`` px on its long side with the heatmap and the lesion
+    outlines in the report's and viewer's colours (:mod:`micromets.report.figures`), a scale bar, and a legend
+    strip below (colour bar with the ``threshold`` marked, class colours)."""
+    from micromets.report import figures
 
-    Blended ``band_rows`` thumbnail rows at a time, so the float temporaries do not grow with the slide.
-    """
-    rows, cols = tissue.rgb.shape[:2]
-    # heatmap cell of each thumbnail pixel centre
-    scale = tissue.mask_mpp / heatmap.cell_um
-    h_r = np.minimum(((np.arange(rows) + 0.5) * scale).astype(int), heatmap.h_prob.shape[0] - 1)
-    h_c = np.minimum(((np.arange(cols) + 0.5) * scale).astype(int), heatmap.h_prob.shape[1] - 1)
-    blended = np.empty_like(tissue.rgb)
-    for r0 in range(0, rows, band_rows):
-        prob = heatmap.h_prob[np.ix_(h_r[r0:r0 + band_rows], h_c)][..., None]
-        colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
-        alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
-        base = tissue.rgb[r0:r0 + band_rows].astype(np.float32)
-        blended[r0:r0 + band_rows] = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
-    image = Image.fromarray(blended)
-    draw = ImageDraw.Draw(image)
-    l0_to_px = tissue.l0_mpp / tissue.mask_mpp
-    for rec in records:
-        for ring in rec["l0_outline"]:
-            xy = [(x * l0_to_px, y * l0_to_px) for x, y in ring]
-            draw.line(xy + [xy[0]], fill=_CLASS_RGB.get(rec["class"], (0, 0, 0)), width=2)
-    return image
+    long_um = max(slide.l0_width, slide.l0_height) * slide.l0_mpp
+    k = max(1, math.ceil(long_um / OVERLAY_LONG_PX / slide.l0_mpp))  # level-0 px per picture px
+    rgb, img_mpp = slide.thumbnail(k * slide.l0_mpp)
+    rgb = figures.overlay_heatmap(rgb, img_mpp, heatmap.h_prob, heatmap.cell_um, heatmap.l0_origin, slide.l0_mpp)
+    rgb = figures.draw_outlines(rgb, [(r["l0_outline"], r["class"], f"#{r['id']}") for r in records], img_mpp,
+                                slide.l0_mpp)
+    rgb, _ = figures.draw_scale_bar(rgb, img_mpp)
+    legend = figures.legend_strip(rgb.shape[1], threshold)
+    return Image.fromarray(np.concatenate([rgb, legend], axis=0))
 
 
 def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image,
@@ -284,7 +282,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
-            outlines = heatmap_outlines_l0(heatmap, threshold)
+            outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             confirmed, unconfirmed = None, []
@@ -293,7 +291,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 keep = scores >= confirm_threshold
                 dropped = [m for m, k in zip(measures, keep) if not k]
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
-                                              [None] * len(dropped), scores[~keep])
+                                              [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
@@ -339,7 +337,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "software": {"micromets": __version__},
             "timing_s": timing,
         }
-        overlay = render_overlay(tissue, heatmap, records)
+        overlay = render_overlay(slide, heatmap, records, threshold)
         geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp)}
         if cells_xy is not None:
             geojson["cells.geojson"] = _cells_geojson(cells_xy)

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 
 @app.command("analyze")
@@ -59,7 +60,7 @@ def analyze(
                 console.print(f"micromets: error: {err}", soft_wrap=True, markup=False, highlight=False)
                 continue
             largest = result["largest_deposit_mm"]
-            size = f"largest {largest:.2f} mm" if largest is not None else "no deposit"
+            size = f"largest {format_mm(largest)}" if largest is not None else "no deposit"
             bar.update(task, description=f"{path.name}: {result['node_class']} ({size})")
     if failed:
         raise typer.Exit(code=MicrometsError.exit_code)

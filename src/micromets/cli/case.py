@@ -8,6 +8,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 
 def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode: str = "thorough") -> list[dict]:
@@ -29,7 +30,7 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
             console.print(f"micromets: error: {error}", soft_wrap=True, markup=False, highlight=False)
         else:
             size = result["largest_deposit_mm"]
-            size_text = f"largest {size:.2f} mm" if size is not None else "no deposit"
+            size_text = f"largest {format_mm(size)}" if size is not None else "no deposit"
             console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
 
     detector = Detector.load(model)

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 
 @app.command("measure")
@@ -27,7 +28,7 @@ def measure(
 
     Outlines closer than --gap-um are grouped into one lesion and measured on their original shapes. The
     largest diameter is the exact maximum Feret (caliper) diameter in mm, the area in mm². Class by AJCC 8:
-    ITC <= 0.2 mm, micrometastasis > 0.2 and <= 2.0 mm, macrometastasis > 2.0 mm (no lesion: negative).
+    ITC <= 0.2 mm, micrometastasis > 0.2 and <= 2.0 mm, macrometastasis > 2.0 mm (no lesion: negative, no size).
     Columns: slide, n_lesions, largest_diameter_mm, largest_area_mm2, node_class. Exclusion regions in the file
     are cut out; outlines without area are skipped and self-intersecting ones repaired, with a note on stderr.
     A file that cannot be read is reported in one line; the others are still measured and the exit code is 2.
@@ -65,8 +66,8 @@ def measure(
         rows.append({
             "slide": path.stem,
             "n_lesions": len(lesions),
-            "largest_diameter_mm": round(largest.diameter_mm, 4) if largest else 0.0,
-            "largest_area_mm2": round(largest.area_mm2, 4) if largest else 0.0,
+            "largest_diameter_mm": round(largest.diameter_mm, 6) if largest else None,
+            "largest_area_mm2": round(largest.area_mm2, 4) if largest else None,
             "node_class": largest_class,
         })
     if out is not None and rows:
@@ -77,8 +78,8 @@ def measure(
     table = Table("lesions", "largest diameter (mm)", "largest area (mm²)", "class (AJCC 8)")
     table.columns.insert(0, Column("slide", no_wrap=True))
     for row in rows:
-        table.add_row(row["slide"], str(row["n_lesions"]), f"{row['largest_diameter_mm']:.3f}",
-                      f"{row['largest_area_mm2']:.4f}", row["node_class"])
+        table.add_row(row["slide"], str(row["n_lesions"]), format_mm(row["largest_diameter_mm"], unit=False),
+                      "—" if row["largest_area_mm2"] is None else f"{row['largest_area_mm2']:.4f}", row["node_class"])
     Console().print(table)
     if failed:
         raise typer.Exit(code=MicrometsError.exit_code)

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 _LEVELS = ("slides", "worklist", "lesions", "nodes", "patients", "runs")
 _WORKLIST_COLUMNS = ("rank", "slide_id", "max_probability", "node_class", "largest_deposit_mm", "n_lesions", "path",
@@ -83,8 +84,8 @@ def results(
         for column in shown:
             table.add_column(column)
         for row in rows:
-            table.add_row(*("" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float)
-                            else str(row[c]) for c in shown))
+            table.add_row(*("" if row.get(c) is None else format_mm(row[c], unit=False) if c.endswith("_mm")
+                            else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown))
         if output:
             with open(output, "w") as fh:
                 Console(file=fh, width=200).print(table)

@@ -8,7 +8,8 @@ Contents, top to bottom: the patient's pN stage with the rule and the evidence t
 H&E / IHC / OSNA); per node its class, largest deposit (mm, maximum Feret diameter), tumour-cell count, number of
 deposits, OSNA CK19 copies/µL, a bar plot of deposit sizes against the AJCC 8 boundaries 0.2 mm and 2.0 mm
 (ITC <= 0.2 mm < micrometastasis <= 2.0 mm < macrometastasis); per slide a thumbnail with the heatmap and
-outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model card summary,
+outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model in plain words (what it
+trained on, its held-out result as counts and rates, its known failure modes: :func:`model_sentences`),
 software version, date, input file hashes and the research-use statement.
 """
 
@@ -20,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 import numpy as np
 
 from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
+from micromets.sizes import format_mm
 
 RESEARCH_USE = (
     "Research use only. micromets is not a medical device and has not been cleared or approved for clinical "
@@ -39,14 +42,23 @@ CROP_LONG_PX = 560
 CROP_MIN_SIDE_UM = 300.0
 #: Thumbnail labels: only the largest few lesions are labelled, so labels stay readable.
 MAX_THUMB_LABELS = 12
-#: Model-card metrics and split entries listed in the report (the rest are counted).
-MAX_CARD_ENTRIES = 15
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("micromets", "templates"),
     autoescape=jinja2.select_autoescape(["html", "j2"]),
     undefined=jinja2.StrictUndefined,
 )
+_TEMPLATES.filters["mm"] = format_mm
+
+
+def css_string(text) -> Markup:
+    """``text`` as a quoted CSS string (the PDF page footer): every character but letters, digits, space and
+    ``_-.,()`` is a CSS escape, so no patient id can end the string or the ``<style>`` element."""
+    body = "".join(c if c.isalnum() or c in " _-.,()" else f"\\{ord(c):x} " for c in str(text))
+    return Markup(f'"{body}"')
+
+
+_TEMPLATES.filters["css_string"] = css_string
 
 
 @dataclass
@@ -130,7 +142,7 @@ def _slide_pictures(view: SlideView, slide_dir: Path) -> None:
     crop, bar_um = figures.draw_scale_bar(crop, crop_mpp)
     view.crop_uri = figures.jpeg_data_uri(crop, quality=90)
     view.crop_caption = (
-        f"Largest deposit #{largest['id']} ({largest['class']}, {largest['diameter_mm']:.2f} mm); "
+        f"Largest deposit #{largest['id']} ({largest['class']}, {format_mm(largest['diameter_mm'])}); "
         f"{crop_mpp:.2f} µm/px, scale bar {figures.format_length_um(bar_um)}"
     )
 
@@ -173,21 +185,32 @@ def _model_card() -> dict | None:
         return None
 
 
-def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested card entries → ``[("heldout auc", "0.93"), …]`` (floats to 4 significant digits)."""
-    if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix} {k}".strip())]
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}[{i}]")]
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return [(prefix, text)]
+def model_sentences(card: dict) -> dict[str, str]:
+    """The model card in plain words for the report: ``trained_on``, ``held_out`` and ``failure_modes``.
 
-
-def _capped(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """At most ``MAX_CARD_ENTRIES`` card entries; the rest are counted, not listed (the card has them all)."""
-    if len(pairs) <= MAX_CARD_ENTRIES:
-        return pairs
-    return pairs[:MAX_CARD_ENTRIES] + [("…", f"{len(pairs) - MAX_CARD_ENTRIES} more entries in the model card")]
+    Read from the card's ``training_data``, ``metrics.held_out`` (AUC, confusion at the threshold) and
+    ``known_failure_modes`` (a list of sentences; a card without it says so)."""
+    data = card.get("training_data") or []
+    trained = "; ".join(d.get("name", "?") for d in data) or "not stated in the model card"
+    held = (card.get("metrics") or {}).get("held_out") or {}
+    conf = held.get("confusion") or {}
+    if conf and all(k in conf for k in ("tp", "fn", "fp", "tn")):
+        n_t, n_n = conf["tp"] + conf["fn"], conf["fp"] + conf["tn"]
+        held_text = (f"On {n_t} tumour and {n_n} normal patches it never trained on"
+                     f"{' (' + held['protocol'] + ')' if held.get('protocol') else ''}, it called "
+                     f"{conf['tp']} of {n_t} tumour patches tumour (sensitivity {conf['tp'] / n_t:.0%}) and "
+                     f"{conf['fp']} of {n_n} normal patches tumour (specificity {conf['tn'] / n_n:.0%}) at its "
+                     f"threshold {held.get('threshold', card.get('threshold', 0.5)):g}")
+        if held.get("auc") is not None:
+            held_text += f"; area under the ROC curve {held['auc']:.2f} (1.0 is perfect, 0.5 is chance)"
+        held_text += "."
+    else:
+        held_text = "The model card gives no held-out result."
+    failures = card.get("known_failure_modes") or []
+    failure_text = " ".join(failures) if failures else (
+        "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
+        "measured.")
+    return {"trained_on": trained, "held_out": held_text, "failure_modes": failure_text}
 
 
 def incomplete(case: dict, nodes: list[NodeView]) -> list[str]:
@@ -217,8 +240,7 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         nodes=nodes,
         results=results,
         card=card,
-        card_metrics=_capped(flatten(card.get("metrics", {}))) if card else [],
-        card_split=_capped(flatten(card.get("split", {}))) if card else [],
+        model_text=model_sentences(card) if card else None,
         software_version=__version__,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         research_use=RESEARCH_USE,

@@ -88,7 +88,7 @@ function draw() {
       const [lx, ly] = t.toEl(bbox[0], bbox[1]);
       const [rx, ry] = t.toEl(bbox[2], bbox[3]);
       if (!selected && Math.max(rx - lx, ry - ly) < LABEL_MIN_PX) continue; // label what can be seen
-      const label = `#${p.id} ${p.class} ${p.diameter_mm.toFixed(2)} mm`;
+      const label = `#${p.id} ${p.class} ${p.diameter_text}`;
       const box = [lx, ly - 18, lx + ctx.measureText(label).width, ly];
       if (!selected && placed.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
       placed.push(box);
@@ -229,14 +229,14 @@ function showSlideInfo(s) {
   $("node-class").style.background = classColour(s.node_class);
   $("slide-name").textContent = `${s.slide_id} (${s.stain === "ihc" ? "IHC" : "H&E"}, ${s.l0_mpp.toFixed(3)} µm/px)`;
   $("largest").textContent = s.largest_deposit_mm == null ? "no deposit"
-    : `largest deposit ${s.largest_deposit_mm.toFixed(2)} mm`;
+    : `largest deposit ${s.largest_deposit_text}`;
   const list = $("lesion-list");
   list.innerHTML = "";
   for (const les of s.lesions) {
     const li = document.createElement("li");
     li.dataset.id = les.id;
     li.innerHTML = `<span class="badge" style="background:${classColour(les.class)}">${les.class}</span> ` +
-      `#${les.id} ${les.diameter_mm.toFixed(2)} mm` + (les.n_cells != null ? `, ${les.n_cells} cells` : "");
+      `#${les.id} ${les.diameter_text}` + (les.n_cells != null ? `, ${les.n_cells} cells` : "");
     li.addEventListener("click", () => zoomToLesion(les));
     list.appendChild(li);
   }
