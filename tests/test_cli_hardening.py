@@ -164,6 +164,23 @@ def test_duplicates_are_errors_naming_both_lines(tmp_path, capsys):
     assert code == 2 and "node given twice in the header" in err
 
 
+def test_case_manifest_with_a_huge_header_is_refused_at_once(tmp_path, capsys):
+    """200,000 header columns ran over 2 minutes (a quadratic duplicate check; found by the CLI fuzz)."""
+    import time
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(",".join(["patient", "node", "slide_path"] + [f"c{i}" for i in range(200_000)]) + "\n")
+    start = time.monotonic()
+    code, _, err = cli(capsys, "case", manifest, "--out", tmp_path / "out")
+    assert time.monotonic() - start < 10
+    assert code == 2 and "unknown column(s) c0, c1" in err and "(200000 in all)" in err and len(err) < 300, err
+
+
+def test_case_mode_is_checked_with_the_options(tmp_path, capsys):
+    code, _, err = cli(capsys, "case", tmp_path / "missing.csv", "--out", tmp_path / "out", "--mode", "x")
+    assert code == 2 and "--mode 'x': choose camelyon17, ajcc8" in err, err
+
+
 def test_stage_reads_a_utf8_bom(tmp_path, capsys):
     nodes = tmp_path / "nodes.csv"
     nodes.write_bytes(b"\xef\xbb\xbfpatient,stage\npatient_100_node_0.tif,macro\n")

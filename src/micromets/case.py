@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,16 +63,18 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh, strict=True)  # strict: an unterminated quote is an error, not a long field
             columns = [c.strip() for c in (reader.fieldnames or [])]
-            twice = sorted({c for c in columns if columns.count(c) > 1})
+            twice = sorted(c for c, n in Counter(columns).items() if n > 1)  # linear: a header may be huge
             if twice:
                 raise MicrometsError(f"{path}:1: column(s) {', '.join(twice)} given twice in the header")
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
                 raise MicrometsError(f"{path}: missing column(s) {', '.join(missing)} "
                                      f"(expected {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
-            unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+            known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+            unknown = [c for c in columns if c not in known]
             if unknown:
-                raise MicrometsError(f"{path}: unknown column(s) {', '.join(unknown)} "
+                named = ", ".join(unknown[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
+                raise MicrometsError(f"{path}: unknown column(s) {named} "
                                      f"(expected {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
             reader.fieldnames = columns
             rows = list(reader)

@@ -85,6 +85,8 @@ def _l0_mpp(param: typer.CallbackParam, value):
 L0_MPP = _l0_mpp
 #: A stain: H&E or cytokeratin IHC.
 STAIN = one_of("he", "ihc")
+#: Staging rule of a patient (micromets.patient.MODES).
+STAGE_MODE = one_of("camelyon17", "ajcc8")
 #: Node classes (AJCC 8 / CAMELYON17 labels).
 NODE_CLASS = one_of(*NODE_CLASSES)
 
