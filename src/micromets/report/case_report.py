@@ -26,6 +26,7 @@ from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
+from micromets.review import review_state
 
 RESEARCH_USE = (
     "Research use only. micromets is not a medical device and has not been cleared or approved for clinical "
@@ -209,6 +210,7 @@ def render_report_html(patient_dir: str | Path) -> str:
         research_use=RESEARCH_USE,
         colour_scale_svg=figures.colour_scale_svg(threshold),
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
+        review=review_state(patient_dir),
     )
 
 
