@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import shutil
+import time
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from micromets.report import render_report_html
 from micromets import review
 from micromets.viewer import create_app
 from micromets.viewer.server import BackgroundServer
+from test_viewer import browser, _wait  # noqa: F401  (the real-Chromium fixture of the viewer tests)
 
 
 @pytest.fixture()
@@ -111,3 +113,63 @@ def test_an_accepted_candidate_counts_and_a_rejected_drawn_one_does_not(case_cop
         review.append(patient_dir, by | {"action": "reclassify", "slide": "node3", "finding": "lesion:1",
                                          "class": "negative"})
     assert len(review.read_log(patient_dir)) == 4
+
+
+@pytest.mark.browser
+def test_review_in_chromium_reject_draw_reclassify_sign_and_reload(case_copy, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from micromets.viewer.app import OSD_JS
+    if not OSD_JS.is_file():
+        pytest.skip("OpenSeadragon assets missing (make viewer-assets)")
+    shots = case_copy.parent / "shots"
+    shots.mkdir()
+    app = create_app(case_copy)
+    keys = {e.result["slide_id"]: k for k, e in app.state.catalog.slides.items()}
+    with BackgroundServer(app) as base:
+        browser.get(f"{base}/#slide={keys['node2']}&finding=lesion:1")  # a shared link to a lesion
+        _wait(browser, "return micromets.state.review !== null && micromets.state.selected === 'lesion:1';")
+        assert "lesion:1" in browser.find_element(By.ID, "selected-finding").text
+        browser.find_element(By.ID, "reviewer").send_keys("Dr Selenium")
+        browser.find_element(By.ID, "reject-btn").click()
+        _wait(browser, "return micromets.state.review.decided.pn_stage === 'pN0(i+)';")
+        # node 1: the unconfirmed candidate is listed; draw a missed deposit by clicking 4 vertices
+        browser.get(f"{base}/#slide={keys['node1']}")
+        _wait(browser, f"return micromets.state.key === '{keys['node1']}' && micromets.state.review !== null;")
+        time.sleep(1.0)
+        assert "candidate:1" in browser.find_element(By.ID, "lesion-list").text
+        browser.find_element(By.ID, "draw-toggle").click()
+        overlay = browser.find_element(By.ID, "overlay")
+        for dx, dy in ((-120, -60), (120, -60), (120, 60), (-120, 60)):
+            ActionChains(browser).move_to_element_with_offset(overlay, dx, dy).click().perform()
+        browser.find_element(By.ID, "draw-finish").click()
+        _wait(browser, "return micromets.state.review.decided.pn_stage === 'pN1mi';")
+        drawn = browser.execute_script("return micromets.state.review.events.at(-1);")
+        assert drawn["action"] == "draw" and drawn["class"] == "micro" and drawn["finding"] == "drawn:1"
+        browser.save_screenshot(str(shots / "review-viewer-drawn.png"))
+        # node 3: reclassify its deposit, then sign out
+        browser.get(f"{base}/#slide={keys['node3']}&finding=lesion:1")
+        _wait(browser, "return micromets.state.review !== null && micromets.state.selected === 'lesion:1';")
+        browser.execute_script("document.getElementById('reclass-select').value = 'micro';")
+        browser.find_element(By.ID, "reclass-btn").click()
+        _wait(browser, "return micromets.state.review.nodes[2].decided === 'micro';")
+        browser.find_element(By.ID, "sign-name").send_keys("Dr Selenium")
+        browser.find_element(By.ID, "sign-btn").click()
+        _wait(browser, "return micromets.state.review.frozen;")
+        assert browser.find_element(By.ID, "reject-btn").get_attribute("disabled")
+        browser.save_screenshot(str(shots / "review-viewer-signed.png"))
+    events = review.read_log(case_copy / "demo_patient")
+    assert [e["action"] for e in events] == ["reject", "draw", "reclassify", "sign"]
+    assert all(e["by"] == "Dr Selenium" for e in events)
+    # restart: a new server shows the same decided, frozen state; the report shows proposed vs decided
+    with BackgroundServer(create_app(case_copy)) as base:
+        browser.get(f"{base}/#slide={keys['node3']}")
+        _wait(browser, "return micromets.state.review !== null;")
+        assert "pN1mi (decided; proposed pN1mi)" in browser.find_element(By.ID, "pn-stage").text
+        assert browser.find_element(By.ID, "node-class").text == "micro"
+        assert "signed out by Dr Selenium" in browser.find_element(By.ID, "review-status").text
+        browser.get(f"{base}/api/cases/{app.state.catalog.cases[0]['case']}/report")
+        _wait(browser, "return document.getElementById('review-changes') !== null;")
+        text = browser.find_element(By.ID, "review").text
+        assert "reject slide node2 lesion:1" in text and "Signed out by Dr Selenium" in text
+        browser.save_screenshot(str(shots / "review-report.png"))

@@ -221,8 +221,10 @@ def review_state(patient_dir: str | Path) -> dict:
             "proposed": {"pn_stage": case.get("pn_stage"), "stage_reason": case.get("stage_reason")},
             "decided": {"pn_stage": decided["pn_stage"], "stage_reason": decided["stage_reason"]},
             "nodes": nodes, "findings": {s: [{k: v for k, v in r.items() if k != "lesion"}
-                                             | {"diameter_mm": r["lesion"]["diameter_mm"],
-                                                "l0_outline": r["lesion"]["l0_outline"]} for r in rows]
+                                             | {k: r["lesion"].get(k) for k in ("diameter_mm", "l0_outline",
+                                                                                  "max_probability",
+                                                                                  "confirmed_probability",
+                                                                                  "n_cells")} for r in rows]
                                          for s, rows in findings.items()},
             "events": events, "signed": sign, "frozen": sign is not None}
 
