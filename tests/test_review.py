@@ -69,11 +69,12 @@ def test_review_flow_changes_the_stage_logs_every_step_survives_a_restart_and_fr
         signed = _post(base, case, {"action": "sign", "by": "Dr Test"}).json()["state"]
         assert signed["frozen"] and signed["signed"]["by"] == "Dr Test"
         assert _post(base, case, dr | {"action": "accept", "slide": "node2", "finding": "lesion:1"}).status_code == 409
+        assert 'id="signed-by">Dr Test' in (patient_dir / "report.html").read_text()  # written at sign-out
     lines = (patient_dir / "review.jsonl").read_text().splitlines()
     events = [json.loads(line) for line in lines]
     assert [e["action"] for e in events] == ["reject", "draw", "reclassify", "ruler", "comment", "sign"]
     assert [e["seq"] for e in events] == list(range(1, 7)) and all(e["by"] == "Dr Test" and e["at"] for e in events)
-    # the viewer wrote nothing but the log: results and case untouched
+    # the viewer wrote nothing but the log and the signed report: results and case untouched
     assert {p: p.stat().st_mtime_ns for p in patient_dir.rglob("result.json")} == slides_before
     assert json.loads((patient_dir / "case.json").read_text()) == proposed
     # a restart (a new application over the same folder) shows the same state

@@ -15,7 +15,8 @@ Routes (``KEY`` is a catalogue key, see :mod:`micromets.viewer.catalog`; nothing
   ``review.jsonl`` (409 once signed out, 400 for a bad decision; only ``application/json`` from this origin,
   so another web site cannot post); ``GET /api/cases/CASE/review.csv`` and
   ``GET /api/cases/CASE/review/SLIDE_ID.geojson`` export the decisions (QuPath reads the GeoJSON);
-  ``GET /api/cases/CASE/report`` renders the case report with the review. Nothing but ``review.jsonl`` is written.
+  ``GET /api/cases/CASE/report`` renders the case report with the review. Nothing but ``review.jsonl`` and, at
+  sign-out, ``report.html`` / ``report.pdf`` of the case is written; slides are only read.
 - ``GET /dzi/KEY/slide.dzi`` and ``GET /dzi/KEY/slide_files/LEVEL/COL_ROW.jpeg`` — Deep Zoom descriptor and tiles.
 
 Unknown keys, tiles outside the pyramid and any path outside ``static/`` answer 404. Handlers are plain
@@ -155,6 +156,10 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None) -
             record = review.append(path, event)
         except MicrometsError as err:
             raise HTTPException(status_code=409 if "frozen" in str(err) else 400, detail=str(err)) from None
+        if record["action"] == "sign":  # the signed report: report.html (+ PDF) beside case.json
+            from micromets.report import write_report
+
+            write_report(path)
         return JSONResponse({"event": record, "state": review.review_state(path)})
 
     @app.get("/api/cases/{case_key}/review.csv")
