@@ -151,9 +151,15 @@ def test_review_in_chromium_reject_draw_reclassify_sign_and_reload(case_copy, br
         # node 3: reclassify its deposit, then sign out
         browser.get(f"{base}/#slide={keys['node3']}&finding=lesion:1")
         _wait(browser, "return micromets.state.review !== null && micromets.state.selected === 'lesion:1';")
+        time.sleep(1.0)
+        browser.execute_script("micromets.state.selected = null; history.replaceState(null, '', '#slide=' +"
+                               " micromets.state.key);")
+        ActionChains(browser).move_to_element(browser.find_element(By.ID, "viewer")).click().perform()
+        _wait(browser, "return micromets.state.selected === 'lesion:1' && location.hash.includes('finding=lesion');")
         browser.execute_script("document.getElementById('reclass-select').value = 'micro';")
         browser.find_element(By.ID, "reclass-btn").click()
         _wait(browser, "return micromets.state.review.nodes[2].decided === 'micro';")
+        assert "micro" in browser.find_element(By.ID, "selected-finding").text
         browser.find_element(By.ID, "sign-name").send_keys("Dr Selenium")
         browser.find_element(By.ID, "sign-btn").click()
         _wait(browser, "return micromets.state.review.frozen;")

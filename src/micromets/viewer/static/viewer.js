@@ -273,7 +273,10 @@ function renderFindings() {
       (f.n_cells != null ? `, ${f.n_cells} cells` : "") +
       (f.decision ? ` <i>(${f.decision}${f.by ? " by " + f.by : ""}; proposed ${f.proposed ?? "—"})</i>` : "");
     li.addEventListener("click", () => zoomToLesion(f));
-    if (f.id === state.selected) li.classList.add("selected");
+    if (f.id === state.selected) {
+      li.classList.add("selected");
+      $("selected-finding").textContent = `selected ${f.id} (${f.class}, ${f.diameter_mm.toFixed(3)} mm)`;
+    }
     list.appendChild(li);
   }
   if (!found.length) list.innerHTML = "<li>no deposits detected</li>";
@@ -361,7 +364,6 @@ function inRing(x, y, ring) {
 }
 viewer.addHandler("canvas-click", (ev) => {
   if (!ev.quick || !state.slide || state.rulerMode || state.drawMode) return;
-  const r = overlay.getBoundingClientRect();
   const [x, y] = transform().toL0(ev.position.x, ev.position.y);
   const hit = findingsOfSlide().filter((f) => f.l0_outline.some((ring) => inRing(x, y, ring)))
     .sort((a, b) => a.diameter_mm - b.diameter_mm)[0];
