@@ -62,7 +62,8 @@ def test_review_flow_changes_the_stage_logs_every_step_survives_a_restart_and_fr
         assert _post(base, case, {"action": "reject", "slide": "node2", "finding": "lesion:1"}).status_code == 400
         assert _post(base, case, dr | {"action": "draw", "slide": "node1",
                                        "l0_outline": [[[0, 0], [10, 0], [99999, 5]]]}).status_code == 400
-        assert httpx.post(f"{base}/api/cases/{case}/review", content=json.dumps(dr | {"action": "comment", "text": "x"}),
+        as_text = json.dumps(dr | {"action": "comment", "text": "x"})
+        assert httpx.post(f"{base}/api/cases/{case}/review", content=as_text,
                           headers={"content-type": "text/plain"}).status_code == 403
         assert _post(base, case, dr | {"action": "comment", "text": "x"},
                      headers={"origin": "http://evil.example"}).status_code == 403

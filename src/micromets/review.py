@@ -100,7 +100,7 @@ def measure_drawn(ring_l0: list, result: dict, n_cells: int | None = None) -> di
             "class": node_class(m.diameter_mm, n_cells)}
 
 
-def validate(event: dict, patient_dir: Path, case: dict, results: dict[str, dict], events: list[dict]) -> dict:
+def validate(event: dict, results: dict[str, dict], events: list[dict]) -> dict:
     """The event to append, checked against the case (raises :class:`MicrometsError` with the reason)."""
     if any(e["action"] == "sign" for e in events):
         raise MicrometsError("the case is signed out and frozen: no further changes")
@@ -151,7 +151,7 @@ def append(patient_dir: str | Path, event: dict) -> dict:
     with _LOCK:
         events = read_log(patient_dir)
         record = {"seq": len(events) + 1, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        record |= validate(event, patient_dir, case, results, events)
+        record |= validate(event, results, events)
         with open(patient_dir / LOG_NAME, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
