@@ -26,7 +26,11 @@ def view(
     heatmap (probability 0–1) as a layer with on/off and opacity; lesion outlines coloured by class (ITC
     <= 0.2 mm, micrometastasis > 0.2 and <= 2.0 mm, macrometastasis > 2.0 mm) and labelled with their maximum
     Feret diameter in mm; a list of deposits sorted by size that zooms to each; a ruler reading µm/mm and a scale
-    bar. Only slides named by a result.json under RESULTS_DIR are served. Research use only.
+    bar. Review: accept, reject or reclassify each finding (lesions and unconfirmed candidates), draw a missed
+    deposit, save a ruler, comment and sign out; each decision is appended with who and when to
+    <patient>/review.jsonl, the node classes and pN stage are recomputed from them, and the report shows proposed
+    vs decided. Slides are never written. Only slides named by a result.json under RESULTS_DIR are served.
+    Research use only.
     """
     import socket
 

@@ -28,6 +28,7 @@ from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
+from micromets.review import review_state
 from micromets.sizes import format_mm
 
 RESEARCH_USE = (
@@ -233,6 +234,10 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
     results = [s.result for n in nodes for s in n.slides if s.result is not None]
     threshold = results[0]["threshold"] if results else None
     card = _model_card()
+    try:
+        review = review_state(patient_dir)
+    except MicrometsError:  # a slide result unreadable now (listed in problems): the rest is still reported
+        review = None
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
         case=case,
@@ -246,6 +251,7 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         research_use=RESEARCH_USE,
         colour_scale_svg=figures.colour_scale_svg(threshold),
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
+        review=review,
     ), problems
 
 

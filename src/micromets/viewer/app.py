@@ -10,6 +10,13 @@ Routes (``KEY`` is a catalogue key, see :mod:`micromets.viewer.catalog`; nothing
   on request as ``micromets analyze`` counts them, see :mod:`micromets.viewer.cells`);
 - ``GET /api/slides/KEY/heatmap.png`` — the heatmap, one RGBA pixel per cell, placed by the front end at the
   cell grid's level-0 origin and size (``cell_um / l0_mpp`` level-0 px per cell);
+- ``GET /api/cases/CASE/review`` — proposed and decided case, findings, audit log and sign-out
+  (:mod:`micromets.review`); ``POST`` the same URL with one decision (JSON) to append it to the case's
+  ``review.jsonl`` (409 once signed out, 400 for a bad decision; only ``application/json`` from this origin,
+  so another web site cannot post); ``GET /api/cases/CASE/review.csv`` and
+  ``GET /api/cases/CASE/review/SLIDE_ID.geojson`` export the decisions (QuPath reads the GeoJSON);
+  ``GET /api/cases/CASE/report`` renders the case report with the review. Nothing but ``review.jsonl`` and, at
+  sign-out, ``report.html`` / ``report.pdf`` of the case is written; slides are only read.
 - ``GET /dzi/KEY/slide.dzi`` and ``GET /dzi/KEY/slide_files/LEVEL/COL_ROW.jpeg`` — Deep Zoom descriptor and tiles.
 
 Unknown keys, tiles outside the pyramid and any path outside ``static/`` answer 404; a file named by a
@@ -30,12 +37,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from micromets import review
+from micromets.errors import MicrometsError
 from micromets.report.figures import CLASS_COLOURS, heatmap_rgba, prob_colours
 from micromets.viewer.catalog import Catalog, SlideEntry, build_catalog, lesions_geojson, slide_summary
 from micromets.errors import MicrometsError
@@ -175,6 +184,56 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None,
         if data is None:
             raise HTTPException(status_code=404, detail="heatmap file unreadable")
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    def case_dir(case_key: str) -> Path:
+        path = catalog.case_dirs.get(case_key)
+        if path is None:
+            raise HTTPException(status_code=404, detail="no such case in this results directory")
+        return path
+
+    @app.get("/api/cases/{case_key}/review")
+    def api_review(case_key: str) -> JSONResponse:
+        return JSONResponse(review.review_state(case_dir(case_key)))
+
+    @app.post("/api/cases/{case_key}/review")
+    async def api_decide(case_key: str, request: Request) -> JSONResponse:
+        path = case_dir(case_key)
+        origin = request.headers.get("origin")
+        if request.headers.get("content-type", "").split(";")[0] != "application/json" or (
+                origin is not None and origin.split("://")[-1] != request.headers.get("host")):
+            raise HTTPException(status_code=403, detail="decisions are accepted as JSON from the viewer only")
+        try:
+            event = await request.json()
+        except ValueError:
+            raise HTTPException(status_code=400, detail="not JSON") from None
+        if not isinstance(event, dict):
+            raise HTTPException(status_code=400, detail="a decision is a JSON object")
+        try:
+            record = review.append(path, event)
+        except MicrometsError as err:
+            raise HTTPException(status_code=409 if "frozen" in str(err) else 400, detail=str(err)) from None
+        if record["action"] == "sign":  # the signed report: report.html (+ PDF) beside case.json
+            from micromets.report import write_report
+
+            write_report(path)
+        return JSONResponse({"event": record, "state": review.review_state(path)})
+
+    @app.get("/api/cases/{case_key}/review.csv")
+    def api_review_csv(case_key: str) -> Response:
+        return Response(review.export_csv(review.review_state(case_dir(case_key))), media_type="text/csv")
+
+    @app.get("/api/cases/{case_key}/review/{slide_id}.geojson")
+    def api_review_geojson(case_key: str, slide_id: str) -> JSONResponse:
+        state = review.review_state(case_dir(case_key))
+        if slide_id not in state["findings"]:
+            raise HTTPException(status_code=404, detail="no such slide in this case")
+        return JSONResponse(review.export_geojson(state, slide_id), media_type="application/geo+json")
+
+    @app.get("/api/cases/{case_key}/report")
+    def api_report(case_key: str) -> HTMLResponse:
+        from micromets.report import render_report_html
+
+        return HTMLResponse(render_report_html(case_dir(case_key)))
 
     @app.get("/dzi/{key}/slide.dzi")
     def dzi(key: str) -> Response:

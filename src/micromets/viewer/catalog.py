@@ -44,6 +44,8 @@ class Catalog:
     root: Path
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     cases: list[dict] = field(default_factory=list)
+    #: case key (``case`` of each case dict) → the patient folder holding its case.json (and review.jsonl)
+    case_dirs: dict[str, Path] = field(default_factory=dict)
 
 
 def _load(path: Path, schema: str) -> dict | None:
@@ -100,12 +102,15 @@ def build_catalog(results_dir: str | Path) -> Catalog:
             in_case.update(keys)
             nodes.append({**{k: node.get(k) for k in ("node", "node_class", "decided_by", "largest_deposit_mm",
                                                       "osna_copies_per_ul")}, "slides": keys})
+        case_key = _key_for(path.parent.relative_to(root), set(catalog.case_dirs))
+        catalog.case_dirs[case_key] = path.parent
         catalog.cases.append({k: case.get(k) for k in ("patient", "pn_stage", "stage_mode", "stage_reason")}
-                             | {"nodes": nodes})
+                             | {"nodes": nodes, "case": case_key})
     loose = [key for key in catalog.slides if key not in in_case]
     if loose:
         catalog.cases.append({
-            "patient": None, "pn_stage": None, "stage_mode": None, "stage_reason": "slides analysed on their own",
+            "patient": None, "case": None, "pn_stage": None, "stage_mode": None,
+            "stage_reason": "slides analysed on their own",
             "nodes": [{"node": None, "node_class": catalog.slides[k].result.get("node_class"), "decided_by": None,
                        "largest_deposit_mm": catalog.slides[k].result.get("largest_deposit_mm"),
                        "osna_copies_per_ul": None, "slides": [k]} for k in loose],
