@@ -33,6 +33,7 @@ import shapely
 from micromets.errors import MicrometsError
 from micromets.rules import NODE_CLASSES, node_class_rank
 from micromets.rules.ajcc8 import node_class
+from micromets.sizes import format_mm
 
 LOG_NAME = "review.jsonl"
 ACTIONS = ("accept", "reject", "reclassify", "draw", "ruler", "comment", "sign")
@@ -224,7 +225,9 @@ def review_state(patient_dir: str | Path) -> dict:
                                              | {k: r["lesion"].get(k) for k in ("diameter_mm", "l0_outline",
                                                                                   "max_probability",
                                                                                   "confirmed_probability",
-                                                                                  "n_cells")} for r in rows]
+                                                                                  "n_cells")}
+                                             | {"diameter_text": format_mm(r["lesion"].get("diameter_mm"))}
+                                             for r in rows]
                                          for s, rows in findings.items()},
             "events": events, "signed": sign, "frozen": sign is not None}
 

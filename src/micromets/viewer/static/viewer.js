@@ -213,7 +213,7 @@ overlay.addEventListener("pointerup", () => { if (state.ruler) state.ruler.dragg
 
 function zoomToLesion(lesion) {
   state.selected = lesion.id;
-  $("selected-finding").textContent = `selected ${lesion.id} (${lesion.class}, ${lesion.diameter_mm.toFixed(3)} mm)`;
+  $("selected-finding").textContent = `selected ${lesion.id} (${lesion.class}, ${lesion.diameter_text})`;
   history.replaceState(null, "", `#slide=${encodeURIComponent(state.key)}&finding=${encodeURIComponent(lesion.id)}`);
   document.querySelectorAll("#lesion-list li").forEach((li) =>
     li.classList.toggle("selected", li.dataset.id === String(lesion.id)));
@@ -247,7 +247,7 @@ function findingsOfSlide() {
       const pts = f.l0_outline.flat();
       const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
       return { id: f.finding, class: f.decided, proposed: f.proposed, decision: f.decision, by: f.by,
-               diameter_mm: f.diameter_mm, max_probability: f.max_probability,
+               diameter_mm: f.diameter_mm, diameter_text: f.diameter_text, max_probability: f.max_probability,
                confirmed_probability: f.confirmed_probability, n_cells: f.n_cells, l0_outline: f.l0_outline,
                l0_bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
     });
@@ -260,7 +260,7 @@ function renderFindings() {
   list.innerHTML = "";
   const found = findingsOfSlide().sort((a, b) => b.diameter_mm - a.diameter_mm);
   if (state.review) {
-    state.features = found.map((f) => ({ properties: { id: f.id, class: f.class, diameter_mm: f.diameter_mm },
+    state.features = found.map((f) => ({ properties: { id: f.id, class: f.class, diameter_mm: f.diameter_mm, diameter_text: f.diameter_text },
       geometry: { coordinates: f.l0_outline.map((ring) => [ring]) }, bbox: f.l0_bbox }));
   }
   const p2 = (v) => (v == null ? "—" : v.toFixed(2));
@@ -269,13 +269,13 @@ function renderFindings() {
     li.dataset.id = f.id;
     li.className = f.class === "rejected" ? "rejected" : "";
     li.innerHTML = `<span class="badge" style="background:${classColour(f.class)}">${f.class}</span> ` +
-      `${f.id} ${f.diameter_mm.toFixed(3)} mm, p ${p2(f.max_probability)}, confirmed p ${p2(f.confirmed_probability)}` +
+      `${f.id} ${f.diameter_text}, p ${p2(f.max_probability)}, confirmed p ${p2(f.confirmed_probability)}` +
       (f.n_cells != null ? `, ${f.n_cells} cells` : "") +
       (f.decision ? ` <i>(${f.decision}${f.by ? " by " + f.by : ""}; proposed ${f.proposed ?? "—"})</i>` : "");
     li.addEventListener("click", () => zoomToLesion(f));
     if (f.id === state.selected) {
       li.classList.add("selected");
-      $("selected-finding").textContent = `selected ${f.id} (${f.class}, ${f.diameter_mm.toFixed(3)} mm)`;
+      $("selected-finding").textContent = `selected ${f.id} (${f.class}, ${f.diameter_text})`;
     }
     list.appendChild(li);
   }
