@@ -161,3 +161,27 @@ def test_forty_concurrent_requests_for_one_cell_layer_compute_it_once(demo_outpu
     assert len({body for _, body in bodies}) == 1
     assert app.state.cells.computed == 1
     assert json.loads(bodies[0][1])["properties"]["n_cells"] > 0
+
+
+def test_review_api_answers_only_named_hosts_and_never_writes_through_a_link(demo_output, tmp_path):
+    """The review endpoints (issue 15b) sit behind the same Host check, and an audit log that is a link out of
+    the results folder is neither read nor appended to."""
+    import shutil
+
+    root = tmp_path / "out"
+    shutil.copytree(demo_output, root)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text("")
+    app = create_app(root)
+    (case,) = app.state.catalog.case_dirs
+    event = json.dumps({"by": "Dr Test", "action": "comment", "slide": "node1", "text": "x"})
+    with BackgroundServer(app) as base_url:
+        assert _get(base_url, f"/api/cases/{case}/review", "evil.com")[0] == 400
+        assert _get(base_url, f"/api/cases/{case}/review", "127.0.0.1")[0] == 200
+        (root / case / "review.jsonl").symlink_to(outside)
+        for path in (f"/api/cases/{case}/review", f"/api/cases/{case}/review.csv", f"/api/cases/{case}/report"):
+            assert _get(base_url, path, "127.0.0.1")[0] == 404, path
+        resp = httpx.post(f"{base_url}/api/cases/{case}/review", content=event, timeout=60,
+                          headers={"Content-Type": "application/json"})
+        assert resp.status_code == 404
+    assert outside.read_text() == ""

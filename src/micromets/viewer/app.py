@@ -186,9 +186,18 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None,
         return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     def case_dir(case_key: str) -> Path:
+        """The patient folder of ``case_key``; 404 unless it and its audit log resolve inside the results folder
+        (a link placed there must not make the review read or append to a file elsewhere)."""
         path = catalog.case_dirs.get(case_key)
         if path is None:
             raise HTTPException(status_code=404, detail="no such case in this results directory")
+        for inside in (path, path / review.LOG_NAME):
+            try:
+                real = inside.resolve()
+            except (OSError, RuntimeError):
+                real = None
+            if real is None or not real.is_relative_to(catalog.root) or (inside != path and inside.is_dir()):
+                raise HTTPException(status_code=404, detail="no such case in this results directory")
         return path
 
     @app.get("/api/cases/{case_key}/review")
