@@ -1,8 +1,9 @@
 """The one-slide job: slide → tissue → (H&E heatmap | IHC cells) → lesions → measurements → node class.
 
-:func:`analyze_slide` writes ``out_dir/<slide_id>/`` with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and
-``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result dict. The folder appears whole or not at
-all: it is written under a temporary name and renamed into place.
+:func:`analyze_slide` writes ``out_dir/<slide_id>/`` with ``result.json``, ``heatmap.npy``, ``heatmap.tif`` (the
+heatmap as a pyramidal TIFF aligned to the slide, `micromets.overlay`), ``heatmap.png`` and ``lesions.geojson``
+(schemas in docs/DESIGN.md) and returns the result dict. The folder appears whole or not at all: it is written
+under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from micromets.annotations import geojson_dict
 from micromets.heatmap import Heatmap
 from micromets.lesions import heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
+from micromets.overlay import write_heatmap_tiff
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
 from micromets.slide import Slide, open_slide
@@ -201,6 +203,8 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; results are for the user's group and the viewer too
         np.save(tmp / "heatmap.npy", heatmap.h_prob)
+        result["heatmap"]["tiff"] = write_heatmap_tiff(tmp / "heatmap.tif", heatmap, result["l0_width"],
+                                                       result["l0_height"])
         overlay.save(tmp / "heatmap.png")
         for name, collection in geojson.items():
             (tmp / name).write_text(json.dumps(collection))
