@@ -1,9 +1,9 @@
 """The one-slide job: slide → tissue → (H&E heatmap | IHC cells) → lesions → measurements → node class.
 
 :func:`analyze_slide` writes ``out_dir/<slide_id>/`` (or the folder it is given, see :mod:`micromets.folders`)
-with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and ``lesions.geojson`` (schemas in docs/DESIGN.md) and
-returns the result dict. The folder appears whole or not at all: it is written under a temporary name and renamed
-into place.
+with ``result.json``, ``heatmap.npy``, ``heatmap.tif`` (the heatmap as a pyramidal TIFF aligned to the slide,
+`micromets.overlay`), ``heatmap.png`` and ``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result
+dict. The folder appears whole or not at all: it is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from PIL import Image
 
 from micromets import __version__, normalise
 from micromets.errors import MicrometsError
-from micromets.annotations import geojson_dict
+from micromets.annotations import geojson_dict, write_asap_xml
 from micromets.heatmap import Heatmap
 from micromets.lesions import drop_specks, heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
+from micromets.overlay import write_heatmap_tiff
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
 from micromets.slide import Slide, open_slide
@@ -155,11 +156,28 @@ def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[Lesion
     return max_value_inside(scores, geoms)
 
 
-def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float) -> dict:
-    """QuPath-compatible FeatureCollection of the lesions (level-0 px), classified by size class."""
-    props = [{**{k: v for k, v in rec.items() if k != "l0_outline"}, "l0_mpp": l0_mpp,
-              "classification": {"name": f"Tumour ({rec['class']})"}} for rec in records]
-    return geojson_dict([m.geometry_l0 for m in measures], props)
+CANDIDATE_CLASS = "Candidate (unconfirmed)"
+
+
+def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float,
+                     candidates: list[LesionMeasure] = (), candidate_records: list[dict] = ()) -> dict:
+    """QuPath-compatible FeatureCollection (level-0 px; QuPath annotations, objectType "annotation"): the lesions,
+    classified by size class, with ``"confirmed": true``, then the candidates that failed the confirmation,
+    classified ``Candidate (unconfirmed)``, with ``"confirmed": false``."""
+    props = [{**{k: v for k, v in rec.items() if k != "l0_outline"}, "l0_mpp": l0_mpp, "confirmed": ok,
+              "classification": {"name": f"Tumour ({rec['class']})" if ok else CANDIDATE_CLASS}}
+             for recs, ok in ((records, True), (candidate_records, False)) for rec in recs]
+    return geojson_dict([m.geometry_l0 for m in [*measures, *candidates]], props)
+
+
+def _lesions_asap_xml(path: Path, collection: dict) -> None:
+    """The lesions of ``collection`` (:func:`_lesions_geojson`) as ASAP XML: group ``Tumor`` for the confirmed
+    lesions, ``Candidate`` for the unconfirmed ones, named ``lesion <id>`` and ``candidate <id>``."""
+    features = collection["features"]
+    write_asap_xml(path, [shapely.geometry.shape(f["geometry"]) for f in features],
+                   names=[f"{'lesion' if f['properties']['confirmed'] else 'candidate'} {f['properties']['id']}"
+                          for f in features],
+                   groups=["Tumor" if f["properties"]["confirmed"] else "Candidate" for f in features])
 
 
 def _cells_geojson(cells_l0: np.ndarray) -> dict:
@@ -200,9 +218,12 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; results are for the user's group and the viewer too
         np.save(tmp / "heatmap.npy", heatmap.h_prob)
+        result["heatmap"]["tiff"] = write_heatmap_tiff(tmp / "heatmap.tif", heatmap, result["l0_width"],
+                                                       result["l0_height"])
         overlay.save(tmp / "heatmap.png")
         for name, collection in geojson.items():
             (tmp / name).write_text(json.dumps(collection))
+        _lesions_asap_xml(tmp / "lesions.xml", geojson["lesions.geojson"])
         (tmp / "result.json").write_text(json.dumps(result, indent=1))
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".old", dir=out_dir))
@@ -285,7 +306,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
-            confirmed, unconfirmed = None, []
+            confirmed, unconfirmed, dropped = None, [], []
             if confirm_threshold > 0 and measures:
                 scores = confirmation(slide, detector, heatmap, measures)
                 keep = scores >= confirm_threshold
@@ -305,7 +326,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             heatmap = findings.heatmap
             post_start = time.perf_counter()
             threshold = seed_threshold = confirm_threshold = confirmed = None
-            unconfirmed = []
+            unconfirmed, dropped = [], []
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
@@ -338,7 +359,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "timing_s": timing,
         }
         overlay = render_overlay(slide, heatmap, records, threshold)
-        geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp)}
+        geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp, dropped, unconfirmed)}
         if cells_xy is not None:
             geojson["cells.geojson"] = _cells_geojson(cells_xy)
             result["n_cells_total"] = int(len(cells_xy))

@@ -65,10 +65,15 @@ def case(
         raise typer.Exit(code=2)
 
 
+# The demo case is package data, so `micromets demo` runs from any folder and from an installed wheel.
+DEMO_CASE = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder."),
-    case_dir: Path = typer.Option(Path("demo"), "--case", help="Folder with manifest.csv and expected.json."),
+    case_dir: Path = typer.Option(DEMO_CASE, "--case", help="Folder with manifest.csv and expected.json "
+                                  "(default: the demo case installed with micromets)."),
 ) -> None:
     """Run the bundled demo case (three nodes of one patient) and compare the result with the known truth.
 
