@@ -98,4 +98,6 @@ def test_ids_stay_unique_when_many_candidates_fail_the_confirmation(tmp_path):
     assert len(result["lesions"]) >= 1 and len(result["unconfirmed_lesions"]) >= 2
     assert ids == list(range(1, len(ids) + 1))
     geo = json.loads((tmp_path / "node2" / "lesions.geojson").read_text())
-    assert [f["properties"]["id"] for f in geo["features"]] == [r["id"] for r in result["lesions"]]
+    # lesions.geojson lists the lesions, then the unconfirmed candidates (issue 17), each with its unique id
+    assert [(f["properties"]["id"], f["properties"]["confirmed"]) for f in geo["features"]] == (
+        [(r["id"], True) for r in result["lesions"]] + [(r["id"], False) for r in result["unconfirmed_lesions"]])
