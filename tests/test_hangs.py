@@ -121,3 +121,16 @@ def test_evaluate_camelyon16_refuses_a_reference_beyond_any_slide(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in stderr, stderr
     assert "tumor_001.json" in stderr and "80 mm" in stderr
     assert peak < 1.0e9
+
+
+@pytest.mark.parametrize("args", [
+    ["stage", "FIFO"], ["evaluate", "camelyon17", "FIFO", "FIFO"], ["case", "FIFO", "--out", "OUT"],
+    ["results", "--db", "FIFO"], ["threshold", "--db", "FIFO", "--labels", "FIFO"],
+])
+def test_csv_and_store_inputs_refuse_a_fifo_instead_of_blocking(args, tmp_path):
+    """stage, evaluate camelyon17 and threshold waited forever for a writer on a FIFO (found by the CLI fuzz)."""
+    path = tmp_path / "input.csv"
+    os.mkfifo(path)
+    done = _micromets(*[{"FIFO": str(path), "OUT": str(tmp_path / "out")}.get(a, a) for a in args], timeout_s=60)
+    _one_line_exit_2(done, "not a regular file", "FIFO")
+    assert not (tmp_path / "out").exists()

@@ -47,7 +47,7 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
 
 @app.command("case")
 def case(
-    manifest: Path = typer.Argument(..., help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
+    manifest: Path = typer.Argument(..., callback=validate.IN_FILE, help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
     mode: str = typer.Option("camelyon17", "--mode", callback=validate.STAGE_MODE, help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),

@@ -50,8 +50,8 @@ def camelyon16(
 
 @evaluate_app.command("camelyon17")
 def camelyon17(
-    submission: Path = typer.Argument(..., help="Submission CSV 'patient,stage' (patient_NNN.zip rows; node rows optional)."),
-    reference: Path = typer.Argument(..., help="Reference CSV in the stage_labels.csv format."),
+    submission: Path = typer.Argument(..., callback=validate.IN_FILE, help="Submission CSV 'patient,stage' (patient_NNN.zip rows; node rows optional)."),
+    reference: Path = typer.Argument(..., callback=validate.IN_FILE, help="Reference CSV in the stage_labels.csv format."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="Write the result (kappa, confusion) as JSON."),
 ) -> None:
     """Quadratic-weighted Cohen's kappa over pN0, pN0(i+), pN1mi, pN1, pN2 (the CAMELYON17 score)."""

@@ -26,7 +26,7 @@ _TABLE_COLUMNS = {
 
 @app.command("results")
 def results(
-    db: str = typer.Option(..., "--db", help="Results store written by `micromets batch` (SQLite file)."),
+    db: str = typer.Option(..., "--db", callback=validate.IN_FILE, help="Results store written by `micromets batch` (SQLite file)."),
     level: str = typer.Option("slides", "--level", help="slides | worklist (done slides, most suspicious first, "
                                                         "ranked) | lesions | nodes | patients | runs."),
     fmt: str = typer.Option("table", "--format", help="table | csv | json."),

@@ -12,7 +12,7 @@ from micromets.cli.app import app
 @app.command("stage")
 def stage(
     nodes_csv: Path = typer.Argument(
-        ..., help="CSV in the CAMELYON17 stage_labels.csv format: rows 'patient_NNN_node_K.tif,<class>' with class "
+        ..., callback=validate.IN_FILE, help="CSV in the CAMELYON17 stage_labels.csv format: rows 'patient_NNN_node_K.tif,<class>' with class "
         "negative|itc|micro|macro; patient rows (patient_NNN.zip) are ignored."
     ),
     mode: str = typer.Option(

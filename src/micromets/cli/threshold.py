@@ -10,8 +10,8 @@ from micromets.cli.app import app
 
 @app.command("threshold")
 def threshold(
-    db: str = typer.Option(..., "--db", help="Results store of a batch over the validation slides."),
-    labels: Path = typer.Option(..., "--labels", help="CSV slide,label (slide = file name or id; label negative/"
+    db: str = typer.Option(..., "--db", callback=validate.IN_FILE, help="Results store of a batch over the validation slides."),
+    labels: Path = typer.Option(..., "--labels", callback=validate.IN_FILE, help="CSV slide,label (slide = file name or id; label negative/"
                                                       "normal/0 or itc/micro/macro/tumour/1; CAMELYON17 "
                                                       "stage_labels files work as they are)."),
     target_sensitivity: float = typer.Option(1.0, "--target-sensitivity", callback=validate.in_range(0, 1, low_open=True), help="Share of positive slides that must "

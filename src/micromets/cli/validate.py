@@ -23,7 +23,7 @@ from micromets.rules import NODE_CLASSES
 def option_name(param: typer.CallbackParam) -> str:
     """How the user wrote the option: its long name (``--threshold``), or an argument's name in capitals."""
     long = [o for o in param.opts if o.startswith("--")]
-    return long[0] if long else (param.human_readable_name or str(param.name)).upper()
+    return long[0] if long else (getattr(param, "human_readable_name", None) or str(param.name)).upper()
 
 
 def _values(value) -> list:
@@ -150,6 +150,21 @@ def _path_check(test: Callable[[Path, str], Path]) -> Callable:
     return check
 
 
+def not_blocking(path: Path, what: str | None = None) -> Path:
+    """Refuse an existing ``path`` that is a FIFO, socket or device: reading one can block forever. A missing path
+    or a folder passes (the command names those in its own words)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise MicrometsError(f"{what or path}: is not a regular file (FIFO, socket or device); not opened, as "
+                             "reading one can block forever")
+    return path
+
+
+#: An input file (CSV, store): never a FIFO, socket or device.
+IN_FILE = _path_check(not_blocking)
 #: An output folder (created by the command when missing).
 OUT_FOLDER = _path_check(writable_folder)
 #: An output file (missing folders above it are created).
