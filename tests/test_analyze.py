@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 import shapely
+from PIL import Image
 
 from micromets.phantom.pyramid import write_pyramid
 
@@ -31,7 +32,7 @@ def check_slide_outputs(folder: Path) -> dict:
     assert (folder / "heatmap.png").stat().st_size > 0
     collection = json.loads((folder / "lesions.geojson").read_text())
     assert collection["type"] == "FeatureCollection"
-    assert len(collection["features"]) == result["n_lesions"]
+    assert len(collection["features"]) == result["n_lesions"] + len(result["unconfirmed_lesions"])
     for feature in collection["features"]:
         geom = shapely.from_geojson(json.dumps(feature["geometry"]))
         assert geom.is_valid and not geom.is_empty
@@ -127,23 +128,23 @@ def test_ihc_slide_end_to_end_writes_cells_and_classifies_by_cell_count(tmp_path
     assert all(f["geometry"]["type"] == "Point" for f in cells)
 
 
-def test_overlay_is_blended_in_row_bands_without_changing_it(shared_data):
-    """heatmap.png is blended a band of rows at a time (memory flat in slide size); the band height changes nothing."""
-    from micromets.analyze import render_overlay
-    from micromets.heatmap import Heatmap
-    from micromets.slide import open_slide
-    from micromets.tissue import tissue_mask
+def test_heatmap_png_is_big_bounded_and_in_the_report_colours(shared_data, tmp_path):
+    """heatmap.png: ~1000 px on its long side (it was 139-283 px), never more; the heatmap in the report's
+    colours (figures.prob_colours), outlines in the class colours, a scale bar and a legend strip below."""
+    from micromets.analyze import OVERLAY_LONG_PX, analyze_slide
+    from micromets.report import figures
 
-    with open_slide(shared_data / "slides" / "cmu_small_region.svs") as slide:
-        tissue = tissue_mask(slide, mask_mpp=4.0)
-        shape = (int(np.ceil(slide.l0_height * slide.l0_mpp / 48)), int(np.ceil(slide.l0_width * slide.l0_mpp / 48)))
-        prob = np.random.default_rng(0).random(shape).astype(np.float32)
-        heatmap = Heatmap(prob, np.ones(shape, bool), 48.0, slide.l0_mpp)
-    records = [{"l0_outline": [[[100, 100], [900, 100], [900, 700]]], "class": "micro"}]
-    whole = np.asarray(render_overlay(tissue, heatmap, records, band_rows=tissue.rgb.shape[0]))
-    assert (whole != tissue.rgb).any()
-    for band_rows in (1, 13):
-        assert np.array_equal(np.asarray(render_overlay(tissue, heatmap, records, band_rows=band_rows)), whole)
+    result = analyze_slide(shared_data / "slides" / "cmu_small_region.svs", tmp_path)
+    png = np.asarray(Image.open(tmp_path / "cmu_small_region" / "heatmap.png").convert("RGB"))
+    slide_rows = png.shape[0] - 58
+    assert 900 <= max(slide_rows, png.shape[1]) <= OVERLAY_LONG_PX
+    legend = png[slide_rows:]
+    ramp_row = legend[24, 10:8 + 300 - 2]  # inside the bar's 1 px frame
+    assert np.abs(ramp_row[0].astype(int) - figures.prob_colours(np.float32(0))).max() <= 6
+    assert np.abs(ramp_row[-1].astype(int) - figures.prob_colours(np.float32(1))).max() <= 6
+    colour = figures.CLASS_COLOURS[result["lesions"][0]["class"]]
+    assert (np.abs(png[:slide_rows].astype(int) - colour).max(axis=2) <= 2).sum() > 50  # the outline
+    assert (np.abs(legend.astype(int) - colour).max(axis=2) <= 2).sum() > 50  # its swatch
 
 
 def test_stain_sample_keeps_the_most_haematoxylin_rich_patches_of_its_draw():

@@ -1,10 +1,15 @@
 """Lesion outlines from a heatmap: marching-squares iso-line through the cell centres, level-0 pixels."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from micromets.heatmap import Heatmap
 from micromets.lesions import heatmap_outlines_l0, max_value_inside, outlines_l0, top_cells_inside
+
+DEMO_SLIDES = Path(__file__).resolve().parents[1] / "demo" / "slides"
 
 
 def test_single_hot_cell_gives_a_diamond_one_cell_across():
@@ -58,3 +63,41 @@ def test_top_cells_inside_takes_each_outlines_highest_cells_once():
     assert sorted(map(tuple, top_cells_inside(hm, [blob], 3))) == [(2, 1), (2, 2), (3, 3)]
     assert sorted(map(tuple, top_cells_inside(hm, [blob, lone, blob], 1))) == [(2, 7), (3, 3)]  # no repeats
     assert top_cells_inside(hm, [], 3).shape == (0, 2)
+
+
+def test_a_cell_barely_over_the_threshold_gives_a_speck_that_is_dropped():
+    """Demo node 3 had a heatmap cell at 0.5007 (threshold 0.5): its iso-line closed on a 0.2 µm outline of area
+    0, listed as a candidate with the id of the real lesion. Outlines under one nucleus (10 µm) are dropped."""
+    from micromets.analyze import MIN_OUTLINE_UM
+    from micromets.lesions import drop_specks
+
+    h = np.zeros((5, 9), np.float32)
+    h[2, 2] = 0.5007
+    h[2, 6] = 0.9
+    outlines = outlines_l0(h, 0.5, cell_l0=192.0)  # 48 µm cells at 0.25 µm/px
+    assert len(outlines) == 2
+    kept = drop_specks(outlines, 0.25, MIN_OUTLINE_UM)
+    assert len(kept) == 1 and kept[0].centroid.x > 5 * 192
+
+
+def test_demo_lesion_ids_are_unique_and_no_candidate_is_a_speck(demo_output):
+    for result_path in demo_output.glob("*/*/result.json"):
+        result = json.loads(result_path.read_text())
+        records = result["lesions"] + result["unconfirmed_lesions"]
+        ids = [r["id"] for r in records]
+        assert len(ids) == len(set(ids)), (result_path, ids)
+        assert all(r["diameter_mm"] * 1000 >= 10 and r["area_mm2"] > 0 for r in records), result_path
+
+
+def test_ids_stay_unique_when_many_candidates_fail_the_confirmation(tmp_path):
+    """Demo node 2 at an extent threshold of 0.3: one confirmed lesion and six candidates, numbered 1..7."""
+    from micromets.analyze import analyze_slide
+
+    result = analyze_slide(DEMO_SLIDES / "node2.tiff", tmp_path, stain="he", threshold=0.3)
+    ids = [r["id"] for r in result["lesions"] + result["unconfirmed_lesions"]]
+    assert len(result["lesions"]) >= 1 and len(result["unconfirmed_lesions"]) >= 2
+    assert ids == list(range(1, len(ids) + 1))
+    geo = json.loads((tmp_path / "node2" / "lesions.geojson").read_text())
+    # lesions.geojson lists the lesions, then the unconfirmed candidates (issue 17), each with its unique id
+    assert [(f["properties"]["id"], f["properties"]["confirmed"]) for f in geo["features"]] == (
+        [(r["id"], True) for r in result["lesions"]] + [(r["id"], False) for r in result["unconfirmed_lesions"]])

@@ -282,3 +282,45 @@ def test_grouping_equals_pairwise_distance_closure(boxes, gap_um):
     lesions = measure_lesions(geoms, 1.0, gap_um)
     assert sorted(lesion.area_mm2 * 1e6 for lesion in lesions) == pytest.approx(expected)
     assert sum(lesion.n_members for lesion in lesions) == len(geoms)
+
+
+def _all_pairs_feret(xy: np.ndarray) -> float:
+    return float(np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1).max()))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rotating_calipers_equal_the_all_pairs_diameter(seed):
+    """Random hulls (random points, regular polygons with parallel edges, rectangles, both orientations)."""
+    rng = np.random.default_rng(seed)
+    kind = seed % 4
+    if kind == 0:
+        pts = rng.normal(size=(int(rng.integers(3, 400)), 2)) * rng.uniform(1, 1e5)
+    elif kind == 1:
+        n = int(rng.integers(3, 64))
+        a = np.arange(n) * 2 * np.pi / n + rng.uniform(0, 1)
+        pts = np.c_[np.cos(a), np.sin(a)] * 1000 + rng.uniform(-1e4, 1e4, 2)
+    elif kind == 2:
+        w, h = rng.integers(1, 1000, 2)
+        pts = np.array([[0, 0], [w, 0], [w, h], [0, h]], float) + rng.integers(0, 1e6, 2)
+    else:
+        pts = rng.integers(0, 20, size=(int(rng.integers(3, 60)), 2)).astype(float)  # many ties on a grid
+    geom = shapely.MultiPoint(pts).convex_hull
+    hull = hull_vertices(geom)
+    if seed % 2:
+        hull = hull[::-1]
+    diameter, a, b = max_feret(hull)
+    assert diameter == pytest.approx(_all_pairs_feret(hull), rel=1e-12)
+    assert np.hypot(*(hull[a] - hull[b])) == pytest.approx(diameter, rel=1e-12)
+
+
+def test_a_200k_vertex_outline_is_measured_in_seconds():
+    """Issue 16: a 200k-vertex outline made `measure` run for minutes at 6.5 GB (all pairs of hull vertices)."""
+    import time
+
+    n = 200_000
+    a = np.arange(n) * 2 * np.pi / n
+    ring = np.c_[np.cos(a), np.sin(a)] * 40_000 + 50_000  # every vertex is on the hull
+    start = time.monotonic()
+    (lesion,) = measure_lesions([ring], l0_mpp=0.25)
+    assert time.monotonic() - start < 10
+    assert lesion.diameter_mm == pytest.approx(80_000 * 0.25 / 1000, rel=1e-6)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from html import escape
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -20,6 +21,7 @@ from PIL import Image
 from micromets.errors import MicrometsError
 from micromets.report import figures, write_report
 from micromets.report import pdf as report_pdf
+from micromets.sizes import format_mm
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +119,7 @@ def test_pdf_text_shows_stage_classes_and_sizes(written, case_dir, artifacts):
     for result in _slide_results(case_dir, case):
         assert result["sha256"][:16] in text
         for lesion in result["lesions"]:
-            assert f"{lesion['diameter_mm']:.3f}" in text
+            assert format_mm(lesion["diameter_mm"], unit=False) in text
 
 
 def test_pdf_pages_carry_the_pictures(written, case_dir, artifacts):
@@ -222,3 +224,37 @@ def test_cli_rebuilds_the_report_and_refuses_an_empty_folder(case_dir, tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"micromets: error: {empty}: no case.json here or in its "
                                                 "sub-folders (run `micromets case` first)"]
+
+
+def test_every_pdf_page_names_the_patient_and_its_number(written):
+    require_tools("chromium", "pdftotext", "pdfinfo")
+    html, pdf, case = written
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    n_pages = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("Pages:")))
+    for page in range(1, n_pages + 1):
+        text = subprocess.run(["pdftotext", "-f", str(page), "-l", str(page), "-layout", str(pdf), "-"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f"patient {case['patient']}" in text and f"page {page} of {n_pages}" in text, page
+
+
+def test_patient_id_cannot_break_out_of_the_page_footer_css():
+    from micromets.report.case_report import css_string
+
+    assert str(css_string('p1 "</style><b>&')) == '"p1 \\22 \\3c \\2f style\\3e \\3c b\\3e \\26 "'
+
+
+def test_model_section_is_plain_language_from_the_card(written):
+    """The model section says what the model learned from, how it did on patches it never saw (counts and
+    rates, not a dump of the card's fields) and its failure modes."""
+    from micromets.model import Detector
+
+    html, pdf, case = written
+    text = html.read_text()
+    card = Detector.load().card
+    conf = card["metrics"]["held_out"]["confusion"]
+    n_t = conf["tp"] + conf["fn"]
+    assert f"called {conf['tp']} of {n_t} tumour patches tumour" in text
+    assert f"sensitivity {conf['tp'] / n_t:.0%}" in text
+    assert escape(card["training_data"][0]["name"]) in text
+    assert 'id="model-failures"' in text
+    assert "held_out_predictions" not in text and "held_out confusion" not in text

@@ -1,8 +1,9 @@
 """The one-slide job: slide → tissue → (H&E heatmap | IHC cells) → lesions → measurements → node class.
 
-:func:`analyze_slide` writes ``out_dir/<slide_id>/`` with ``result.json``, ``heatmap.npy``, ``heatmap.png`` and
-``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result dict. The folder appears whole or not at
-all: it is written under a temporary name and renamed into place.
+:func:`analyze_slide` writes ``out_dir/<slide_id>/`` (or the folder it is given, see :mod:`micromets.folders`)
+with ``result.json``, ``heatmap.npy``, ``heatmap.tif`` (the heatmap as a pyramidal TIFF aligned to the slide,
+`micromets.overlay`), ``heatmap.png`` and ``lesions.geojson`` (schemas in docs/DESIGN.md) and returns the result
+dict. The folder appears whole or not at all: it is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from typing import Callable
 
 import numpy as np
 import shapely
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from micromets import __version__, normalise
 from micromets.errors import MicrometsError
-from micromets.annotations import geojson_dict
+from micromets.annotations import geojson_dict, write_asap_xml
 from micromets.heatmap import Heatmap
-from micromets.lesions import heatmap_outlines_l0, max_value_inside, top_cells_inside
+from micromets.lesions import drop_specks, heatmap_outlines_l0, max_value_inside, top_cells_inside
 from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
+from micromets.overlay import write_heatmap_tiff
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
 from micromets.slide import Slide, open_slide
@@ -46,6 +48,10 @@ CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+#: An iso-line outline less than this across (maximum Feret diameter, µm; about one tumour-cell nucleus) is no
+#: deposit: it is the iso-line closing round a lone heatmap cell that barely reaches the threshold (demo node 3: a
+#: cell at 0.5007 gave a 0.2 µm "candidate" of area 0). Such outlines are dropped before lesions are grouped.
+MIN_OUTLINE_UM = 10.0
 
 
 #: One background thread hashes slide files while they are analysed.
@@ -110,14 +116,17 @@ def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
 
 
 def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None],
-                    confirmed: np.ndarray | None = None) -> list[dict]:
+                    confirmed: np.ndarray | None = None, first_id: int = 1) -> list[dict]:
+    """result.json records of ``measures``, numbered from ``first_id`` (ids are unique per slide: the unconfirmed
+    candidates are numbered after the lesions)."""
     records = []
-    for i, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells), start=1):
+    for k, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells)):
+        i = first_id + k
         outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
         records.append({
-            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 4), "area_mm2": round(m.area_mm2, 5),
+            "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 6), "area_mm2": round(m.area_mm2, 5),
             "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
-            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[i - 1]), 4)}),
+            **({} if confirmed is None else {"confirmed_probability": round(float(confirmed[k]), 4)}),
             "n_cells": cells, "n_deposits": m.n_members, "repaired": m.repaired,
             "class": node_class(m.diameter_mm, cells),
         })
@@ -147,11 +156,28 @@ def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[Lesion
     return max_value_inside(scores, geoms)
 
 
-def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float) -> dict:
-    """QuPath-compatible FeatureCollection of the lesions (level-0 px), classified by size class."""
-    props = [{**{k: v for k, v in rec.items() if k != "l0_outline"}, "l0_mpp": l0_mpp,
-              "classification": {"name": f"Tumour ({rec['class']})"}} for rec in records]
-    return geojson_dict([m.geometry_l0 for m in measures], props)
+CANDIDATE_CLASS = "Candidate (unconfirmed)"
+
+
+def _lesions_geojson(measures: list[LesionMeasure], records: list[dict], l0_mpp: float,
+                     candidates: list[LesionMeasure] = (), candidate_records: list[dict] = ()) -> dict:
+    """QuPath-compatible FeatureCollection (level-0 px; QuPath annotations, objectType "annotation"): the lesions,
+    classified by size class, with ``"confirmed": true``, then the candidates that failed the confirmation,
+    classified ``Candidate (unconfirmed)``, with ``"confirmed": false``."""
+    props = [{**{k: v for k, v in rec.items() if k != "l0_outline"}, "l0_mpp": l0_mpp, "confirmed": ok,
+              "classification": {"name": f"Tumour ({rec['class']})" if ok else CANDIDATE_CLASS}}
+             for recs, ok in ((records, True), (candidate_records, False)) for rec in recs]
+    return geojson_dict([m.geometry_l0 for m in [*measures, *candidates]], props)
+
+
+def _lesions_asap_xml(path: Path, collection: dict) -> None:
+    """The lesions of ``collection`` (:func:`_lesions_geojson`) as ASAP XML: group ``Tumor`` for the confirmed
+    lesions, ``Candidate`` for the unconfirmed ones, named ``lesion <id>`` and ``candidate <id>``."""
+    features = collection["features"]
+    write_asap_xml(path, [shapely.geometry.shape(f["geometry"]) for f in features],
+                   names=[f"{'lesion' if f['properties']['confirmed'] else 'candidate'} {f['properties']['id']}"
+                          for f in features],
+                   groups=["Tumor" if f["properties"]["confirmed"] else "Candidate" for f in features])
 
 
 def _cells_geojson(cells_l0: np.ndarray) -> dict:
@@ -162,34 +188,25 @@ def _cells_geojson(cells_l0: np.ndarray) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-_CLASS_RGB = {"itc": (255, 200, 0), "micro": (255, 110, 0), "macro": (220, 0, 0)}
+#: Long side of ``heatmap.png`` (px): big enough to see, bounded whatever the slide's size.
+OVERLAY_LONG_PX = 1000
 
 
-def render_overlay(tissue: TissueMask, heatmap: Heatmap, records: list[dict], band_rows: int = 256) -> Image.Image:
-    """The slide thumbnail with the heatmap (transparent red → yellow) and lesion outlines coloured by class.
+def render_overlay(slide: Slide, heatmap: Heatmap, records: list[dict], threshold: float | None) -> Image.Image:
+    """``heatmap.png``: the slide at ≤ ``OVERLAY_LONG_PX`` px on its long side with the heatmap and the lesion
+    outlines in the report's and viewer's colours (:mod:`micromets.report.figures`), a scale bar, and a legend
+    strip below (colour bar with the ``threshold`` marked, class colours)."""
+    from micromets.report import figures
 
-    Blended ``band_rows`` thumbnail rows at a time, so the float temporaries do not grow with the slide.
-    """
-    rows, cols = tissue.rgb.shape[:2]
-    # heatmap cell of each thumbnail pixel centre
-    scale = tissue.mask_mpp / heatmap.cell_um
-    h_r = np.minimum(((np.arange(rows) + 0.5) * scale).astype(int), heatmap.h_prob.shape[0] - 1)
-    h_c = np.minimum(((np.arange(cols) + 0.5) * scale).astype(int), heatmap.h_prob.shape[1] - 1)
-    blended = np.empty_like(tissue.rgb)
-    for r0 in range(0, rows, band_rows):
-        prob = heatmap.h_prob[np.ix_(h_r[r0:r0 + band_rows], h_c)][..., None]
-        colour = np.concatenate([np.full_like(prob, 255), 255 * (1 - prob), np.zeros_like(prob)], axis=-1)
-        alpha = 0.65 * np.clip((prob - 0.1) / 0.9, 0, 1)
-        base = tissue.rgb[r0:r0 + band_rows].astype(np.float32)
-        blended[r0:r0 + band_rows] = (base * (1 - alpha) + colour * alpha).astype(np.uint8)
-    image = Image.fromarray(blended)
-    draw = ImageDraw.Draw(image)
-    l0_to_px = tissue.l0_mpp / tissue.mask_mpp
-    for rec in records:
-        for ring in rec["l0_outline"]:
-            xy = [(x * l0_to_px, y * l0_to_px) for x, y in ring]
-            draw.line(xy + [xy[0]], fill=_CLASS_RGB.get(rec["class"], (0, 0, 0)), width=2)
-    return image
+    long_um = max(slide.l0_width, slide.l0_height) * slide.l0_mpp
+    k = max(1, math.ceil(long_um / OVERLAY_LONG_PX / slide.l0_mpp))  # level-0 px per picture px
+    rgb, img_mpp = slide.thumbnail(k * slide.l0_mpp)
+    rgb = figures.overlay_heatmap(rgb, img_mpp, heatmap.h_prob, heatmap.cell_um, heatmap.l0_origin, slide.l0_mpp)
+    rgb = figures.draw_outlines(rgb, [(r["l0_outline"], r["class"], f"#{r['id']}") for r in records], img_mpp,
+                                slide.l0_mpp)
+    rgb, _ = figures.draw_scale_bar(rgb, img_mpp)
+    legend = figures.legend_strip(rgb.shape[1], threshold)
+    return Image.fromarray(np.concatenate([rgb, legend], axis=0))
 
 
 def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap, overlay: Image.Image,
@@ -201,9 +218,12 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; results are for the user's group and the viewer too
         np.save(tmp / "heatmap.npy", heatmap.h_prob)
+        result["heatmap"]["tiff"] = write_heatmap_tiff(tmp / "heatmap.tif", heatmap, result["l0_width"],
+                                                       result["l0_height"])
         overlay.save(tmp / "heatmap.png")
         for name, collection in geojson.items():
             (tmp / name).write_text(json.dumps(collection))
+        _lesions_asap_xml(tmp / "lesions.xml", geojson["lesions.geojson"])
         (tmp / "result.json").write_text(json.dumps(result, indent=1))
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{slide_id}.", suffix=".old", dir=out_dir))
@@ -221,8 +241,10 @@ def _write_outputs(out_dir: Path, slide_id: str, result: dict, heatmap: Heatmap,
 def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, mode: str = "thorough",
                   detector=None, stain: str | None = None, threshold: float | None = None,
                   gap_um: float = DEFAULT_GAP_UM, progress: Callable[[int, int], None] | None = None,
-                  readers: int = 2, screen=None, confirm_threshold: float | None = None) -> dict:
-    """Analyse one slide and write its results folder; returns the result dict (``result.json``).
+                  readers: int = 2, screen=None, confirm_threshold: float | None = None,
+                  folder: str | None = None) -> dict:
+    """Analyse one slide and write its results folder ``out_dir/<folder>`` (default ``<slide_id>``; commands name
+    it by :func:`micromets.folders.plan_folders`); returns the result dict (``result.json``).
 
     ``mode`` is ``thorough`` (fine model over all tissue) or ``fast`` (coarse ``screen`` model — default the
     shipped ``models/coarse`` — over all tissue at its card's ``screen_threshold``, then the fine model on its
@@ -281,16 +303,16 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
             post_start = time.perf_counter()
-            outlines = heatmap_outlines_l0(heatmap, threshold)
+            outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
-            confirmed, unconfirmed = None, []
+            confirmed, unconfirmed, dropped = None, [], []
             if confirm_threshold > 0 and measures:
                 scores = confirmation(slide, detector, heatmap, measures)
                 keep = scores >= confirm_threshold
                 dropped = [m for m, k in zip(measures, keep) if not k]
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
-                                              [None] * len(dropped), scores[~keep])
+                                              [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
             n_cells = [_count_cells_he(slide, m) for m in measures]
             model_info = {"name": detector.name, "version": detector.version}
@@ -304,7 +326,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             heatmap = findings.heatmap
             post_start = time.perf_counter()
             threshold = seed_threshold = confirm_threshold = confirmed = None
-            unconfirmed = []
+            unconfirmed, dropped = [], []
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
@@ -336,10 +358,10 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "software": {"micromets": __version__},
             "timing_s": timing,
         }
-        overlay = render_overlay(tissue, heatmap, records)
-        geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp)}
+        overlay = render_overlay(slide, heatmap, records, threshold)
+        geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp, dropped, unconfirmed)}
         if cells_xy is not None:
             geojson["cells.geojson"] = _cells_geojson(cells_xy)
             result["n_cells_total"] = int(len(cells_xy))
-    _write_outputs(Path(out_dir), slide.slide_id, result, heatmap, overlay, geojson)
+    _write_outputs(Path(out_dir), folder or slide.slide_id, result, heatmap, overlay, geojson)
     return result

@@ -154,15 +154,17 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
-def write_asap_xml(path: str | Path, tumour, exclusion=(), names=None, group: str = "Tumor") -> None:
-    """Write outlines as ASAP XML: tumour polygons in ``group``, exclusion polygons in group ``Exclusion``.
+def write_asap_xml(path: str | Path, tumour, exclusion=(), names=None, group: str = "Tumor", groups=None) -> None:
+    """Write outlines as ASAP XML: tumour polygons in ``group`` (or each in its own ``groups[i]``), exclusion
+    polygons in group ``Exclusion``.
 
     Each polygon's exterior ring is written (ASAP polygons have no holes; a MultiPolygon becomes one
     annotation per part).
     """
     root = ET.Element("ASAP_Annotations")
     annotations = ET.SubElement(root, "Annotations")
-    entries = [(g, group) for g in tumour] + [(g, "Exclusion") for g in exclusion]
+    tumour_groups = list(groups) if groups is not None else [group] * len(tumour)
+    entries = list(zip(tumour, tumour_groups)) + [(g, "Exclusion") for g in exclusion]
     count = 0
     for index, (geom, part_of) in enumerate(entries):
         for part in shapely.get_parts(geom):
@@ -174,7 +176,8 @@ def write_asap_xml(path: str | Path, tumour, exclusion=(), names=None, group: st
                 ET.SubElement(coordinates, "Coordinate", Order=str(order), X=_fmt(x), Y=_fmt(y))
             count += 1
     groups = ET.SubElement(root, "AnnotationGroups")
-    for part_of, colour in ((group, "#FF0000"), ("Exclusion", "#00FF00")):
+    for part_of in dict.fromkeys([group, *tumour_groups, "Exclusion"]):
+        colour = "#00FF00" if part_of == "Exclusion" else "#FF0000" if part_of == group else "#808080"
         ET.SubElement(ET.SubElement(groups, "Group", Name=part_of, PartOfGroup="None", Color=colour), "Attributes")
     ET.indent(root, space="\t")
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
@@ -188,6 +191,8 @@ def _load_json(path: Path):
         raise MicrometsError(f"{path}: malformed JSON: {err.msg} at line {err.lineno}") from None
     except UnicodeDecodeError:
         raise MicrometsError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise MicrometsError(f"{path}: JSON nested too deeply to be an annotation file") from None
     except OSError as err:
         raise MicrometsError(f"{path}: cannot read: {err.strerror or err}") from None
 

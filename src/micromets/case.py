@@ -7,8 +7,9 @@ Manifest (CSV, header required): ``patient,node,slide_path[,stain][,osna_copies_
 - ``osna_copies_per_ul`` is the node's OSNA CK19 mRNA result in copies/µL (empty: not done). A node may also
   appear with an empty ``slide_path`` and only an OSNA value.
 
-Output for each patient: ``OUT/<patient>/<slide_id>/…`` (see :mod:`micromets.analyze`), ``OUT/<patient>/case.json``
-and the report. A slide that fails is listed in ``failed_slides`` with its one-line reason; the rest still count.
+Output for each patient: ``OUT/<patient>/<slide_id>/…`` (see :mod:`micromets.analyze`; a second file of the same
+name gets ``<slide_id>~<hash>/``, :mod:`micromets.folders`), ``OUT/<patient>/case.json`` and the report. A slide that
+fails is listed in ``failed_slides`` with its one-line reason; the rest still count, and the stage is provisional.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,15 +61,20 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise MicrometsError(f"{path}: no such manifest file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, strict=True)  # strict: an unterminated quote is an error, not a long field
             columns = [c.strip() for c in (reader.fieldnames or [])]
+            twice = sorted(c for c, n in Counter(columns).items() if n > 1)  # linear: a header may be huge
+            if twice:
+                raise MicrometsError(f"{path}:1: column(s) {', '.join(twice)} given twice in the header")
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
             if missing:
                 raise MicrometsError(f"{path}: missing column(s) {', '.join(missing)} "
                                      f"(expected {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
-            unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+            known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+            unknown = [c for c in columns if c not in known]
             if unknown:
-                raise MicrometsError(f"{path}: unknown column(s) {', '.join(unknown)} "
+                named = ", ".join(unknown[:10]) + (f", … ({len(unknown)} in all)" if len(unknown) > 10 else "")
+                raise MicrometsError(f"{path}: unknown column(s) {named} "
                                      f"(expected {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
             reader.fieldnames = columns
             rows = list(reader)
@@ -124,7 +131,8 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
     """The ``case.json`` dict of one patient from each node's evidence ``(node, slide results, OSNA copies/µL)``.
 
     A node with neither a slide result nor an OSNA value (every slide failed) is left out of the staging; its
-    failures are in ``failed_slides`` and the case is marked incomplete.
+    failures are in ``failed_slides``, the case is marked incomplete (``complete`` false) and its stage reason
+    starts with "provisional", naming what is missing: the stage may change once those slides are analysed.
     """
     from micromets.node import classify_node
     from micromets.patient import stage_patient
@@ -137,7 +145,20 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
         case["pn_stage"], case["stage_reason"] = stage_patient(nodes, stage_mode)
     else:
         case["pn_stage"], case["stage_reason"] = None, "no node could be analysed"
+    if failed_slides:
+        unstaged = [node for node, results, copies in evidence if not results and copies is None]
+        missing = f"{len(failed_slides)} slide(s) could not be analysed"
+        if unstaged:
+            missing += f", node(s) {', '.join(unstaged)} not staged"
+        case["stage_reason"] = f"provisional ({missing}): {case['stage_reason']}"
     return case
+
+
+def stage_text(case: dict) -> str:
+    """The patient's stage as printed: ``pN1mi``, ``pN1mi (provisional)`` for an incomplete case, or ``no
+    stage``."""
+    stage = case["pn_stage"] or "no stage"
+    return stage if case["complete"] else f"{stage} (provisional)"
 
 
 def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camelyon17", detector=None,
@@ -153,6 +174,7 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
     ``on_slide(row, result, error)`` is called after each slide (``error`` is the one-line reason of a failure).
     """
     from micromets.analyze import analyze_slide
+    from micromets.folders import plan_folders
     from micromets.measure import DEFAULT_GAP_UM
     from micromets.model import Detector
     rows = read_manifest(manifest)
@@ -162,15 +184,16 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
     for patient in dict.fromkeys(r.patient for r in rows):
         patient_dir = out_dir / patient
         prows = [r for r in rows if r.patient == patient]
+        slide_rows = [r for r in prows if r.slide_path is not None]
+        folders = dict(zip((r.line for r in slide_rows), plan_folders([r.slide_path for r in slide_rows],
+                                                                       patient_dir)))
         results: dict[int, dict] = {}
         failed = []
-        for row in prows:
-            if row.slide_path is None:
-                continue
+        for row in slide_rows:
             try:
                 results[row.line] = analyze_slide(row.slide_path, patient_dir, mode=scan_mode, detector=detector,
                                                   screen=screen, stain=row.stain, gap_um=gap_um or DEFAULT_GAP_UM,
-                                                  progress=progress)
+                                                  progress=progress, folder=folders[row.line])
                 error = None
             except MicrometsError as err:
                 error = str(err)
@@ -183,6 +206,8 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
             copies = next((r.osna_copies_per_ul for r in nrows if r.osna_copies_per_ul is not None), None)
             evidence.append((node, [results[r.line] for r in nrows if r.line in results], copies))
         case = stage_case(patient, evidence, failed, stage_mode)
+        for entry in case["nodes"]:  # a node's slides are named by their folders (two files may share a name)
+            entry["slides"] = [folders[r.line] for r in prows if r.node == entry["node"] and r.line in results]
         patient_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(patient_dir / "case.json", case)
         if report:

@@ -42,7 +42,8 @@ def classify_node(slide_results: list[dict], osna_copies_per_ul: float | None = 
         chosen = slide_results[best]
         histology = chosen["node_class"]
         decided_by = f"slide {chosen.get('slide_id', best)} ({chosen.get('stain', 'he')})"
-        largest_mm = max(key[1] for key in keys)
+        sizes = [r["largest_deposit_mm"] for r in slide_results if r.get("largest_deposit_mm") is not None]
+        largest_mm = max(sizes, default=None)  # None: no deposit on any slide (a negative node has no size)
     mol_only = molecular is not None and (histology is None or node_class_rank(molecular) > node_class_rank(histology))
     return {
         "node_class": molecular if mol_only else histology,

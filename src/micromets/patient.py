@@ -10,6 +10,7 @@ from micromets.errors import MicrometsError
 from micromets.rules import NODE_CLASSES, node_class_rank
 from micromets.rules import ajcc8, camelyon17
 from micromets.rules.osna import TTL_CUTOFF, total_tumour_load, ttl_high_risk
+from micromets.sizes import format_mm
 
 MODES = ("camelyon17", "ajcc8")
 
@@ -61,7 +62,7 @@ def _reason(mode: str, stage: str, nodes: list[dict], load: dict | None) -> str:
         where = f"node {top.get('node', strongest)}"
         size = top.get("largest_deposit_mm")
         evidence = top.get("decided_by")
-        detail = f"largest deposit {size:.2f} mm" if size else f"strongest finding {top['node_class']}"
+        detail = f"largest deposit {format_mm(size)}" if size else f"strongest finding {top['node_class']}"
         parts.append(f"{detail} in {where}" + (f", decided by {evidence}" if evidence else ""))
     mol = [str(n.get("node", i)) for i, n in enumerate(nodes) if n.get("mol_only")]
     if mol:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -35,8 +36,10 @@ from PIL import Image
 
 from micromets.errors import MicrometsError
 
-#: Resolutions outside this range (µm/px) are not plausible for a microscope slide scan.
-PLAUSIBLE_MPP = (0.05, 50.0)
+#: Level-0 resolutions (µm/px) plausible for a slide scan: scanners give 0.1-0.3 (40x-80x), 0.5 (20x), 1 (10x);
+#: above 2 µm/px the 0.5 µm/px detector would only see an upsampled blur (and --mpp 20 meant reading the slide
+#: 40x upsampled for minutes); below 0.05 µm/px is beyond what light microscopy resolves.
+PLAUSIBLE_MPP = (0.05, 2.0)
 #: A slide whose smallest pyramid level holds more pixels than this has no usable low-resolution level: the
 #: tissue mask would have to decode gigapixels. Such files (a huge flat TIFF) must be converted to a pyramid.
 MAX_SMALLEST_LEVEL_PX = 1_000_000_000
@@ -330,6 +333,28 @@ def _on_white(rgba: Image.Image) -> Image.Image:
     return rgb
 
 
+def check_l0_mpp(l0_mpp: float, where: str) -> float:
+    """``l0_mpp`` when it is a plausible level-0 resolution (:data:`PLAUSIBLE_MPP`), else MicrometsError."""
+    lo, hi = PLAUSIBLE_MPP
+    if not (math.isfinite(l0_mpp) and lo <= l0_mpp <= hi):
+        raise MicrometsError(f"{where}: implausible resolution {l0_mpp:g} µm/px; slide scanners give {lo:g}-{hi:g} "
+                             "µm/px at level 0 (40x ≈ 0.25, 20x ≈ 0.5, 10x ≈ 1)")
+    return l0_mpp
+
+
+def check_not_special_file(path: Path) -> os.stat_result:
+    """``os.stat(path)``, or MicrometsError when ``path`` is missing or a FIFO, socket or device: opening one
+    can block forever (a FIFO waits for a writer), so no command ever opens one as a slide."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise MicrometsError(f"{path}: cannot read slide file ({err.strerror})") from err
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise MicrometsError(f"{path}: is not a regular file (FIFO, socket or device); not opened, as reading "
+                             "one can block forever")
+    return st
+
+
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a whole-slide image (SVS, TIFF, NDPI, MRXS, DICOM, … — anything OpenSlide reads).
 
@@ -338,7 +363,12 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise MicrometsError(f"{path}: symbolic link to nothing (dangling, or a loop of links)")
         raise MicrometsError(f"{path}: no such file")
+    if path.is_dir():
+        raise MicrometsError(f"{path}: is a folder, not a slide file")
+    check_not_special_file(path)
     if path.is_file() and path.stat().st_size == 0:
         raise MicrometsError(f"{path}: empty file, not a slide")
     try:
@@ -360,7 +390,9 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         osr.close()
         raise MicrometsError(f"{path}: no low-resolution level (smallest level {l_w}×{l_h} px); "
                              "convert it to a pyramidal slide first")
-    if not PLAUSIBLE_MPP[0] <= l0_mpp <= PLAUSIBLE_MPP[1]:
+    try:
+        check_l0_mpp(l0_mpp, f"{path} ({source})")
+    except MicrometsError:
         osr.close()
-        raise MicrometsError(f"{path}: implausible resolution {l0_mpp:g} µm/px ({source})")
+        raise
     return Slide(path, osr, l0_mpp, source)

@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from micromets.errors import MicrometsError
+from micromets.slide import check_not_special_file
 
 IDENTITY_SCHEMES = ("quick", "full")
 SAMPLE_BYTES = 1 << 20  # head and tail sample of the quick scheme: 1 MiB each
@@ -31,14 +32,9 @@ _CHUNK_BYTES = 1 << 22
 
 def _regular_file_stat(path: Path) -> os.stat_result:
     """`os.stat` of `path`, or `MicrometsError` when it is missing or not a regular file."""
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise MicrometsError(f"{path}: cannot read slide file ({err.strerror})") from err
+    st = check_not_special_file(path)
     if stat.S_ISDIR(st.st_mode):
         raise MicrometsError(f"{path}: is a directory, not a slide file")
-    if not stat.S_ISREG(st.st_mode):
-        raise MicrometsError(f"{path}: is not a regular file (FIFO, socket or device)")
     return st
 
 

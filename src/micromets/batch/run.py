@@ -54,6 +54,7 @@ from micromets import __version__
 from micromets.batch.ident import slide_content_id
 from micromets.batch.store import SqliteStore, open_store
 from micromets.errors import MicrometsError
+from micromets.folders import folder_name
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
 """File name endings (case-insensitive) that folder inputs collect: the formats OpenSlide 4 reads from one file."""
@@ -355,17 +356,6 @@ def _prepare_out(out: Path) -> None:
         raise MicrometsError(f"{out}: output folder not writable ({err.strerror})") from err
 
 
-def _folder_name(slide_stem: str, key: tuple[str, str], owners: dict[str, tuple[str, str]],
-                 previous: str | None) -> str:
-    """Output folder name of a slide: its previous folder, else ``<slide_id>`` when no other slide/settings
-    holds it, else ``<slide_id>~<8 hex of the key>``."""
-    if previous is not None:
-        return previous
-    if owners.get(slide_stem, key) == key:
-        return slide_stem
-    return f"{slide_stem}~{hashlib.sha256('|'.join(key).encode()).hexdigest()[:8]}"
-
-
 def _publish(outcome: SlideOutcome, out: Path, folder: str) -> Path:
     """Move the staged folder to ``out/folder`` by rename; an existing folder there goes to the trash first."""
     target = out / folder
@@ -555,7 +545,7 @@ def _plan(inputs: list[BatchInput], store: SqliteStore, base: dict, stain: str |
                 store.touch_path(cid, skey, path)
         else:
             previous = Path(info["out_dir"]).name if info is not None else by_path.get((path, skey))
-            folder = _folder_name(item.path.stem, key, owners, previous)
+            folder = folder_name(item.path.stem, key, owners, previous)
             owners[folder] = key
             row.update(status="queued", folder=folder)
             jobs.append(SlideJob(path=path, content_id=cid, settings_key=skey, staging_dir=str(staging / str(n)),

@@ -19,6 +19,7 @@ previous consistent state. Only the process that owns the batch (the Dask client
 """
 
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -75,8 +76,10 @@ def _utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def open_store(url: str | Path) -> "SqliteStore":
-    """Open (creating if needed) the results store at `url`: a file path or ``sqlite:///path``.
+def open_store(url: str | Path, read_only: bool = False) -> "SqliteStore":
+    """Open (creating if needed) the results store at `url`: a file path or ``sqlite:///path``. With
+    ``read_only`` nothing is created or written (a read-only file is fine) and the file must already be a
+    micromets store: an empty file or another program's SQLite database is refused, never changed.
 
     Raises `MicrometsError` for unsupported URLs, a file that is not a micromets SQLite store, or a folder that
     cannot hold the database.
@@ -86,16 +89,20 @@ def open_store(url: str | Path) -> "SqliteStore":
         raise MicrometsError(f"--db {text}: PostgreSQL stores are not implemented yet; use a SQLite file path")
     if "://" in text and not text.startswith("sqlite:///"):
         raise MicrometsError(f"--db {text}: unknown store URL (give a file path or sqlite:///path)")
-    return SqliteStore(Path(text.removeprefix("sqlite:///")) if text.startswith("sqlite:///") else Path(text))
+    path = Path(text.removeprefix("sqlite:///")) if text.startswith("sqlite:///") else Path(text)
+    return SqliteStore(path, read_only=read_only)
 
 
 class SqliteStore:
     """Results store in one SQLite file (WAL journal, foreign keys on, one transaction per write)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, read_only: bool = False):
         self.path = Path(path)
         if self.path.is_dir():
             raise MicrometsError(f"--db {self.path}: is a directory, not a database file")
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
@@ -113,6 +120,32 @@ class SqliteStore:
             raise MicrometsError(f"--db {self.path}: not a usable SQLite database ({err})") from err
         except OSError as err:
             raise MicrometsError(f"--db {self.path}: cannot create the database ({err.strerror})") from err
+
+    def _open_read_only(self) -> None:
+        """Connect without any write (``mode=ro``) and check that the file is a micromets store of this schema."""
+        if not self.path.is_file():
+            raise MicrometsError(f"--db {self.path}: no such results store")
+        # A WAL store in a folder this user cannot write has no -shm to share: it is then read as immutable
+        # (nobody can be writing a store where no one may create its journal).
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{query}", uri=True, timeout=60.0)
+                self._db.row_factory = sqlite3.Row
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() \
+                    if "meta" in tables else None
+                break
+            except sqlite3.OperationalError as err:
+                if query == "immutable=1" or os.access(self.path.parent, os.W_OK):
+                    raise MicrometsError(f"--db {self.path}: cannot read ({err})") from err
+            except sqlite3.DatabaseError as err:
+                raise MicrometsError(f"--db {self.path}: not a micromets results store ({err})") from err
+        if row is None or not {"slides", "runs"} <= tables:
+            self._db.close()
+            raise MicrometsError(f"--db {self.path}: not a micromets results store (written by `micromets batch`)")
+        if row[0] != SCHEMA_VERSION:
+            self._db.close()
+            raise MicrometsError(f"--db {self.path}: store schema {row[0]!r}, this micromets reads {SCHEMA_VERSION!r}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""

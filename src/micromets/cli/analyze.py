@@ -5,18 +5,21 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 
 @app.command("analyze")
 def analyze(
     slides: list[Path] = typer.Argument(..., help="Whole-slide images (SVS, TIFF, NDPI, MRXS, DICOM, … anything OpenSlide reads)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each slide gets OUT/<slide>/."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Override the level-0 resolution in µm/px (else read from the slide's metadata)."),
-    stain: Optional[str] = typer.Option(None, "--stain", help="he or ihc (default: detected from the slide's colours)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each slide gets OUT/<slide>/ "
+                                                      "(OUT/<slide>~<hash>/ when another file has that name)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", callback=validate.L0_MPP, help="Override the level-0 resolution in µm/px (else read from the slide's metadata)."),
+    stain: Optional[str] = typer.Option(None, "--stain", callback=validate.STAIN, help="he or ihc (default: detected from the slide's colours)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
-    gap_um: float = typer.Option(75.0, "--gap-um", help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
+    gap_um: float = typer.Option(75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
     mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),
 ) -> None:
     """Find and measure tumour deposits in each slide.
@@ -34,6 +37,7 @@ def analyze(
 
     from micromets.analyze import MODES, analyze_slide
     from micromets.errors import MicrometsError
+    from micromets.folders import plan_folders
     from micromets.model import Detector, coarse_model_dir
 
     console = Console(stderr=True)
@@ -44,10 +48,11 @@ def analyze(
     failed = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
                   TimeElapsedColumn(), console=console) as bar:
-        for path in slides:
+        for path, folder in zip(slides, plan_folders(slides, out)):
             task = bar.add_task(path.name, total=None)
             try:
                 result = analyze_slide(path, out, mpp=mpp, mode=mode, detector=detector, screen=screen, stain=stain,
+                                       folder=folder,
                                        threshold=threshold, gap_um=gap_um, progress=lambda done, total: bar.update(task, completed=done, total=total))
             except MicrometsError as err:
                 failed += 1
@@ -55,7 +60,7 @@ def analyze(
                 console.print(f"micromets: error: {err}", soft_wrap=True, markup=False, highlight=False)
                 continue
             largest = result["largest_deposit_mm"]
-            size = f"largest {largest:.2f} mm" if largest is not None else "no deposit"
+            size = f"largest {format_mm(largest)}" if largest is not None else "no deposit"
             bar.update(task, description=f"{path.name}: {result['node_class']} ({size})")
     if failed:
         raise typer.Exit(code=MicrometsError.exit_code)

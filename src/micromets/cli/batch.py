@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -14,7 +15,7 @@ def batch(
                                                  ".scn .mrxs .svslide .bif), glob patterns (quote them; ** recurses), "
                                                  "case manifests (.csv: patient,node,slide_path[,stain]"
                                                  "[,osna_copies_per_ul]) or single slide files."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each slide gets OUT/<slide_id>/ "
+    out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each slide gets OUT/<slide_id>/ "
                                                       "(OUT/<slide_id>~<hash>/ when another file has that name)."),
     db: Optional[str] = typer.Option(None, "--db", help="Results store: a SQLite file path or sqlite:///path "
                                                         "(default OUT/results.sqlite)."),
@@ -28,22 +29,22 @@ def batch(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="threads per worker: N for "
                                                                          "inference plus N - 1 reading tiles "
                                                                          "ahead (default: cores ÷ workers)."),
-    timeout_s: float = typer.Option(3600.0, "--slide-timeout-s", min=0, help="A slide still being analysed after "
+    timeout_s: float = typer.Option(3600.0, "--slide-timeout-s", callback=validate.NON_NEGATIVE, help="A slide still being analysed after "
                                                                              "this many seconds is stopped and "
                                                                              "recorded as failed (0 = no limit)."),
     force: bool = typer.Option(False, "--force", help="Recompute slides already done with the same model and "
                                                       "settings (their folders and rows are replaced)."),
-    identity: str = typer.Option("quick", "--identity", help="Slide content id: quick = SHA-256 of size, mtime, "
+    identity: str = typer.Option("quick", "--identity", callback=validate.one_of("quick", "full"), help="Slide content id: quick = SHA-256 of size, mtime, "
                                                              "first and last MiB (renames keep it, rewrites change "
                                                              "it); full = SHA-256 of the whole file."),
-    mpp: Optional[float] = typer.Option(None, "--mpp", help="Override every slide's level-0 resolution, in µm/px."),
-    stain: Optional[str] = typer.Option(None, "--stain", help="he or ihc for every slide (default: the manifest's "
+    mpp: Optional[float] = typer.Option(None, "--mpp", callback=validate.L0_MPP, help="Override every slide's level-0 resolution, in µm/px."),
+    stain: Optional[str] = typer.Option(None, "--stain", callback=validate.STAIN, help="he or ihc for every slide (default: the manifest's "
                                                               "stain column, else detected)."),
     model: Optional[str] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the "
                                                               "bundled model)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Tumour probability above which a heatmap "
+    threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap "
                                                                         "cell is tumour (default: the model card's)."),
-    gap_um: Optional[float] = typer.Option(None, "--gap-um", help="Deposits closer than this (µm) form one lesion "
+    gap_um: Optional[float] = typer.Option(None, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion "
                                                                   "(default 75 µm, CAMELYON)."),
     stage_mode: str = typer.Option("camelyon17", "--stage-mode", help="pN staging of manifest patients: camelyon17 "
                                                                       "or ajcc8."),

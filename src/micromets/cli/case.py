@@ -6,14 +6,17 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 
 def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode: str = "thorough") -> list[dict]:
     from rich.console import Console
+    from rich.markup import escape
 
     from micromets.analyze import MODES
-    from micromets.case import run_case
+    from micromets.case import run_case, stage_text
     from micromets.errors import MicrometsError
     from micromets.model import Detector, coarse_model_dir
 
@@ -27,7 +30,7 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
             console.print(f"micromets: error: {error}", soft_wrap=True, markup=False, highlight=False)
         else:
             size = result["largest_deposit_mm"]
-            size_text = f"largest {size:.2f} mm" if size is not None else "no deposit"
+            size_text = f"largest {format_mm(size)}" if size is not None else "no deposit"
             console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
 
     detector = Detector.load(model)
@@ -35,7 +38,8 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
     cases = run_case(manifest, out, stage_mode=mode, detector=detector, on_slide=on_slide, scan_mode=scan_mode,
                      screen=screen)
     for case in cases:
-        console.print(f"[bold]patient {case['patient']}: {case['pn_stage']}[/bold] — {case['stage_reason']}")
+        console.print(f"[bold]patient {escape(case['patient'])}: {escape(stage_text(case))}[/bold] — "
+                      f"{escape(case['stage_reason'])}", soft_wrap=True)
         if case.get("report"):
             console.print(f"report: {case['report']}")
     return cases
@@ -43,9 +47,9 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
 
 @app.command("case")
 def case(
-    manifest: Path = typer.Argument(..., help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
-    mode: str = typer.Option("camelyon17", "--mode", help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
+    manifest: Path = typer.Argument(..., callback=validate.IN_FILE, help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
+    out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
+    mode: str = typer.Option("camelyon17", "--mode", callback=validate.STAGE_MODE, help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
     model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
     scan_mode: str = typer.Option("thorough", "--scan-mode", help="Detector mode of every H&E slide: thorough (default; the fine model over all tissue) or fast (a coarse 2 µm/px screen, then the fine model on its candidates, grown over each positive region; can miss ITC)."),
 ) -> None:
@@ -53,17 +57,23 @@ def case(
 
     A node's class is the strongest finding over its slides (H&E, IHC) and its OSNA result (CK19 mRNA copies/µL:
     < 250 negative, 250-5,000 micrometastasis, > 5,000 macrometastasis). The patient's pN stage follows the chosen
-    rule. A slide that fails is reported in one line and listed in case.json; the exit code is then 2.
+    rule. A slide that fails is reported in one line and listed in case.json, the stage is marked provisional (on
+    screen, in case.json and in the report) and the exit code is 2.
     """
     cases = _run(manifest, out, mode, model, scan_mode)
     if any(c["failed_slides"] for c in cases):
         raise typer.Exit(code=2)
 
 
+# The demo case is package data, so `micromets demo` runs from any folder and from an installed wheel.
+DEMO_CASE = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
 @app.command("demo")
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
-    case_dir: Path = typer.Option(Path("demo"), "--case", help="Folder with manifest.csv and expected.json."),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder."),
+    case_dir: Path = typer.Option(DEMO_CASE, "--case", help="Folder with manifest.csv and expected.json "
+                                  "(default: the demo case installed with micromets)."),
 ) -> None:
     """Run the bundled demo case (three nodes of one patient) and compare the result with the known truth.
 

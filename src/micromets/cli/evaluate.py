@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 evaluate_app = typer.Typer(
@@ -27,8 +28,8 @@ def camelyon16(
         ..., help="Folder of reference outlines <slide>.xml (ASAP) or <slide>.json (polygon JSON / GeoJSON); "
         "a slide without one is a normal slide."
     ),
-    mpp: float = typer.Option(0.243, "--mpp", help="Level-0 µm per pixel of the reference (CAMELYON16: 0.243)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the full result (curve, per slide) as JSON."),
+    mpp: float = typer.Option(0.243, "--mpp", callback=validate.MPP, help="Level-0 µm per pixel of the reference (CAMELYON16: 0.243)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="Write the full result (curve, per slide) as JSON."),
 ) -> None:
     """Lesion-level FROC and slide-level AUC as in CAMELYON16.
 
@@ -49,9 +50,9 @@ def camelyon16(
 
 @evaluate_app.command("camelyon17")
 def camelyon17(
-    submission: Path = typer.Argument(..., help="Submission CSV 'patient,stage' (patient_NNN.zip rows; node rows optional)."),
-    reference: Path = typer.Argument(..., help="Reference CSV in the stage_labels.csv format."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result (kappa, confusion) as JSON."),
+    submission: Path = typer.Argument(..., callback=validate.IN_FILE, help="Submission CSV 'patient,stage' (patient_NNN.zip rows; node rows optional)."),
+    reference: Path = typer.Argument(..., callback=validate.IN_FILE, help="Reference CSV in the stage_labels.csv format."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="Write the result (kappa, confusion) as JSON."),
 ) -> None:
     """Quadratic-weighted Cohen's kappa over pN0, pN0(i+), pN1mi, pN1, pN2 (the CAMELYON17 score)."""
     from micromets.evaluation.camelyon17 import evaluate_camelyon17

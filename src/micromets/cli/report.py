@@ -22,11 +22,20 @@ def report(
     deposit with a scale bar in µm/mm, the lesion table (diameters in mm, areas in mm²) and a bar plot of deposit
     sizes against the AJCC 8 boundaries: ITC <= 0.2 mm, micrometastasis > 0.2 and <= 2.0 mm, macrometastasis
     > 2.0 mm. It ends with the model card summary, software version, date and the SHA-256 of every slide.
-    Research use only.
+    A case with a slide that failed or whose result.json is missing or unreadable gets a report marked
+    provisional, one line per missing slide, and exit code 2. Research use only.
     """
+    from micromets.errors import MicrometsError
     from micromets.report import find_patient_dirs, write_report
 
+    provisional = 0
     for patient_dir in find_patient_dirs(results_dir):
-        html = write_report(patient_dir, pdf=pdf)
+        problems: list[str] = []
+        html = write_report(patient_dir, pdf=pdf, problems=problems)
         pdf_path = html.with_suffix(".pdf")
         typer.echo(f"{html}" + (f"\n{pdf_path}" if pdf and pdf_path.is_file() else ""))
+        for problem in problems:
+            typer.echo(f"micromets: error: {patient_dir.name}: provisional report, {problem}", err=True)
+        provisional += bool(problems)
+    if provisional:
+        raise typer.Exit(code=MicrometsError.exit_code)

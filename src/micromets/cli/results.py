@@ -5,7 +5,9 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.sizes import format_mm
 
 _LEVELS = ("slides", "worklist", "lesions", "nodes", "patients", "runs")
 _WORKLIST_COLUMNS = ("rank", "slide_id", "max_probability", "node_class", "largest_deposit_mm", "n_lesions", "path",
@@ -24,18 +26,18 @@ _TABLE_COLUMNS = {
 
 @app.command("results")
 def results(
-    db: str = typer.Option(..., "--db", help="Results store written by `micromets batch` (SQLite file)."),
+    db: str = typer.Option(..., "--db", callback=validate.IN_FILE, help="Results store written by `micromets batch` (SQLite file)."),
     level: str = typer.Option("slides", "--level", help="slides | worklist (done slides, most suspicious first, "
                                                         "ranked) | lesions | nodes | patients | runs."),
     fmt: str = typer.Option("table", "--format", help="table | csv | json."),
-    node_class: Optional[list[str]] = typer.Option(None, "--class", help="Keep slides/nodes of this class "
+    node_class: Optional[list[str]] = typer.Option(None, "--class", callback=validate.NODE_CLASS, help="Keep slides/nodes of this class "
                                                                         "(negative, itc, micro, macro); repeatable."),
     pn: Optional[list[str]] = typer.Option(None, "--pn", help="Keep patients of this pN stage (e.g. pN1mi); "
                                                               "repeatable."),
-    min_probability: Optional[float] = typer.Option(None, "--min-probability", help="Keep slides whose maximum "
+    min_probability: Optional[float] = typer.Option(None, "--min-probability", callback=validate.PROBABILITY, help="Keep slides whose maximum "
                                                                                     "tumour probability is >= this."),
-    status: Optional[str] = typer.Option(None, "--status", help="Keep slides that are done or failed."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    status: Optional[str] = typer.Option(None, "--status", callback=validate.one_of("done", "failed"), help="Keep slides that are done or failed."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", callback=validate.OUT_FILE, help="Write to this file instead of stdout."),
 ) -> None:
     """List and export batch results. Slides are sorted most suspicious first (maximum heatmap tumour
     probability, then largest deposit in mm); sizes are in mm (maximum Feret diameter), areas in mm², resolution
@@ -55,10 +57,8 @@ def results(
         raise MicrometsError(f"--level {level!r}: choose one of {', '.join(_LEVELS)}")
     if fmt not in ("table", "csv", "json"):
         raise MicrometsError(f"--format {fmt!r}: choose table, csv or json")
-    if not Path(db.removeprefix("sqlite:///")).is_file():
-        raise MicrometsError(f"--db {db}: no such results store")
     classes = tuple(node_class or ())
-    with open_store(db) as store:
+    with open_store(db, read_only=True) as store:
         if level in ("slides", "worklist"):
             rows = select_slides(store.slides(), classes, min_probability, "done" if level == "worklist" else status)
             if level == "worklist":
@@ -84,8 +84,8 @@ def results(
         for column in shown:
             table.add_column(column)
         for row in rows:
-            table.add_row(*("" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float)
-                            else str(row[c]) for c in shown))
+            table.add_row(*("" if row.get(c) is None else format_mm(row[c], unit=False) if c.endswith("_mm")
+                            else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown))
         if output:
             with open(output, "w") as fh:
                 Console(file=fh, width=200).print(table)

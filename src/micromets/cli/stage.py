@@ -5,13 +5,14 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
 @app.command("stage")
 def stage(
     nodes_csv: Path = typer.Argument(
-        ..., help="CSV in the CAMELYON17 stage_labels.csv format: rows 'patient_NNN_node_K.tif,<class>' with class "
+        ..., callback=validate.IN_FILE, help="CSV in the CAMELYON17 stage_labels.csv format: rows 'patient_NNN_node_K.tif,<class>' with class "
         "negative|itc|micro|macro; patient rows (patient_NNN.zip) are ignored."
     ),
     mode: str = typer.Option(
@@ -24,7 +25,7 @@ def stage(
         help="ajcc8 only: nodes come from sentinel biopsy alone → '(sn)' suffix when fewer than 6 nodes.",
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o", help="Write the official submission format: 'patient,stage', each patient_NNN.zip row "
+        None, "--out", "-o", callback=validate.OUT_FILE, help="Write the official submission format: 'patient,stage', each patient_NNN.zip row "
         "followed by its node rows.",
     ),
 ) -> None:

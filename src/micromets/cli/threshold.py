@@ -4,16 +4,17 @@ from pathlib import Path
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
 @app.command("threshold")
 def threshold(
-    db: str = typer.Option(..., "--db", help="Results store of a batch over the validation slides."),
-    labels: Path = typer.Option(..., "--labels", help="CSV slide,label (slide = file name or id; label negative/"
+    db: str = typer.Option(..., "--db", callback=validate.IN_FILE, help="Results store of a batch over the validation slides."),
+    labels: Path = typer.Option(..., "--labels", callback=validate.IN_FILE, help="CSV slide,label (slide = file name or id; label negative/"
                                                       "normal/0 or itc/micro/macro/tumour/1; CAMELYON17 "
                                                       "stage_labels files work as they are)."),
-    target_sensitivity: float = typer.Option(1.0, "--target-sensitivity", help="Share of positive slides that must "
+    target_sensitivity: float = typer.Option(1.0, "--target-sensitivity", callback=validate.in_range(0, 1, low_open=True), help="Share of positive slides that must "
                                                                                "stay flagged, in (0, 1]."),
     positive: str = typer.Option("itc,micro,macro,tumor,tumour,positive,1,true,yes", "--positive",
                                  help="Labels that count as positive, comma-separated (e.g. micro,macro to treat "
@@ -40,10 +41,8 @@ def threshold(
 
     if fmt not in ("table", "json"):
         raise MicrometsError(f"--format {fmt!r}: choose table or json")
-    if not Path(db.removeprefix("sqlite:///")).is_file():
-        raise MicrometsError(f"--db {db}: no such results store")
     truth = read_labels(labels, tuple(p.strip().lower() for p in positive.split(",") if p.strip()))
-    with open_store(db) as store:
+    with open_store(db, read_only=True) as store:
         done = [r for r in store.slides(status="done") if r["slide_id"] in truth and r["max_probability"] is not None]
     if not done:
         raise MicrometsError(f"{labels}: none of its {len(truth)} labelled slides is done in {db}")

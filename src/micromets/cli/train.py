@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from micromets.cli import validate
 from micromets.cli.app import app
 
 
@@ -39,7 +40,7 @@ def _held_out_report(path: Path) -> dict:
 
 @app.command("train")
 def train(
-    out: Path = typer.Option(..., "--out", "-o", help="Output model folder: model.onnx + model.json (the card)."),
+    out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output model folder: model.onnx + model.json (the card)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="'tissue-classes': the bundled opt-in model src/micromets/models/tissue-classes (issue 14): 7 tissue classes from every source under --data-root (micromets.train.tissue_data; uses --out, --data-root, --steps, --width, --seed, --patch-px, --input-mpp, --name, --version, --held-out; held-out numbers: bench/tissue_heldout.py). 'lymph-node-he': the shipped default's binary recipe, data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
     data_root: Path = typer.Option(Path("../shared/data"), "--data-root", help="Folder of the real data for --recipe."),
     folder: list[str] = typer.Option([], "--folder", help="Folder-per-class tiles as PATH@MPP (class folders tumor*/normal*; MPP = µm/px of the images). Repeatable."),
@@ -49,14 +50,14 @@ def train(
     pcam_limit: Optional[int] = typer.Option(None, "--pcam-limit", help="Use only the first N PCam patches."),
     wsi: list[str] = typer.Option([], "--wsi", help="SLIDE:ANNOTATION.xml (ASAP XML, level-0 px outlines = tumour). Repeatable."),
     wsi_patches: int = typer.Option(200, "--wsi-patches", help="Patches sampled per class and slide for --wsi."),
-    input_mpp: float = typer.Option(0.5, "--input-mpp", help="Model resolution in µm/px; every dataset is resampled to it."),
+    input_mpp: float = typer.Option(0.5, "--input-mpp", callback=validate.MPP, help="Model resolution in µm/px; every dataset is resampled to it."),
     patch_px: int = typer.Option(96, "--patch-px", help="Model patch side in pixels at --input-mpp (heatmap cell = patch_px × input_mpp µm)."),
     family: str = typer.Option("cnn", "--family", help="cnn (PatchNet on stain-normalised pixels) or morphometry (nuclear features → logistic regression)."),
     steps: int = typer.Option(300, "--steps", help="Training batches (64 augmented crops each) per fit."),
     width: int = typer.Option(16, "--width", help="Channels of the CNN's first stage (speed ∝ width²)."),
     stain_jitter: str = typer.Option("0.25,0.05", "--stain-jitter", help="SIGMA,VECTOR_SIGMA of the H&E stain augmentation: each stain amount (OD) × U(1-SIGMA, 1+SIGMA), stain-vector components + N(0, VECTOR_SIGMA). docs/model.md compares 0.25,0.05 with 0.5,0.1 on the held-out protocol."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic for a seed)."),
-    held_out: Optional[Path] = typer.Option(None, "--held-out", help="--recipe tissue-classes: a bench/tissue_heldout.py result (JSON) to write into the card's metrics.held_out and known_failure_modes."),
+    held_out: Optional[Path] = typer.Option(None, "--held-out", callback=validate.IN_FILE, help="--recipe tissue-classes: a bench/tissue_heldout.py result (JSON) to write into the card's metrics.held_out and known_failure_modes."),
     cv_groups: str = typer.Option("", "--cv-groups", help="Comma-separated groups (slides/patients) held out one at a time for the held-out metrics; empty = none."),
     exclude_groups: str = typer.Option("", "--exclude-groups", help="Comma-separated groups (slides/patients) left out of training entirely, e.g. to keep a slide unseen for phantom tests."),
     name: str = typer.Option("micromets-cnn", "--name", help="Model name for the card."),

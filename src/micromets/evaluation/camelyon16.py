@@ -73,8 +73,15 @@ class EvaluationMask:
         return int(self.labels.max()) - len(self.itc_labels)
 
 
+#: Reference outlines must lie within a glass slide (75 × 25 mm; 80 mm either way leaves room): a coordinate
+#: beyond it is a broken file, and its mask (the lesions' bounding box at level 5) would ask for tens of GiB.
+MAX_SLIDE_MM = 80.0
+
+
 def evaluation_mask(geoms_l0, l0_mpp: float = CAMELYON16_L0_MPP, level: int = EVALUATION_LEVEL) -> EvaluationMask:
-    """Build the CAMELYON16 evaluation mask from tumour outlines (level-0 px, exclusions already cut out)."""
+    """Build the CAMELYON16 evaluation mask from tumour outlines (level-0 px, exclusions already cut out).
+
+    Raises :class:`MicrometsError` when an outline reaches beyond ``±MAX_SLIDE_MM`` of the slide's origin."""
     import shapely
     from skimage.measure import label, regionprops
 
@@ -86,6 +93,11 @@ def evaluation_mask(geoms_l0, l0_mpp: float = CAMELYON16_L0_MPP, level: int = EV
     if not geoms:
         return EvaluationMask(np.zeros((1, 1), dtype=np.int32), frozenset(), downsample)
     minx, miny, maxx, maxy = shapely.total_bounds(np.array(geoms, dtype=object))
+    limit_l0 = MAX_SLIDE_MM * 1000 / l0_mpp
+    if not all(math.isfinite(v) and abs(v) <= limit_l0 for v in (minx, miny, maxx, maxy)):
+        raise MicrometsError(f"reference outline coordinates ({minx:g}, {miny:g}) to ({maxx:g}, {maxy:g}) level-0 px "
+                             f"reach beyond a slide: at {l0_mpp:g} µm/px a slide spans at most {limit_l0:.0f} px "
+                             f"({MAX_SLIDE_MM:g} mm)")
     margin = int(math.ceil(MERGE_DISTANCE_UM / mask_mpp)) + 2
     row0, col0 = max(0, int(miny // downsample) - margin), max(0, int(minx // downsample) - margin)
     shape = (int(maxy // downsample) + margin - row0, int(maxx // downsample) + margin - col0)
@@ -203,7 +215,10 @@ def evaluate_camelyon16(
         reference = None
         if ref_path is not None:
             geoms = read_annotations(ref_path).geometries_l0()
-            reference = evaluation_mask(geoms, l0_mpp) if geoms else None
+            try:
+                reference = evaluation_mask(geoms, l0_mpp) if geoms else None
+            except MicrometsError as err:
+                raise MicrometsError(f"{ref_path}: {err}") from None
             if reference is not None and not reference.labels.any():
                 reference = None
         fp, tp = score_detections(detections, reference)

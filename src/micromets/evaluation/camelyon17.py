@@ -27,16 +27,18 @@ NODE_ROW = re.compile(r"^(patient_\d+)_node_(\d+)\.tif$")
 def read_stage_csv(path: str | Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """Read a CAMELYON17 CSV (``stage_labels.csv`` or a submission): (patient → stage, patient → {node file → class}).
 
-    Patient rows and node rows are both optional; unknown stages/classes and unrecognised names raise.
+    Patient rows and node rows are both optional; unknown stages/classes, unrecognised names and a name given on
+    two lines (which line would win?) raise. A UTF-8 byte-order mark is allowed.
     """
     path = Path(path)
     patients: dict[str, str] = OrderedDict()
     nodes: dict[str, dict[str, str]] = OrderedDict()
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError) as err:
         raise MicrometsError(f"{path}: cannot read: {err}") from None
+    first_line: dict[str, int] = {}
     for line, row in enumerate(rows, start=1):
         if not row or not "".join(row).strip():
             continue
@@ -45,6 +47,9 @@ def read_stage_csv(path: str | Path) -> tuple[dict[str, str], dict[str, dict[str
         if len(row) < 2:
             raise MicrometsError(f"{path}:{line}: expected 'name,label', got {','.join(row)!r}")
         name, label = row[0].strip(), row[1].strip()
+        if name in first_line:
+            raise MicrometsError(f"{path}:{line}: {name} is listed twice (lines {first_line[name]} and {line})")
+        first_line[name] = line
         if match := PATIENT_ROW.match(name):
             if label not in STAGES:
                 raise MicrometsError(f"{path}:{line}: unknown pN stage {label!r} (expected {', '.join(STAGES)})")

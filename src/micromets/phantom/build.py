@@ -46,6 +46,8 @@ MANIFEST_COLUMNS = (
 CAPSULE_TILES = Path(__file__).resolve().parents[1] / "data" / "tiles" / "stroma"
 CAPSULE_TILES_MPP = 0.495  # Kather et al. 2016, Sci Rep 6:27988
 FAT_TILES = Path(__file__).resolve().parents[1] / "data" / "tiles" / "fat"  # same source and µm/px
+#: Largest phantom side (mm): a 3 x 1 inch glass slide is 76 x 26 mm; beyond it a request is a typo, not a slide.
+MAX_SIZE_MM = 80.0
 
 
 def default_name(lesions: str, seed: int) -> str:
@@ -149,9 +151,13 @@ def build_phantom(
     node_class = expected_node_class(layout)
     slide_path = out_dir / f"{name}.tiff"
     tmp_path = out_dir / f".{name}.tiff.part"
-    write_pyramid(tmp_path, layout.l0_width, layout.l0_height, l0_mpp, renderer.render_region,
-                  jpeg_quality=jpeg_quality,
-                  description=f"micromets phantom {name} seed={seed} lesions={lesions} mpp={l0_mpp}")
+    try:
+        write_pyramid(tmp_path, layout.l0_width, layout.l0_height, l0_mpp, renderer.render_region,
+                      jpeg_quality=jpeg_quality,
+                      description=f"micromets phantom {name} seed={seed} lesions={lesions} mpp={l0_mpp}")
+    except BaseException:  # interrupted or failed: no half-written slide is left behind
+        tmp_path.unlink(missing_ok=True)
+        raise
     os.replace(tmp_path, slide_path)
     write_truth(out_dir, name, layout)
     row = {

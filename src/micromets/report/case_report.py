@@ -8,7 +8,8 @@ Contents, top to bottom: the patient's pN stage with the rule and the evidence t
 H&E / IHC / OSNA); per node its class, largest deposit (mm, maximum Feret diameter), tumour-cell count, number of
 deposits, OSNA CK19 copies/µL, a bar plot of deposit sizes against the AJCC 8 boundaries 0.2 mm and 2.0 mm
 (ITC <= 0.2 mm < micrometastasis <= 2.0 mm < macrometastasis); per slide a thumbnail with the heatmap and
-outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model card summary,
+outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model in plain words (what it
+trained on, its held-out result as counts and rates, its known failure modes: :func:`model_sentences`),
 software version, date, input file hashes and the research-use statement.
 """
 
@@ -20,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 import numpy as np
 
 from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
+from micromets.review import review_state
+from micromets.sizes import format_mm
 
 RESEARCH_USE = (
     "Research use only. micromets is not a medical device and has not been cleared or approved for clinical "
@@ -39,14 +43,23 @@ CROP_LONG_PX = 560
 CROP_MIN_SIDE_UM = 300.0
 #: Thumbnail labels: only the largest few lesions are labelled, so labels stay readable.
 MAX_THUMB_LABELS = 12
-#: Model-card metrics and split entries listed in the report (the rest are counted).
-MAX_CARD_ENTRIES = 15
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("micromets", "templates"),
     autoescape=jinja2.select_autoescape(["html", "j2"]),
     undefined=jinja2.StrictUndefined,
 )
+_TEMPLATES.filters["mm"] = format_mm
+
+
+def css_string(text) -> Markup:
+    """``text`` as a quoted CSS string (the PDF page footer): every character but letters, digits, space and
+    ``_-.,()`` is a CSS escape, so no patient id can end the string or the ``<style>`` element."""
+    body = "".join(c if c.isalnum() or c in " _-.,()" else f"\\{ord(c):x} " for c in str(text))
+    return Markup(f'"{body}"')
+
+
+_TEMPLATES.filters["css_string"] = css_string
 
 
 @dataclass
@@ -69,7 +82,7 @@ class NodeView:
 
     node: dict
     slides: list[SlideView]
-    n_deposits: int
+    n_deposits: int | None  # None: a slide's result could not be read, so the count is unknown
     n_cells: int | None  # tumour cells counted in the node's largest deposit (None: not counted)
     size_plot_svg: str
 
@@ -81,6 +94,8 @@ def _read_json(path: Path, schema: str) -> dict:
         raise MicrometsError(f"{path}: not found") from None
     except (OSError, ValueError) as err:
         raise MicrometsError(f"{path}: unreadable JSON ({err})") from None
+    except RecursionError:
+        raise MicrometsError(f"{path}: unreadable JSON (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("schema") != schema:
         raise MicrometsError(f"{path}: not a {schema} file")
     return data
@@ -128,7 +143,7 @@ def _slide_pictures(view: SlideView, slide_dir: Path) -> None:
     crop, bar_um = figures.draw_scale_bar(crop, crop_mpp)
     view.crop_uri = figures.jpeg_data_uri(crop, quality=90)
     view.crop_caption = (
-        f"Largest deposit #{largest['id']} ({largest['class']}, {largest['diameter_mm']:.2f} mm); "
+        f"Largest deposit #{largest['id']} ({largest['class']}, {format_mm(largest['diameter_mm'])}); "
         f"{crop_mpp:.2f} µm/px, scale bar {figures.format_length_um(bar_um)}"
     )
 
@@ -156,7 +171,7 @@ def _node_view(patient_dir: Path, node: dict) -> NodeView:
     return NodeView(
         node=node,
         slides=slides,
-        n_deposits=sum(s.result["n_lesions"] for s in slides if s.result is not None),
+        n_deposits=None if any(s.result is None for s in slides) else sum(s.result["n_lesions"] for s in slides),
         n_cells=largest.get("n_cells") if largest else None,
         size_plot_svg=figures.size_bars_svg(deposits),
     )
@@ -171,56 +186,87 @@ def _model_card() -> dict | None:
         return None
 
 
-def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested card entries → ``[("heldout auc", "0.93"), …]`` (floats to 4 significant digits)."""
-    if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix} {k}".strip())]
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}[{i}]")]
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return [(prefix, text)]
+def model_sentences(card: dict) -> dict[str, str]:
+    """The model card in plain words for the report: ``trained_on``, ``held_out`` and ``failure_modes``.
+
+    Read from the card's ``training_data``, ``metrics.held_out`` (AUC, confusion at the threshold) and
+    ``known_failure_modes`` (a list of sentences; a card without it says so)."""
+    data = card.get("training_data") or []
+    trained = "; ".join(d.get("name", "?") for d in data) or "not stated in the model card"
+    held = (card.get("metrics") or {}).get("held_out") or {}
+    conf = held.get("confusion") or {}
+    if conf and all(k in conf for k in ("tp", "fn", "fp", "tn")):
+        n_t, n_n = conf["tp"] + conf["fn"], conf["fp"] + conf["tn"]
+        held_text = (f"On {n_t} tumour and {n_n} normal patches it never trained on"
+                     f"{' (' + held['protocol'] + ')' if held.get('protocol') else ''}, it called "
+                     f"{conf['tp']} of {n_t} tumour patches tumour (sensitivity {conf['tp'] / n_t:.0%}) and "
+                     f"{conf['fp']} of {n_n} normal patches tumour (specificity {conf['tn'] / n_n:.0%}) at its "
+                     f"threshold {held.get('threshold', card.get('threshold', 0.5)):g}")
+        if held.get("auc") is not None:
+            held_text += f"; area under the ROC curve {held['auc']:.2f} (1.0 is perfect, 0.5 is chance)"
+        held_text += "."
+    else:
+        held_text = "The model card gives no held-out result."
+    failures = card.get("known_failure_modes") or []
+    failure_text = " ".join(failures) if failures else (
+        "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
+        "measured.")
+    return {"trained_on": trained, "held_out": held_text, "failure_modes": failure_text}
 
 
-def _capped(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """At most ``MAX_CARD_ENTRIES`` card entries; the rest are counted, not listed (the card has them all)."""
-    if len(pairs) <= MAX_CARD_ENTRIES:
-        return pairs
-    return pairs[:MAX_CARD_ENTRIES] + [("…", f"{len(pairs) - MAX_CARD_ENTRIES} more entries in the model card")]
+def incomplete(case: dict, nodes: list[NodeView]) -> list[str]:
+    """Why the case is provisional, one line each: slides that failed in `micromets case` and slide results that
+    cannot be read now (empty: the case is complete)."""
+    lines = [f"{f['path']}: {f['error']}" for f in case["failed_slides"]]
+    return lines + [s.error for n in nodes for s in n.slides if s.result is None]
 
 
 def render_report_html(patient_dir: str | Path) -> str:
     """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
-    patient_dir = Path(patient_dir)
+    return _render(Path(patient_dir))[0]
+
+
+def _render(patient_dir: Path) -> tuple[str, list[str]]:
+    """The report's HTML and the reasons it is provisional (see :func:`incomplete`)."""
     case = _read_json(patient_dir / "case.json", "micromets.case/1")
     nodes = [_node_view(patient_dir, node) for node in case["nodes"]]
+    problems = incomplete(case, nodes)
     results = [s.result for n in nodes for s in n.slides if s.result is not None]
     threshold = results[0]["threshold"] if results else None
     card = _model_card()
+    try:
+        review = review_state(patient_dir)
+    except MicrometsError:  # a slide result unreadable now (listed in problems): the rest is still reported
+        review = None
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
         case=case,
+        provisional=problems,
         nodes=nodes,
         results=results,
         card=card,
-        card_metrics=_capped(flatten(card.get("metrics", {}))) if card else [],
-        card_split=_capped(flatten(card.get("split", {}))) if card else [],
+        model_text=model_sentences(card) if card else None,
         software_version=__version__,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         research_use=RESEARCH_USE,
         colour_scale_svg=figures.colour_scale_svg(threshold),
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
-    )
+        review=review,
+    ), problems
 
 
-def write_report(patient_dir: str | Path, pdf: bool = True) -> Path:
+def write_report(patient_dir: str | Path, pdf: bool = True, problems: list[str] | None = None) -> Path:
     """Write ``report.html`` (and ``report.pdf`` when Chromium is present and ``pdf``) into ``patient_dir``.
 
     ``patient_dir`` is ``DIR/<patient>`` of ``micromets case`` (it holds ``case.json``). Returns the HTML path.
     Raises :class:`MicrometsError` naming the file when ``case.json`` is missing or not a case file; a slide whose
-    result or image cannot be read is reported inside the document instead of stopping it.
+    result or image cannot be read is reported inside the document instead of stopping it, and the stage is then
+    marked provisional. ``problems``, when given, receives why the case is provisional (see :func:`incomplete`).
     """
     patient_dir = Path(patient_dir)
-    html = render_report_html(patient_dir)
+    html, found = _render(patient_dir)
+    if problems is not None:
+        problems.extend(found)
     html_path = patient_dir / "report.html"
     part = html_path.with_name("report.html.part")
     part.write_text(html, encoding="utf-8")

@@ -18,6 +18,8 @@ from html import escape
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from micromets.sizes import format_mm
+
 #: Outline colour per node / lesion class (RGB), shared with the viewer's front end.
 CLASS_COLOURS = {
     "negative": (120, 120, 120),
@@ -170,6 +172,32 @@ def draw_scale_bar(img: np.ndarray, img_mpp: float, max_fraction: float = 0.3) -
     return np.asarray(pil), length_um
 
 
+def legend_strip(width_px: int, threshold: float | None, height_px: int = 58) -> np.ndarray:
+    """A white strip (RGB) to put under a slide picture: the heatmap colour bar 0 → 1 (the colours of
+    :func:`prob_colours`) with the threshold marked, and the outline colour of each class (:data:`CLASS_COLOURS`)."""
+    pil = Image.new("RGB", (width_px, height_px), (255, 255, 255))
+    draw = ImageDraw.Draw(pil)
+    font = _font(12)
+    x0, bar_w, y0, bar_h = 8, max(60, min(300, width_px // 2 - 16)), 18, 12
+    draw.text((x0, y0 - 3), "tumour probability", fill=(0, 0, 0), font=font, anchor="lb")
+    ramp = prob_colours(np.linspace(0, 1, bar_w, dtype=np.float32))
+    pil.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (x0, y0))
+    draw.rectangle((x0, y0, x0 + bar_w - 1, y0 + bar_h - 1), outline=(60, 60, 60))
+    for p in (0.0, 1.0):
+        draw.text((x0 + p * (bar_w - 1), y0 + bar_h + 2), f"{p:g}", fill=(0, 0, 0), font=font, anchor="mt")
+    if threshold is not None:
+        x = x0 + float(threshold) * (bar_w - 1)
+        draw.line((x, y0 - 3, x, y0 + bar_h + 2), fill=(0, 0, 0), width=3)
+        draw.text((x, y0 + bar_h + 2), f"threshold {threshold:g}", fill=(0, 0, 0), font=font, anchor="mt")
+    x = x0 + bar_w + 24
+    for name, label in (("itc", "ITC"), ("micro", "micro"), ("macro", "macro")):
+        draw.rectangle((x, y0, x + 22, y0 + bar_h - 1), outline=(20, 20, 20), fill=CLASS_COLOURS[name], width=1)
+        draw.text((x + 26, y0 + bar_h // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 34 + font.getlength(label)
+    draw.text((x0 + bar_w + 24, y0 - 3), "outlines", fill=(0, 0, 0), font=font, anchor="lb")
+    return np.asarray(pil)
+
+
 def png_data_uri(rgb: np.ndarray) -> str:
     """An image array as a ``data:image/png;base64,…`` URI (for self-contained HTML)."""
     buf = io.BytesIO()
@@ -241,7 +269,7 @@ def size_bars_svg(deposits: Sequence[tuple[str, float, str]], width_px: int = 56
         parts.append(f'<text x="{left - 4}" y="{y + 10}" font-size="10" text-anchor="end">{escape(label)}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{max(1.0, x_of(mm) - left):.1f}" height="{row_h - 4}" '
                      f'fill="{hex_colour(CLASS_COLOURS.get(cls, (90, 90, 90)))}" stroke="#222" stroke-width="0.5"/>')
-        parts.append(f'<text x="{x_of(mm) + 3:.1f}" y="{y + 10}" font-size="9">{mm:.{2 if mm >= 0.1 else 3}f} mm</text>')
+        parts.append(f'<text x="{x_of(mm) + 3:.1f}" y="{y + 10}" font-size="9">{format_mm(mm)}</text>')
     if not rows:
         parts.append(f'<text x="{left + 4}" y="{6 + 10}" font-size="10" fill="#555">no deposits</text>')
     for mm in (0.01, 0.1, 1.0, 10.0):

@@ -42,15 +42,28 @@ class Sample:
     name: str        # file (and position) it came from
 
 
+#: Largest image (pixels) read as one tile: 6000 × 6000 px (1.5 mm at 0.25 µm/px) decodes to about 0.5 GB at its
+#: peak; a 12000² PNG used to peak at 2 GB and a 20000² one crashed. A larger image is a slide, not a tile.
+MAX_IMAGE_PX = 6000 * 6000
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """uint8 RGB of an image file; transparency is composited on white. Raises MicrometsError naming the file."""
+    """uint8 RGB of an image file; transparency is composited on white. Raises MicrometsError naming the file,
+    also for an image of more than :data:`MAX_IMAGE_PX` pixels (checked from its header, before decoding)."""
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PX:
+                raise MicrometsError(f"{path}: image of {im.width}×{im.height} px is larger than the "
+                                     f"{MAX_IMAGE_PX / 1e6:g} megapixels a tile may have; cut it into tiles or "
+                                     "analyse it as a slide")
             if im.mode in ("RGBA", "LA", "P"):
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, im)
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as err:  # Pillow's own guard, at twice its MAX_IMAGE_PIXELS
+        raise MicrometsError(f"{path}: image larger than the {MAX_IMAGE_PX / 1e6:g} megapixels a tile may have "
+                             f"({err})") from None
     except (OSError, ValueError) as err:
         raise MicrometsError(f"{path}: cannot read image ({err})") from None
 

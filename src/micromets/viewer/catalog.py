@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from micromets.errors import MicrometsError
+from micromets.sizes import format_mm
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -43,6 +44,8 @@ class Catalog:
     root: Path
     slides: dict[str, SlideEntry] = field(default_factory=dict)
     cases: list[dict] = field(default_factory=list)
+    #: case key (``case`` of each case dict) → the patient folder holding its case.json (and review.jsonl)
+    case_dirs: dict[str, Path] = field(default_factory=dict)
 
 
 def _load(path: Path, schema: str) -> dict | None:
@@ -99,12 +102,15 @@ def build_catalog(results_dir: str | Path) -> Catalog:
             in_case.update(keys)
             nodes.append({**{k: node.get(k) for k in ("node", "node_class", "decided_by", "largest_deposit_mm",
                                                       "osna_copies_per_ul")}, "slides": keys})
+        case_key = _key_for(path.parent.relative_to(root), set(catalog.case_dirs))
+        catalog.case_dirs[case_key] = path.parent
         catalog.cases.append({k: case.get(k) for k in ("patient", "pn_stage", "stage_mode", "stage_reason")}
-                             | {"nodes": nodes})
+                             | {"nodes": nodes, "case": case_key})
     loose = [key for key in catalog.slides if key not in in_case]
     if loose:
         catalog.cases.append({
-            "patient": None, "pn_stage": None, "stage_mode": None, "stage_reason": "slides analysed on their own",
+            "patient": None, "case": None, "pn_stage": None, "stage_mode": None,
+            "stage_reason": "slides analysed on their own",
             "nodes": [{"node": None, "node_class": catalog.slides[k].result.get("node_class"), "decided_by": None,
                        "largest_deposit_mm": catalog.slides[k].result.get("largest_deposit_mm"),
                        "osna_copies_per_ul": None, "slides": [k]} for k in loose],
@@ -120,14 +126,15 @@ def slide_summary(entry: SlideEntry, case: dict | None) -> dict:
         xs = [p[0] for ring in les["l0_outline"] for p in ring]
         ys = [p[1] for ring in les["l0_outline"] for p in ring]
         lesions.append({k: les.get(k) for k in ("id", "class", "diameter_mm", "area_mm2", "max_probability",
-                                                "n_cells")} | {"l0_bbox": [min(xs), min(ys), max(xs), max(ys)]})
+                                                "n_cells")}
+                       | {"l0_bbox": [min(xs), min(ys), max(xs), max(ys)], "diameter_text": format_mm(les["diameter_mm"])})
     hm = r.get("heatmap") or {}
     return {
         "key": entry.key, "slide_id": r.get("slide_id"), "patient": entry.patient, "node": entry.node,
         "pn_stage": case.get("pn_stage") if case else None,
         "stage_mode": case.get("stage_mode") if case else None,
         "node_class": r.get("node_class"), "largest_deposit_mm": r.get("largest_deposit_mm"),
-        "stain": r.get("stain"), "l0_mpp": r["l0_mpp"], "l0_width": r["l0_width"], "l0_height": r["l0_height"],
+        "largest_deposit_text": format_mm(r.get("largest_deposit_mm")), "stain": r.get("stain"), "l0_mpp": r["l0_mpp"], "l0_width": r["l0_width"], "l0_height": r["l0_height"],
         "threshold": r.get("threshold"),
         "heatmap": {"cell_um": hm["cell_um"], "l0_origin": hm["l0_origin"], "shape": hm["shape"]} if hm else None,
         "lesions": lesions,
@@ -144,7 +151,7 @@ def lesions_geojson(entry: SlideEntry) -> dict:
     features = []
     for les in entry.result.get("lesions", []):
         coords = [[_closed_ring(ring)] for ring in les["l0_outline"]]
-        props = {k: v for k, v in les.items() if k != "l0_outline"}
+        props = {k: v for k, v in les.items() if k != "l0_outline"} | {"diameter_text": format_mm(les["diameter_mm"])}
         features.append({"type": "Feature", "id": les["id"], "geometry": {"type": "MultiPolygon",
                                                                           "coordinates": coords},
                          "properties": props})

@@ -7,6 +7,7 @@
 const state = {
   catalog: null, slide: null, key: null, features: [], selected: null,
   heatmapItem: null, ruler: null, rulerMode: false, colours: {}, cells: [],
+  caseKey: null, review: null, drawMode: false, drawPts: [],
 };
 
 const $ = (id) => document.getElementById(id);
@@ -18,7 +19,9 @@ const viewer = OpenSeadragon({
   drawer: "canvas",
   showNavigator: true,
   navigatorPosition: "BOTTOM_RIGHT",
-  maxZoomPixelRatio: 4,
+  maxZoomPixelRatio: 2, // no zoom past 2x native
+  navigatorAutoFade: false,
+  autoHideControls: false,
   animationTime: 0.6,
   crossOriginPolicy: false,
 });
@@ -88,7 +91,7 @@ function draw() {
       const [lx, ly] = t.toEl(bbox[0], bbox[1]);
       const [rx, ry] = t.toEl(bbox[2], bbox[3]);
       if (!selected && Math.max(rx - lx, ry - ly) < LABEL_MIN_PX) continue; // label what can be seen
-      const label = `#${p.id} ${p.class} ${p.diameter_mm.toFixed(2)} mm`;
+      const label = `${p.id} ${p.class} ${p.diameter_text}`;
       const box = [lx, ly - 18, lx + ctx.measureText(label).width, ly];
       if (!selected && placed.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
       placed.push(box);
@@ -100,6 +103,11 @@ function draw() {
     }
   }
   if ($("cells-toggle").checked) drawCells(ctx, t);
+  if (state.drawPts.length) {
+    ctx.lineWidth = 2; ctx.strokeStyle = "#00e5ff"; ctx.beginPath();
+    state.drawPts.forEach((p, i) => { const [ex, ey] = t.toEl(...p); if (i === 0) ctx.moveTo(ex, ey); else ctx.lineTo(ex, ey); });
+    ctx.stroke();
+  }
   drawScaleBar(ctx, t, rect);
   if (state.ruler) drawRuler(ctx, t);
 }
@@ -128,6 +136,12 @@ function drawScaleBar(ctx, t, rect) {
   ctx.fillRect(x, y, px, 4);
   ctx.font = "12px DejaVu Sans, Arial, sans-serif";
   ctx.fillText(fmtLength(um), x, y - 5);
+  // resolution at this zoom; magnification as on a microscope (10x objective ~ 1 µm/px)
+  const res = `${t.umPerPx.toFixed(2)} µm/px ≈ ${(10 / t.umPerPx).toFixed(1)}×`;
+  ctx.fillStyle = "rgba(255,255,255,0.85)";
+  ctx.fillRect(x - 4, y - 44, ctx.measureText(res).width + 8, 20);
+  ctx.fillStyle = "#000";
+  ctx.fillText(res, x, y - 29);
 }
 
 function drawRuler(ctx, t) {
@@ -161,8 +175,11 @@ function redraw() {
 function setHeatmapOpacity() {
   if (!state.heatmapItem) return;
   const on = $("heatmap-toggle").checked;
-  state.heatmapItem.setOpacity(on ? $("heatmap-opacity").value / 100 : 0);
+  // at cellular zoom (< 1 µm per screen px) the heatmap fades so nuclei stay visible; the outlines remain
+  const fade = state.slide ? Math.max(0.15, Math.min(1, transform().umPerPx)) : 1;
+  state.heatmapItem.setOpacity(on ? fade * $("heatmap-opacity").value / 100 : 0);
 }
+viewer.addHandler("animation-finish", setHeatmapOpacity);
 $("heatmap-toggle").addEventListener("change", setHeatmapOpacity);
 $("heatmap-opacity").addEventListener("input", setHeatmapOpacity);
 $("outline-toggle").addEventListener("change", redraw);
@@ -196,8 +213,10 @@ overlay.addEventListener("pointerup", () => { if (state.ruler) state.ruler.dragg
 
 function zoomToLesion(lesion) {
   state.selected = lesion.id;
+  $("selected-finding").textContent = `selected ${lesion.id} (${lesion.class}, ${lesion.diameter_text})`;
+  history.replaceState(null, "", `#slide=${encodeURIComponent(state.key)}&finding=${encodeURIComponent(lesion.id)}`);
   document.querySelectorAll("#lesion-list li").forEach((li) =>
-    li.classList.toggle("selected", Number(li.dataset.id) === lesion.id));
+    li.classList.toggle("selected", li.dataset.id === String(lesion.id)));
   const [x0, y0, x1, y1] = lesion.l0_bbox;
   const w = state.slide.l0_width;
   const minSide = 200 / state.slide.l0_mpp; // show at least 200 µm around small deposits
@@ -206,13 +225,14 @@ function zoomToLesion(lesion) {
   viewer.viewport.fitBounds(new OpenSeadragon.Rect((cx - side / 2) / w, (cy - side / 2) / w, side / w, side / w));
   state.cells = [];
   redraw();
-  if (state.slide.stain === "he") loadCells(state.key, lesion);
+  const m = String(lesion.id).match(/^lesion:(\d+)$/);
+  if (state.slide.stain === "he" && m) loadCells(state.key, { ...lesion, id: Number(m[1]) }, lesion.id);
 }
 
-async function loadCells(key, lesion) {
+async function loadCells(key, lesion, findingKey) {
   $("cells-readout").textContent = `finding the cells of #${lesion.id}…`;
   const resp = await fetch(`/api/slides/${encodeURIComponent(key)}/lesions/${lesion.id}/cells.geojson`);
-  if (!resp.ok || state.key !== key || state.selected !== lesion.id) return;
+  if (!resp.ok || state.key !== key || state.selected !== findingKey) return;
   const geo = await resp.json();
   state.cells = geo.features;
   $("cells-readout").textContent = geo.properties.not_counted
@@ -220,6 +240,135 @@ async function loadCells(key, lesion) {
     : `#${lesion.id}: ${geo.properties.n_cells} nuclei`;
   redraw();
 }
+
+function findingsOfSlide() {
+  if (state.review && state.review.findings[state.slide.slide_id]) {
+    return state.review.findings[state.slide.slide_id].map((f) => {
+      const pts = f.l0_outline.flat();
+      const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+      return { id: f.finding, class: f.decided, proposed: f.proposed, decision: f.decision, by: f.by,
+               diameter_mm: f.diameter_mm, diameter_text: f.diameter_text, max_probability: f.max_probability,
+               confirmed_probability: f.confirmed_probability, n_cells: f.n_cells, l0_outline: f.l0_outline,
+               l0_bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
+    });
+  }
+  return state.slide.lesions.map((l) => ({ ...l, id: `lesion:${l.id}` }));
+}
+
+function renderFindings() {
+  const list = $("lesion-list");
+  list.innerHTML = "";
+  const found = findingsOfSlide().sort((a, b) => b.diameter_mm - a.diameter_mm);
+  if (state.review) {
+    state.features = found.map((f) => ({ properties: { id: f.id, class: f.class, diameter_mm: f.diameter_mm, diameter_text: f.diameter_text },
+      geometry: { coordinates: f.l0_outline.map((ring) => [ring]) }, bbox: f.l0_bbox }));
+  }
+  const p2 = (v) => (v == null ? "—" : v.toFixed(2));
+  for (const f of found) {
+    const li = document.createElement("li");
+    li.dataset.id = f.id;
+    li.className = f.class === "rejected" ? "rejected" : "";
+    li.innerHTML = `<span class="badge" style="background:${classColour(f.class)}">${f.class}</span> ` +
+      `${f.id} ${f.diameter_text}, p ${p2(f.max_probability)}, confirmed p ${p2(f.confirmed_probability)}` +
+      (f.n_cells != null ? `, ${f.n_cells} cells` : "") +
+      (f.decision ? ` <i>(${f.decision}${f.by ? " by " + f.by : ""}; proposed ${f.proposed ?? "—"})</i>` : "");
+    li.addEventListener("click", () => zoomToLesion(f));
+    if (f.id === state.selected) {
+      li.classList.add("selected");
+      $("selected-finding").textContent = `selected ${f.id} (${f.class}, ${f.diameter_text})`;
+    }
+    list.appendChild(li);
+  }
+  if (!found.length) list.innerHTML = "<li>no deposits detected</li>";
+  redraw();
+}
+
+function showReview() {
+  const r = state.review;
+  $("decided-stage").textContent = r ? r.decided.pn_stage : "—";
+  $("proposed-stage").textContent = r ? r.proposed.pn_stage : "—";
+  if (r && state.slide) {
+    $("pn-stage").textContent = r.events.length ? `${r.decided.pn_stage} (decided; proposed ${r.proposed.pn_stage})`
+      : r.proposed.pn_stage;
+    const node = r.nodes.find((n) => n.node === state.slide.node);
+    if (node) { $("node-class").textContent = node.decided; $("node-class").style.background = classColour(node.decided); }
+  }
+  const frozen = !r || r.frozen;
+  document.querySelectorAll("#review button, #review input, #review select").forEach((el) => { el.disabled = frozen; });
+  $("review-status").className = "";
+  $("review-status").textContent = !r ? "slides analysed on their own: no case to review"
+    : r.frozen ? `signed out by ${r.signed.by} on ${r.signed.at}; the case is frozen` : `${r.events.length} decision(s) logged`;
+  $("exports").innerHTML = r ? `<a href="/api/cases/${state.caseKey}/review.csv">CSV</a> · ` +
+    `<a href="/api/cases/${state.caseKey}/review/${encodeURIComponent(state.slide.slide_id)}.geojson">GeoJSON (QuPath)</a> · ` +
+    `<a id="report-link" href="/api/cases/${state.caseKey}/report" target="_blank">report</a>` : "";
+}
+
+async function loadReview() {
+  state.review = state.caseKey
+    ? await (await fetch(`/api/cases/${state.caseKey}/review`)).json() : null;
+  showReview();
+  renderFindings();
+}
+
+async function decide(event) {
+  const by = $("reviewer").value.trim();
+  localStorage.setItem("micromets-reviewer", by);
+  const resp = await fetch(`/api/cases/${state.caseKey}/review`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ by, ...event }),
+  });
+  const body = await resp.json();
+  if (!resp.ok) { $("review-status").className = "error"; $("review-status").textContent = body.detail; return null; }
+  state.review = body.state;
+  showReview();
+  renderFindings();
+  return body.event;
+}
+
+const sel = () => ({ slide: state.slide.slide_id, finding: state.selected });
+$("accept-btn").addEventListener("click", () => decide({ action: "accept", ...sel() }));
+$("reject-btn").addEventListener("click", () => decide({ action: "reject", ...sel() }));
+$("reclass-btn").addEventListener("click", () => decide({ action: "reclassify", ...sel(), class: $("reclass-select").value }));
+$("comment-btn").addEventListener("click", async () => {
+  const ev = await decide({ action: "comment", text: $("comment-text").value, slide: state.slide.slide_id,
+                            ...(state.selected ? { finding: state.selected } : {}) });
+  if (ev) $("comment-text").value = "";
+});
+$("ruler-save").addEventListener("click", () => state.ruler &&
+  decide({ action: "ruler", slide: state.slide.slide_id, l0_a: state.ruler.a, l0_b: state.ruler.b }));
+$("sign-btn").addEventListener("click", () => decide({ action: "sign", by: $("sign-name").value.trim() || $("reviewer").value.trim() }));
+function setDrawMode(on) {
+  state.drawMode = on; state.drawPts = [];
+  $("draw-toggle").classList.toggle("active", on);
+  overlay.style.pointerEvents = on || state.rulerMode ? "auto" : "none";
+  overlay.style.cursor = on ? "crosshair" : "";
+  viewer.setMouseNavEnabled(!on && !state.rulerMode);
+  redraw();
+}
+$("draw-toggle").addEventListener("click", () => setDrawMode(!state.drawMode));
+$("draw-finish").addEventListener("click", async () => {
+  const pts = state.drawPts;
+  if (pts.length < 3) return;
+  const ev = await decide({ action: "draw", slide: state.slide.slide_id, l0_outline: [pts] });
+  setDrawMode(false);
+  if (ev) zoomToLesion(findingsOfSlide().find((f) => f.id === ev.finding));
+});
+overlay.addEventListener("click", (ev) => { if (state.drawMode) { state.drawPts.push(overlayPoint(ev)); redraw(); } });
+// clicking an outline selects it (topmost = smallest containing finding)
+function inRing(x, y, ring) {
+  let inside = false;
+  for (let i = 0, j = ring.length - 1; i < ring.length; j = i++) {
+    const [xi, yi] = ring[i], [xj, yj] = ring[j];
+    if ((yi > y) !== (yj > y) && x < ((xj - xi) * (y - yi)) / (yj - yi) + xi) inside = !inside;
+  }
+  return inside;
+}
+viewer.addHandler("canvas-click", (ev) => {
+  if (!ev.quick || !state.slide || state.rulerMode || state.drawMode) return;
+  const [x, y] = transform().toL0(ev.position.x, ev.position.y);
+  const hit = findingsOfSlide().filter((f) => f.l0_outline.some((ring) => inRing(x, y, ring)))
+    .sort((a, b) => a.diameter_mm - b.diameter_mm)[0];
+  if (hit) { ev.preventDefaultAction = true; zoomToLesion(hit); }
+});
 
 function showSlideInfo(s) {
   $("patient-name").textContent = s.patient ?? "(no case)";
@@ -229,18 +378,8 @@ function showSlideInfo(s) {
   $("node-class").style.background = classColour(s.node_class);
   $("slide-name").textContent = `${s.slide_id} (${s.stain === "ihc" ? "IHC" : "H&E"}, ${s.l0_mpp.toFixed(3)} µm/px)`;
   $("largest").textContent = s.largest_deposit_mm == null ? "no deposit"
-    : `largest deposit ${s.largest_deposit_mm.toFixed(2)} mm`;
-  const list = $("lesion-list");
-  list.innerHTML = "";
-  for (const les of s.lesions) {
-    const li = document.createElement("li");
-    li.dataset.id = les.id;
-    li.innerHTML = `<span class="badge" style="background:${classColour(les.class)}">${les.class}</span> ` +
-      `#${les.id} ${les.diameter_mm.toFixed(2)} mm` + (les.n_cells != null ? `, ${les.n_cells} cells` : "");
-    li.addEventListener("click", () => zoomToLesion(les));
-    list.appendChild(li);
-  }
-  if (!s.lesions.length) list.innerHTML = "<li>no deposits detected</li>";
+    : `largest deposit ${s.largest_deposit_text}`;
+  renderFindings();
   document.querySelectorAll("#case-list a").forEach((a) => a.classList.toggle("current", a.dataset.key === s.key));
 }
 
@@ -250,6 +389,10 @@ async function openSlide(key) {
   const s = await resp.json();
   const geo = await (await fetch(`/api/slides/${encodeURIComponent(key)}/lesions.geojson`)).json();
   state.key = key; state.slide = s; state.selected = null; state.ruler = null; state.heatmapItem = null;
+  $("ruler-readout").textContent = "drag on the slide to measure"; // the ruler does not carry over
+  state.drawPts = [];
+  const caseOf = state.catalog.cases.find((c) => c.case && c.nodes.some((n) => n.slides.includes(key)));
+  state.caseKey = caseOf ? caseOf.case : null;
   state.cells = [];
   $("cells-readout").textContent = "";
   state.features = geo.features.map((f) => {
@@ -258,7 +401,11 @@ async function openSlide(key) {
     return { ...f, bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
   }).sort((a, b) => b.properties.diameter_mm - a.properties.diameter_mm);
   showSlideInfo(s);
+  await loadReview();
+  const wanted = (location.hash.match(/finding=([^&]+)/) || [])[1];
+  const pick = wanted && findingsOfSlide().find((f) => f.id === decodeURIComponent(wanted));
   viewer.addOnceHandler("open", () => {
+    if (pick) zoomToLesion(pick);
     if (!s.heatmap) return;
     const cellL0 = s.heatmap.cell_um / s.l0_mpp;
     const w = s.l0_width;
@@ -315,10 +462,11 @@ async function main() {
   const pc = state.catalog.prob_colours.map((c) => `rgb(${c[0]},${c[1]},${c[2]})`);
   $("colour-bar").style.background = `linear-gradient(to right, ${pc.join(", ")})`;
   renderCases(state.catalog);
-  window.addEventListener("hashchange", () => { const k = keyFromHash(); if (k) openSlide(k); });
+  window.addEventListener("hashchange", () => { const k = keyFromHash(); if (k && k !== state.key) openSlide(k); });
+  $("reviewer").value = localStorage.getItem("micromets-reviewer") || "";
   const first = keyFromHash() || Object.keys(state.catalog.slides)[0];
   await openSlide(first);
 }
 
-window.micromets = { viewer, state, openSlide, zoomToLesion };
+window.micromets = { viewer, state, openSlide, zoomToLesion, decide };
 main();

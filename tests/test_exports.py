@@ -1,0 +1,51 @@
+"""lesions.geojson (QuPath) and lesions.xml (ASAP): confirmed lesions and unconfirmed candidates, told apart, read
+back by micromets.annotations' own readers with the outlines of result.json."""
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import shapely
+
+from micromets.analyze import analyze_slide
+from micromets.annotations import read_asap_xml, read_geojson
+
+SLIDES = Path(__file__).resolve().parents[1] / "demo" / "slides"
+
+
+def _outline(record: dict) -> shapely.Geometry:
+    """result.json's outline of a lesion: the exterior ring of each part (level-0 px, 0.1 px)."""
+    return shapely.union_all([shapely.Polygon(ring) for ring in record["l0_outline"]])
+
+
+def _exteriors(geom: shapely.Geometry) -> shapely.Geometry:
+    return shapely.union_all([shapely.Polygon(part.exterior) for part in shapely.get_parts(geom)])
+
+
+@pytest.mark.parametrize("node", ["node1", "node2"])  # node1: one rejected candidate; node2: one micrometastasis
+def test_lesions_and_candidates_round_trip_through_qupath_geojson_and_asap_xml(tmp_path, node):
+    result = analyze_slide(SLIDES / f"{node}.tiff", tmp_path, stain="he")
+    folder = tmp_path / result["slide_id"]
+    lesions, candidates = result["lesions"], result["unconfirmed_lesions"]
+    assert lesions or candidates
+    expected = [(_outline(r), True) for r in lesions] + [(_outline(r), False) for r in candidates]
+
+    collection = json.loads((folder / "lesions.geojson").read_text())
+    props = [f["properties"] for f in collection["features"]]
+    assert [p["confirmed"] for p in props] == [ok for _, ok in expected]
+    assert all(p["objectType"] == "annotation" for p in props)  # QuPath: editable outlines, not detections
+    assert [p["classification"]["name"] for p in props] == (
+        [f"Tumour ({r['class']})" for r in lesions] + ["Candidate (unconfirmed)"] * len(candidates))
+    read_back = read_geojson(folder / "lesions.geojson").tumour
+    assert len(read_back) == len(expected)
+    for geom, (want, _) in zip(read_back, expected):  # GeoJSON keeps the holes too
+        assert _exteriors(geom).symmetric_difference(want).area <= 0.1 * want.length  # result.json rounds to 0.1 px
+
+    asap = read_asap_xml(folder / "lesions.xml")
+    groups = [a.get("PartOfGroup") for a in ET.parse(folder / "lesions.xml").getroot().iter("Annotation")]
+    assert groups == ["Tumor" if ok else "Candidate" for _, ok in expected]
+    assert asap.tumour_names == ([f"lesion {r['id']}" for r in lesions] + [f"candidate {r['id']}" for r in candidates])
+    assert len(asap.tumour) == len(expected)  # one part per lesion here; ASAP keeps exterior rings
+    for geom, (want, _) in zip(asap.tumour, expected):
+        assert _exteriors(geom).symmetric_difference(want).area <= 0.1 * want.length
