@@ -18,6 +18,24 @@ def _micromets(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess
                           timeout=timeout_s, stdin=subprocess.DEVNULL)
 
 
+def _run_watching_memory(args: list[str], timeout_s: float = 120) -> tuple[int, str, int]:
+    """Run ``micromets ARGS`` and sample its resident memory every 50 ms: (exit code, stderr, peak RSS bytes)."""
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = psutil.Popen([sys.executable, "-m", "micromets", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True, env=env)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=timeout_s)
+    return proc.returncode, stderr, peak
+
+
 def _one_line_exit_2(done: subprocess.CompletedProcess, *words: str) -> None:
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -62,8 +80,6 @@ def test_score_tiles_refuses_a_giant_image_from_its_header(side_px, tmp_path):
     """A 12000² PNG peaked at 2 GB in score-tiles and a 20000² one crashed (decompression bomb)."""
     import zlib
 
-    import psutil
-
     folder = tmp_path / "tiles"
     folder.mkdir()
     # A real PNG of side_px² white pixels, compressed row by row (a few hundred kB on disk).
@@ -77,19 +93,9 @@ def test_score_tiles_refuses_a_giant_image_from_its_header(side_px, tmp_path):
     ihdr = side_px.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
     (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data)
                                       + chunk(b"IEND", b""))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = psutil.Popen([sys.executable, "-m", "micromets", "score-tiles", str(folder), "--mpp", "0.5", "--out",
-                         str(tmp_path / "scores.csv")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                        env=env)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    returncode, stderr, peak = _run_watching_memory(["score-tiles", str(folder), "--mpp", "0.5", "--out",
+                                                     str(tmp_path / "scores.csv")])
+    assert returncode == 2 and "Traceback" not in stderr, stderr
     assert "megapixels" in stderr and "bomb.png" in stderr
     assert peak < 1.0e9
 
@@ -105,20 +111,9 @@ def test_evaluate_camelyon16_refuses_a_reference_beyond_any_slide(tmp_path):
     big = 5e7
     (tmp_path / "ref" / "tumor_001.json").write_text(json.dumps(
         {"positive": [{"name": "a", "vertices": [[0, 0], [big, 0], [big, big], [0, big]]}], "negative": []}))
-    import psutil
-
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = psutil.Popen([sys.executable, "-m", "micromets", "evaluate", "camelyon16", str(tmp_path / "det"),
-                         str(tmp_path / "ref")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.05)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    returncode, stderr, peak = _run_watching_memory(["evaluate", "camelyon16", str(tmp_path / "det"),
+                                                     str(tmp_path / "ref")])
+    assert returncode == 2 and "Traceback" not in stderr, stderr
     assert "tumor_001.json" in stderr and "80 mm" in stderr
     assert peak < 1.0e9
 

@@ -81,22 +81,32 @@ def train_cnn(samples: list[Sample], patch_px: int, steps: int = 400, batch: int
     weights = sampling_weights(samples)
     labels = np.array([s.label for s in samples])
     model = PatchNet(width=width)
+
+    def batches():
+        idx = rng.choice(len(samples), size=batch, p=weights)
+        crops = augment_batch([samples[i].rgb for i in idx], patch_px, rng, stain_jitter)
+        return to_tensor(crops), torch.from_numpy(labels[idx])
+
+    return optimise(model, batches, nn.CrossEntropyLoss(label_smoothing=0.05), steps, lr, log, log_every=50)
+
+
+def optimise(model: nn.Module, batches, loss_fn, steps: int, lr: float, log=print, log_every: int = 100):
+    """AdamW (weight decay 1e-3) with a one-cycle schedule peaking at ``lr`` over ``steps`` batches, each
+    ``batches()`` → (input, target); logs the mean loss every ``log_every`` steps; returns the model in eval mode."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     model.train()
     t0, running = time.perf_counter(), 0.0
     for step in range(steps):
-        idx = rng.choice(len(samples), size=batch, p=weights)
-        crops = augment_batch([samples[i].rgb for i in idx], patch_px, rng, stain_jitter)
-        loss = loss_fn(model(to_tensor(crops)), torch.from_numpy(labels[idx]))
+        x, y = batches()
+        loss = loss_fn(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         running += loss.item()
-        if (step + 1) % 50 == 0:
-            log(f"  step {step + 1}/{steps} loss {running / 50:.3f} ({time.perf_counter() - t0:.0f} s)")
+        if (step + 1) % log_every == 0:
+            log(f"  step {step + 1}/{steps} loss {running / log_every:.3f} ({time.perf_counter() - t0:.0f} s)")
             running = 0.0
     return model.eval()
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from micromets.train.augment import augment_batch, center_crop
-from micromets.train.fit import to_tensor
+from micromets.train.fit import optimise, to_tensor
 from micromets.train.net import PatchNet
 from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid,
                                          _stained)
@@ -72,23 +72,13 @@ def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int
     p = sampling_weights(ts, keep)
     labels = ts.labels()
     model = PatchNet(width=width, n_classes=len(CLASSES))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    model.train()
-    t0, running = time.perf_counter(), 0.0
-    for step in range(steps):
+
+    def batches():
         idx = rng.choice(len(p), size=batch, p=p)
         crops = augment_batch([window_pixels(ts, i) for i in idx], patch_px, rng, stain_jitter)
-        loss = partial_label_loss(model(to_tensor(crops)), torch.from_numpy(labels[idx]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        running += loss.item()
-        if (step + 1) % 100 == 0:
-            log(f"  step {step + 1}/{steps} loss {running / 100:.3f} ({time.perf_counter() - t0:.0f} s)")
-            running = 0.0
-    return model.eval()
+        return to_tensor(crops), torch.from_numpy(labels[idx])
+
+    return optimise(model, batches, partial_label_loss, steps, lr, log)
 
 
 @torch.no_grad()
