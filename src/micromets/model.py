@@ -46,6 +46,31 @@ def coarse_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / "coarse"
 
 
+def installed_models() -> dict[str, Path]:
+    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx
+    (the folder's name is the model's name on the command line, ``--model NAME``)."""
+    root = Path(__file__).resolve().parent / "models"
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "model.json").is_file() and (p / "model.onnx").is_file()}
+
+
+def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | None:
+    """The model folder a user means by ``value``: an existing folder is that folder (it must hold model.onnx and
+    model.json), anything else is looked up among :func:`installed_models` by name. None stays None (the default
+    model). Raises :class:`MicrometsError` naming the installed models when it is neither."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        if not (path / "model.json").is_file() or not (path / "model.onnx").is_file():
+            raise MicrometsError(f"{what} {value}: not a model folder (needs model.onnx and model.json)")
+        return path
+    installed = installed_models()
+    if str(value) in installed:
+        return installed[str(value)]
+    raise MicrometsError(f"{what} {value}: neither a model folder nor an installed model; installed: "
+                         f"{', '.join(installed)}")
+
+
 class Detector:
     """An ONNX tumour-patch classifier with its card; see the module docstring."""
 
