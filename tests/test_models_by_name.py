@@ -59,3 +59,30 @@ def test_a_folder_without_a_model_is_refused_before_work(tmp_path):
     run = micromets("analyze", DEMO_SLIDE, "--model", tmp_path / "empty", "--out", tmp_path / "out")
     assert run.returncode == 2 and "not a model folder" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_models_lists_every_installed_model_with_its_card():
+    run = micromets("models")
+    assert run.returncode == 0, run.stderr
+    blocks = {block.split(":")[0].replace(" (the default)", ""): block
+              for block in run.stdout.split("\n") if block and not block.startswith(" ")}
+    assert sorted(blocks) == sorted(INSTALLED) == sorted(installed_models())
+    assert "micromets-tissue 0.3.1" in blocks["tissue-classes"]
+    tissue = run.stdout.split("tissue-classes:")[1].split("\nwithout-tumor_064")[0]
+    assert ("classes: lymphoid, stroma, fat, muscle_vessel, debris_blood, background, carcinoma "
+            "(tumour class: carcinoma)") in tissue
+    assert "input: 0.5 µm/px, 96 px patches" in tissue and "licence: research use only" in tissue
+    assert "AUC 0.986 ± 0.006" in tissue  # its held-out headline, from the card
+    assert "(the default)" in blocks["default"] and "2.0 µm/px, 32 px" in run.stdout.split("coarse:")[1]
+    assert "installed models" in run.stderr and "installed models" not in run.stdout
+
+
+def test_models_name_prints_that_card_and_an_unknown_name_is_refused():
+    run = micromets("models", "tissue-classes")
+    assert run.returncode == 0, run.stderr
+    card = json.loads(run.stdout)
+    assert card == json.loads((installed_models()["tissue-classes"] / "model.json").read_text())
+    assert len(card["classes"]) == 7 and card["classes"][card["tumour_class_index"]] == "carcinoma"
+    bad = micromets("models", "nope")
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+    assert all(name in bad.stderr for name in INSTALLED)

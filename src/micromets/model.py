@@ -71,6 +71,32 @@ def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | N
                          f"{', '.join(installed)}")
 
 
+def held_out_headline(card: dict) -> str | None:
+    """One line of a card's held-out numbers (``metrics.held_out*``): AUC with its counts, or the AUC and
+    carcinoma-window sensitivities averaged over seeds; None when the card reports no held-out evaluation."""
+    for key, block in card.get("metrics", {}).items():
+        if not key.startswith("held_out") or not isinstance(block, dict):
+            continue
+        if "auc" in block:
+            line = f"{key}: AUC {block['auc']:.3f}"
+            if "n_tumour" in block and "n_normal" in block:
+                line += f" on {block['n_tumour']} tumour / {block['n_normal']} normal patches"
+            if "sensitivity_at_95_specificity" in block:
+                line += f", sensitivity {block['sensitivity_at_95_specificity']:.2f} at 95 % specificity"
+            return line
+        summary = block.get("summary", {})
+        parts = [f"{name} AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f}" for name, s in summary.items()
+                 if isinstance(s.get("auc"), dict)]
+        found = [f"{name} {s['labelled_window_sensitivity']['mean']:.2f}" for name, s in summary.items()
+                 if isinstance(s.get("labelled_window_sensitivity"), dict)]
+        if found:
+            parts.append("carcinoma windows found: " + ", ".join(found))
+        if parts:
+            seeds = block.get("seeds")
+            return f"{key}{f' (mean of {len(seeds)} seeds)' if seeds else ''}: " + "; ".join(parts)
+    return None
+
+
 class Detector:
     """An ONNX tumour-patch classifier with its card; see the module docstring."""
 
