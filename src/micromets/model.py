@@ -46,6 +46,57 @@ def coarse_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / "coarse"
 
 
+def installed_models() -> dict[str, Path]:
+    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx
+    (the folder's name is the model's name on the command line, ``--model NAME``)."""
+    root = Path(__file__).resolve().parent / "models"
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "model.json").is_file() and (p / "model.onnx").is_file()}
+
+
+def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | None:
+    """The model folder a user means by ``value``: an existing folder is that folder (it must hold model.onnx and
+    model.json), anything else is looked up among :func:`installed_models` by name. None stays None (the default
+    model). Raises :class:`MicrometsError` naming the installed models when it is neither."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        if not (path / "model.json").is_file() or not (path / "model.onnx").is_file():
+            raise MicrometsError(f"{what} {value}: not a model folder (needs model.onnx and model.json)")
+        return path
+    installed = installed_models()
+    if str(value) in installed:
+        return installed[str(value)]
+    raise MicrometsError(f"{what} {value}: neither a model folder nor an installed model; installed: "
+                         f"{', '.join(installed)}")
+
+
+def held_out_headline(card: dict) -> str | None:
+    """One line of a card's held-out numbers (``metrics.held_out*``): AUC with its counts, or the AUC and
+    carcinoma-window sensitivities averaged over seeds; None when the card reports no held-out evaluation."""
+    for key, block in card.get("metrics", {}).items():
+        if not key.startswith("held_out") or not isinstance(block, dict):
+            continue
+        if "auc" in block:
+            line = f"{key}: AUC {block['auc']:.3f}"
+            if "n_tumour" in block and "n_normal" in block:
+                line += f" on {block['n_tumour']} tumour / {block['n_normal']} normal patches"
+            if "sensitivity_at_95_specificity" in block:
+                line += f", sensitivity {block['sensitivity_at_95_specificity']:.2f} at 95 % specificity"
+            return line
+        summary = block.get("summary", {})
+        parts = [f"{name} AUC {s['auc']['mean']:.3f} ± {s['auc']['sd']:.3f}" for name, s in summary.items()
+                 if isinstance(s.get("auc"), dict)]
+        found = [f"{name} {s['labelled_window_sensitivity']['mean']:.2f}" for name, s in summary.items()
+                 if isinstance(s.get("labelled_window_sensitivity"), dict)]
+        if found:
+            parts.append("carcinoma windows found: " + ", ".join(found))
+        if parts:
+            seeds = block.get("seeds")
+            return f"{key}{f' (mean of {len(seeds)} seeds)' if seeds else ''}: " + "; ".join(parts)
+    return None
+
+
 class Detector:
     """An ONNX tumour-patch classifier with its card; see the module docstring."""
 

@@ -17,7 +17,7 @@ def analyze(
                                                       "(OUT/<slide>~<hash>/ when another file has that name)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", callback=validate.L0_MPP, help="Override the level-0 resolution in µm/px (else read from the slide's metadata)."),
     stain: Optional[str] = typer.Option(None, "--stain", callback=validate.STAIN, help="he or ihc (default: detected from the slide's colours)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
     gap_um: float = typer.Option(75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
     mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),

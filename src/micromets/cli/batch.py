@@ -40,8 +40,9 @@ def batch(
     mpp: Optional[float] = typer.Option(None, "--mpp", callback=validate.L0_MPP, help="Override every slide's level-0 resolution, in µm/px."),
     stain: Optional[str] = typer.Option(None, "--stain", callback=validate.STAIN, help="he or ihc for every slide (default: the manifest's "
                                                               "stain column, else detected)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the "
-                                                              "bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name "
+                                         "(see micromets models) or a folder with model.onnx + model.json (default: "
+                                         "the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap "
                                                                         "cell is tumour (default: the model card's)."),
     gap_um: Optional[float] = typer.Option(None, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion "
@@ -98,7 +99,7 @@ def batch(
             bar.update(task, advance=1, remaining=int(total - sum(counts.values())), **counts)
 
         summary = run_batch(inputs, out, db, mode=mode, mpp=mpp, stain=stain, threshold=threshold,
-                            gap_um=gap_um, model_dir=model, identity=identity, force=force, workers=workers,
+                            gap_um=gap_um, model_dir=str(model) if model else None, identity=identity, force=force, workers=workers,
                             scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
 
     table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")

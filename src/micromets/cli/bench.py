@@ -14,7 +14,7 @@ def bench(
     phantoms: Optional[Path] = typer.Option(None, "--phantoms", help="An existing phantom set (folder with manifest.csv from `micromets phantom`, or the manifest itself). Default: build (or reuse, by hash) the default set in --work."),
     out: Path = typer.Option(Path("bench/results"), "--out", "-o", callback=validate.OUT_FOLDER, help="Where <date>.json and <date>.md go."),
     work: Path = typer.Option(Path("bench/work"), "--work", callback=validate.OUT_FOLDER, help="Scratch folder: phantom sets and per-run outputs."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
     modes: str = typer.Option("thorough", "--modes", help="Comma-separated analysis modes to time and score (a mode the pipeline does not offer is reported as skipped)."),
     large: bool = typer.Option(False, "--large", help="Add a CAMELYON-size slide (100,000 x 200,000 px at 0.243 µm/px; hours to build and run)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also time the simplest correct approach (one level-0 read per patch, batch 1, no prefetch) on the speed slides."),

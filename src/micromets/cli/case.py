@@ -50,7 +50,7 @@ def case(
     manifest: Path = typer.Argument(..., callback=validate.IN_FILE, help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
     mode: str = typer.Option("camelyon17", "--mode", callback=validate.STAGE_MODE, help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
     scan_mode: str = typer.Option("thorough", "--scan-mode", help="Detector mode of every H&E slide: thorough (default; the fine model over all tissue) or fast (a coarse 2 µm/px screen, then the fine model on its candidates, grown over each positive region; can miss ITC)."),
 ) -> None:
     """Analyse every slide of a case manifest and stage each patient.

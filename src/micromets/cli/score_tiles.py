@@ -15,7 +15,7 @@ def score_tiles(
     folder: Path = typer.Argument(..., help="Folder searched recursively for .png .jpg .jpeg .tif .tiff images."),
     mpp: float = typer.Option(..., "--mpp", callback=validate.MPP, help="Resolution of the images in µm/px (e.g. 0.243 for CAMELYON level 0, 0.5 for 20x)."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FILE, help="CSV to write: path,probability (one row per image)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Folder with model.onnx + model.json (default: the bundled model)."),
+    model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
 ) -> None:
     """Score labelled or unlabelled tiles with a detector: one tumour probability (0–1) per image.
 

@@ -83,6 +83,15 @@ def _l0_mpp(param: typer.CallbackParam, value):
 
 #: A slide's level-0 resolution in µm/px: only what a scanner gives (:data:`micromets.slide.PLAUSIBLE_MPP`).
 L0_MPP = _l0_mpp
+def _model(param: typer.CallbackParam, value):
+    from micromets.model import resolve_model_dir
+
+    return resolve_model_dir(value, option_name(param))
+
+
+#: A detector: a model folder, or the name of an installed model (the folder under micromets/models); the
+#: option's value becomes the model folder (None stays None: the default model).
+MODEL = _model
 #: A stain: H&E or cytokeratin IHC.
 STAIN = one_of("he", "ihc")
 #: Staging rule of a patient (micromets.patient.MODES).
