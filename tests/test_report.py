@@ -369,3 +369,16 @@ def test_reviewed_case_shows_decided_synoptic_values(case_dir, tmp_path):
     assert _cell(text, "syn-pn-ajcc8") == "pN0(i+)(sn)"
     assert _cell(text, "syn-pn-camelyon17") == "pN0(i+)(sn)"
     assert _cell(text, "syn-largest").startswith(format_mm(case["nodes"][2]["largest_deposit_mm"]) + " (node 3")
+
+
+def test_stage_box_labels_the_proposed_and_the_decided_stage(case_dir, tmp_path):
+    """The first-page stage box says whose stage it is and by which rule: proposed by micromets until the
+    pathologist decides, then the decided stage large and the proposed one beside it."""
+    copy, before, text = _reviewed_copy(case_dir, tmp_path)
+    case = json.loads((copy / "case.json").read_text())
+    assert "pN stage proposed by micromets (CAMELYON17 rule), not reviewed by a pathologist yet" in before
+    assert 'id="pn-stage-decided"' not in before
+    assert "pN stage decided by the pathologist (CAMELYON17 rule)" in text
+    assert '<div class="stage" id="pn-stage-decided">pN0(i+)</div>' in text
+    assert f'id="pn-stage">{case["pn_stage"]}</div>' in text  # the proposed one, still shown
+    assert 'Why (decided):</b> <span id="stage-reason">CAMELYON17 rule → pN0(i+): 0 of 3 nodes positive' in text
