@@ -382,3 +382,16 @@ def test_stage_box_labels_the_proposed_and_the_decided_stage(case_dir, tmp_path)
     assert '<div class="stage" id="pn-stage-decided">pN0(i+)</div>' in text
     assert f'id="pn-stage">{case["pn_stage"]}</div>' in text  # the proposed one, still shown
     assert 'Why (decided):</b> <span id="stage-reason">CAMELYON17 rule → pN0(i+): 0 of 3 nodes positive' in text
+
+
+def test_first_pdf_page_is_not_half_empty(written, artifacts):
+    """Page 1 (stage box, synoptic block) is filled down to the footer, not a stage box over blank paper."""
+    require_tools("chromium", "pdftoppm")
+    html, pdf, case = written
+    prefix = artifacts / "report-first-page"
+    subprocess.run(["pdftoppm", "-r", "40", "-gray", "-png", "-f", "1", "-l", "1", "-singlefile", str(pdf),
+                    str(prefix)], check=True)
+    page = np.asarray(Image.open(prefix.with_suffix(".png")))
+    body = page[: int(page.shape[0] * 0.93)]  # above the page footer
+    inked = np.nonzero((body < 200).any(axis=1))[0]
+    assert inked.max() / page.shape[0] > 0.80, inked.max() / page.shape[0]
