@@ -381,6 +381,8 @@ def test_stage_box_labels_the_proposed_and_the_decided_stage(case_dir, tmp_path)
     assert "pN stage decided by the pathologist (CAMELYON17 rule)" in text
     assert '<div class="stage" id="pn-stage-decided">pN0(i+)</div>' in text
     assert f'id="pn-stage">{case["pn_stage"]}</div>' in text  # the proposed one, still shown
+    # the per-node table below keeps the proposed classes and now says so
+    assert "<h2>Nodes, as proposed by micromets" in text and "<h2>Nodes</h2>" in before
     assert 'Why (decided):</b> <span id="stage-reason">CAMELYON17 rule → pN0(i+): 0 of 3 nodes positive' in text
 
 
