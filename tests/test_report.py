@@ -258,3 +258,142 @@ def test_model_section_is_plain_language_from_the_card(written):
     assert escape(card["training_data"][0]["name"]) in text
     assert 'id="model-failures"' in text
     assert "held_out_predictions" not in text and "held_out confusion" not in text
+
+
+# ---------------------------------------------------------------- synoptic block (CAP breast, regional nodes)
+
+
+def _cell(html_text: str, element_id: str) -> str:
+    """The text of the element with ``element_id`` (tags stripped, spaces collapsed)."""
+    import re
+
+    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</t[dh]>', html_text, re.S)
+    assert match, element_id
+    return " ".join(re.sub(r"<[^>]+>", " ", match.group(1)).split()).replace(" )", ")")
+
+
+def _demo_inputs(case_dir: Path) -> tuple[dict, dict[str, dict]]:
+    case = json.loads((case_dir / "case.json").read_text())
+    return case, {r["slide_id"]: r for r in _slide_results(case_dir, case)}
+
+
+def test_synoptic_block_on_the_demo_case(written, case_dir):
+    """Every CAP regional-node item, read from the rendered report, against the case it was made from."""
+    from micromets.rules import ajcc8, camelyon17
+
+    html, pdf, case = written
+    text = html.read_text()
+    classes = [n["node_class"] for n in case["nodes"]]
+    assert _cell(text, "syn-sentinel") == str(len(case["nodes"]))
+    for mode in ("ajcc8", "camelyon17"):
+        for cls in ("macro", "micro", "itc"):
+            assert _cell(text, f"syn-{cls}-{mode}") == str(classes.count(cls)), (mode, cls)
+    ajcc = ajcc8.stage_patient_ajcc8(case["nodes"], sentinel_only=True)
+    c17 = camelyon17.with_modifiers(camelyon17.stage_patient(classes), n_nodes=len(classes), sentinel_only=True,
+                                    mol_positive=False)
+    assert (ajcc, c17) == ("pN1mi(sn)", "pN1mi(sn)")  # demo: one micro, one ITC node of 3 sentinel nodes
+    assert _cell(text, "syn-pn-ajcc8") == ajcc and _cell(text, "syn-pn-camelyon17") == c17
+    assert _cell(text, "syn-modifiers-ajcc8") == "(sn)"
+    assert _cell(text, "syn-reason-ajcc8").startswith("AJCC 8 rule → pN1mi(sn): 1 of 3 nodes positive")
+    assert _cell(text, "syn-reason-camelyon17") == case["stage_reason"]  # the case's own rule, same words
+    largest = max(n["largest_deposit_mm"] or 0 for n in case["nodes"])
+    node = next(n["node"] for n in case["nodes"] if n["largest_deposit_mm"] == largest)
+    assert _cell(text, "syn-largest") == f"{format_mm(largest)} (node {node}; maximum Feret diameter)"
+    assert _cell(text, "syn-methods") == "H&amp;E (3 slides)"
+    assert _cell(text, "syn-ene") == "not assessed (micromets cannot assess it)"
+    assert "Values proposed by micromets; not reviewed by a pathologist yet." in text
+    require_tools("pdftotext")
+    pdf_text = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True,
+                              check=True).stdout
+    assert "Regional lymph nodes (synoptic" in pdf_text and "Extranodal extension" in pdf_text  # on page 1
+
+
+def test_synoptic_conventions_differ_at_the_boundaries(case_dir):
+    """A deposit of exactly 2.0 mm is a micrometastasis by AJCC 8 and a macrometastasis by CAMELYON17; one of
+    exactly 0.2 mm is ITC by AJCC 8 and micro by CAMELYON17: the two pN categories then differ."""
+    from micromets.report.synoptic import synoptic
+    from micromets.rules import ajcc8
+
+    case, results = _demo_inputs(case_dir)
+    for slide_id, mm in (("node2", 2.0), ("node3", 0.2)):
+        les = results[slide_id]["lesions"][0]
+        les |= {"diameter_mm": mm, "n_cells": None, "class": ajcc8.node_class(mm)}
+        results[slide_id]["node_class"] = les["class"]
+    syn = synoptic(case, results, [])
+    by = {c["mode"]: c for c in syn["conventions"]}
+    assert (by["ajcc8"]["macro"], by["ajcc8"]["micro"], by["ajcc8"]["itc"]) == (0, 1, 1)
+    assert (by["camelyon17"]["macro"], by["camelyon17"]["micro"], by["camelyon17"]["itc"]) == (1, 1, 0)
+    assert (by["ajcc8"]["pn"], by["camelyon17"]["pn"]) == ("pN1mi(sn)", "pN1(sn)")
+    assert by["camelyon17"]["reason"].startswith("CAMELYON17 rule → pN1: 2 of 3 nodes positive (1 macro, 1 micro)")
+    assert format_mm(syn["largest_mm"]) == "2.00 mm" and syn["largest_node"] == "2"
+    # a class the pathologist set (not the AJCC 8 rule's for that size) stands in both conventions
+    results["node3"]["lesions"][0]["class"] = results["node3"]["node_class"] = "macro"
+    by = {c["mode"]: c for c in synoptic(case, results, [])["conventions"]}
+    assert by["ajcc8"]["macro"] == 1 and by["camelyon17"]["macro"] == 2
+
+
+def test_synoptic_osna_only_node_gives_mol_plus_in_both_conventions(case_dir):
+    from micromets.report.synoptic import synoptic
+
+    case, results = _demo_inputs(case_dir)
+    case["nodes"][0]["osna_copies_per_ul"] = 3000.0  # node 1, negative on H&E: OSNA "+" (micro)
+    syn = synoptic(case, results, [])
+    by = {c["mode"]: c for c in syn["conventions"]}
+    assert by["ajcc8"]["pn"] == by["camelyon17"]["pn"] == "pN1mi(mol+)(sn)"
+    assert by["ajcc8"]["modifiers"] == ["(mol+)", "(sn)"]
+    assert by["ajcc8"]["micro"] == 2
+    assert syn["methods"] == "H&E (3 slides), OSNA CK19 mRNA (1 node)"
+    case["nodes"][0]["osna_copies_per_ul"] = 249.0  # below 250 copies/µL: negative, no (mol+)
+    assert {c["pn"] for c in synoptic(case, results, [])["conventions"]} == {"pN1mi(sn)"}
+
+
+def _reviewed_copy(case_dir: Path, tmp_path: Path) -> tuple[Path, str, str]:
+    """A copy of the demo case, its report HTML before and after the pathologist rejects node 2's deposit."""
+    from micromets import review
+    from micromets.report.case_report import render_report_html
+
+    copy = tmp_path / case_dir.name
+    shutil.copytree(case_dir, copy)
+    before = render_report_html(copy)
+    review.append(copy, {"by": "Dr A", "action": "reject", "slide": "node2", "finding": "lesion:1"})
+    return copy, before, render_report_html(copy)
+
+
+def test_reviewed_case_shows_decided_synoptic_values(case_dir, tmp_path):
+    """After the pathologist rejects node 2's deposit the synoptic block shows the decided values and says so."""
+    copy, before, text = _reviewed_copy(case_dir, tmp_path)
+    case = json.loads((copy / "case.json").read_text())
+    assert _cell(before, "syn-micro-ajcc8") == "1"
+    assert "Values decided by the pathologist (1 recorded decision)." in text
+    assert _cell(text, "syn-micro-ajcc8") == "0" and _cell(text, "syn-itc-ajcc8") == "1"
+    assert _cell(text, "syn-pn-ajcc8") == "pN0(i+)(sn)"
+    assert _cell(text, "syn-pn-camelyon17") == "pN0(i+)(sn)"
+    assert _cell(text, "syn-largest").startswith(format_mm(case["nodes"][2]["largest_deposit_mm"]) + " (node 3")
+
+
+def test_stage_box_labels_the_proposed_and_the_decided_stage(case_dir, tmp_path):
+    """The first-page stage box says whose stage it is and by which rule: proposed by micromets until the
+    pathologist decides, then the decided stage large and the proposed one beside it."""
+    copy, before, text = _reviewed_copy(case_dir, tmp_path)
+    case = json.loads((copy / "case.json").read_text())
+    assert "pN stage proposed by micromets (CAMELYON17 rule), not reviewed by a pathologist yet" in before
+    assert 'id="pn-stage-decided"' not in before
+    assert "pN stage decided by the pathologist (CAMELYON17 rule)" in text
+    assert '<div class="stage" id="pn-stage-decided">pN0(i+)</div>' in text
+    assert f'id="pn-stage">{case["pn_stage"]}</div>' in text  # the proposed one, still shown
+    # the per-node table below keeps the proposed classes and now says so
+    assert "<h2>Nodes, as proposed by micromets" in text and "<h2>Nodes</h2>" in before
+    assert 'Why (decided):</b> <span id="stage-reason">CAMELYON17 rule → pN0(i+): 0 of 3 nodes positive' in text
+
+
+def test_first_pdf_page_is_not_half_empty(written, artifacts):
+    """Page 1 (stage box, synoptic block) is filled down to the footer, not a stage box over blank paper."""
+    require_tools("chromium", "pdftoppm")
+    html, pdf, case = written
+    prefix = artifacts / "report-first-page"
+    subprocess.run(["pdftoppm", "-r", "40", "-gray", "-png", "-f", "1", "-l", "1", "-singlefile", str(pdf),
+                    str(prefix)], check=True)
+    page = np.asarray(Image.open(prefix.with_suffix(".png")))
+    body = page[: int(page.shape[0] * 0.93)]  # above the page footer
+    inked = np.nonzero((body < 200).any(axis=1))[0]
+    assert inked.max() / page.shape[0] > 0.80, inked.max() / page.shape[0]

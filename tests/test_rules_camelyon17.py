@@ -3,7 +3,7 @@
 import pytest
 
 from micromets.errors import MicrometsError
-from micromets.rules.camelyon17 import node_class, stage_patient
+from micromets.rules.camelyon17 import node_class, stage_patient, with_modifiers
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,24 @@ def test_camelyon17_rejects_bad_input():
         stage_patient(["Macro"])
     with pytest.raises(MicrometsError):
         node_class(-1.0)
+
+
+@pytest.mark.parametrize(
+    ("stage", "n_nodes", "sentinel_only", "mol_positive", "expected"),
+    [
+        ("pN1mi", 3, True, False, "pN1mi(sn)"),
+        ("pN1mi", 5, True, False, "pN1mi(sn)"),
+        ("pN1mi", 6, True, False, "pN1mi"),  # 6 nodes examined: no (sn), as in AJCC 8
+        ("pN1", 2, False, False, "pN1"),  # axillary dissection: no (sn)
+        ("pN1mi", 3, True, True, "pN1mi(mol+)(sn)"),  # modifier order as rules.ajcc8 writes it
+        ("pN0(i+)", 3, True, False, "pN0(i+)(sn)"),
+        ("pN2", 7, True, True, "pN2(mol+)"),
+    ],
+)
+def test_camelyon17_stage_with_ajcc8_modifiers(stage, n_nodes, sentinel_only, mol_positive, expected):
+    assert with_modifiers(stage, n_nodes=n_nodes, sentinel_only=sentinel_only, mol_positive=mol_positive) == expected
+
+
+def test_camelyon17_modifiers_refuse_a_stage_not_of_the_challenge():
+    with pytest.raises(MicrometsError, match="unknown CAMELYON17 stage"):
+        with_modifiers("pN1a", n_nodes=3, sentinel_only=True, mol_positive=False)

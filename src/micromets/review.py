@@ -197,10 +197,9 @@ def decided_result(result: dict, slide_events: list[dict], drawn: dict[str, dict
     return decided, rows
 
 
-def review_state(patient_dir: str | Path) -> dict:
-    """Proposed and decided case side by side, the findings, the changes and the sign-out of one patient."""
-    from micromets.case import stage_case
-
+def decided_slide_results(patient_dir: str | Path) -> tuple[dict, dict[str, dict], dict[str, list[dict]], list[dict]]:
+    """The case, each slide's result with the decisions applied (:func:`decided_result`; the proposed result
+    when nobody reviewed it), each slide's finding rows, and the audit log."""
     patient_dir = Path(patient_dir)
     case = json.loads((patient_dir / "case.json").read_text())
     results = _slide_results(patient_dir, case)
@@ -210,6 +209,14 @@ def review_state(patient_dir: str | Path) -> dict:
     for slide_id, result in results.items():
         decided_results[slide_id], findings[slide_id] = decided_result(
             result, [e for e in events if e.get("slide") == slide_id], drawn.get(slide_id, {}))
+    return case, decided_results, findings, events
+
+
+def review_state(patient_dir: str | Path) -> dict:
+    """Proposed and decided case side by side, the findings, the changes and the sign-out of one patient."""
+    from micromets.case import stage_case
+
+    case, decided_results, findings, events = decided_slide_results(patient_dir)
     evidence = [(n["node"], [decided_results[s] for s in n["slides"]], n.get("osna_copies_per_ul"))
                 for n in case["nodes"]]
     decided = stage_case(case["patient"], evidence, case.get("failed_slides", []), case.get("stage_mode",

@@ -5,7 +5,8 @@ result.json`` (schema ``micromets.slide-result/1``, docs/DESIGN.md), re-reads th
 pictures, and writes ``report.html`` + ``report.pdf`` beside ``case.json``.
 
 Contents, top to bottom: the patient's pN stage with the rule and the evidence that decided it (node, slide,
-H&E / IHC / OSNA); per node its class, largest deposit (mm, maximum Feret diameter), tumour-cell count, number of
+H&E / IHC / OSNA) and the synoptic nodal block
+(``report.synoptic``); per node its class, largest deposit (mm, maximum Feret diameter), tumour-cell count, number of
 deposits, OSNA CK19 copies/µL, a bar plot of deposit sizes against the AJCC 8 boundaries 0.2 mm and 2.0 mm
 (ITC <= 0.2 mm < micrometastasis <= 2.0 mm < macrometastasis); per slide a thumbnail with the heatmap and
 outlines, a crop of the largest deposit with a scale bar and the lesion table; then the model in plain words (what it
@@ -28,7 +29,8 @@ from micromets import __version__
 from micromets.errors import MicrometsError
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
-from micromets.review import review_state
+from micromets.report.synoptic import synoptic
+from micromets.review import decided_slide_results, review_state
 from micromets.sizes import format_mm
 
 RESEARCH_USE = (
@@ -238,6 +240,11 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         review = review_state(patient_dir)
     except MicrometsError:  # a slide result unreadable now (listed in problems): the rest is still reported
         review = None
+    try:
+        _, decided_results, _, events = decided_slide_results(patient_dir)
+        syn = synoptic(case, decided_results, events)
+    except MicrometsError:  # as above: the synoptic block from the slides that can be read, as proposed
+        syn = synoptic(case, {s.slide_id: s.result for n in nodes for s in n.slides if s.result is not None}, [])
     template = _TEMPLATES.get_template("report.html.j2")
     return template.render(
         case=case,
@@ -252,6 +259,7 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         colour_scale_svg=figures.colour_scale_svg(threshold),
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
         review=review,
+        syn=syn,
     ), problems
 
 

@@ -59,3 +59,27 @@ def stage_patient(node_classes: list[str]) -> str:
     if "itc" in node_classes:
         return "pN0(i+)"
     return "pN0"
+
+
+def with_modifiers(stage: str, *, n_nodes: int, sentinel_only: bool, mol_positive: bool) -> str:
+    """The challenge's stage with the AJCC 8 modifiers it leaves out, for a synoptic report: ``(mol+)`` and ``(sn)``.
+
+    The challenge scores the bare category (its only modifier is the ``(i+)`` of ``pN0(i+)``); the modifiers are
+    added here as AJCC 8 / the CAP breast protocol define them (``rules.ajcc8``), in the same order:
+
+    * ``(mol+)`` when ``mol_positive``: a node counted positive (micro or macro) is positive by its molecular
+      (OSNA) result only;
+    * ``(sn)`` when ``sentinel_only`` and fewer than ``ajcc8.SN_SUFFIX_MAX_NODES`` (6) nodes were examined;
+      6 nodes or more: no ``(sn)`` (boundary as in AJCC 8).
+
+    ``stage`` must be one of :data:`STAGES`.
+    """
+    from micromets.rules.ajcc8 import SN_SUFFIX_MAX_NODES
+
+    if stage not in STAGES:
+        raise MicrometsError(f"unknown CAMELYON17 stage {stage!r} (expected one of {', '.join(STAGES)})")
+    if mol_positive:
+        stage += "(mol+)"
+    if sentinel_only and n_nodes < SN_SUFFIX_MAX_NODES:
+        stage += "(sn)"
+    return stage
