@@ -2,7 +2,9 @@
 micromets' one clear line and exit 2. Real slides (written with tifffile), real commands; each test failed on the
 code before its fix."""
 
-import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,22 @@ def test_a_grayscale_slide_is_named_as_such_not_as_holding_no_tissue(tmp_path, c
     assert len(lines) == 1, err
     assert "gray.tif: grayscale slide" in lines[0] and "not an H&E or IHC colour image" in lines[0]
     assert "no tissue" not in err
+
+
+@pytest.mark.parametrize("slide", ["missing.tif", "node1.tiff"])
+def test_an_unwritable_home_leaves_stderr_to_micromets(tmp_path, slide):
+    """onnxruntime printed an ANSI-coloured telemetry warning before micromets' own line when HOME is not
+    writable; stderr now holds only micromets' lines (error or progress), no escape codes."""
+    demo = Path(__file__).parents[1] / "src" / "micromets" / "data" / "demo" / "slides"
+    path = demo / slide if slide == "node1.tiff" else tmp_path / slide
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME="/proc/nonexistent", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    done = subprocess.run([sys.executable, "-m", "micromets", "analyze", str(path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "\x1b[" not in done.stderr and "onnxruntime" not in done.stderr and "telemetry" not in done.stderr
+    if slide == "node1.tiff":
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out" / "node1" / "result.json").is_file()
+    else:
+        assert done.returncode == 2
+        assert done.stderr.startswith(f"micromets: error: {path}: no such file\n"), done.stderr
