@@ -3,6 +3,7 @@ micromets' one clear line and exit 2. Real slides (written with tifffile), real 
 code before its fix."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,31 @@ def test_an_unwritable_home_leaves_stderr_to_micromets(tmp_path, slide):
     else:
         assert done.returncode == 2
         assert done.stderr.startswith(f"micromets: error: {path}: no such file\n"), done.stderr
+
+
+@pytest.mark.parametrize("bad", ["html-is-a-folder", "pdf-is-a-folder", "read-only"])
+def test_report_checks_its_outputs_before_rendering(tmp_path, capsys, demo_output, bad):
+    """report.html / report.pdf that cannot be written (a folder in their place, or a read-only patient folder):
+    one line naming the file, exit 2, before any rendering (no report.html.part left behind)."""
+    patient = tmp_path / "demo_patient"
+    shutil.copytree(demo_output / "demo_patient", patient)
+    if bad != "read-only":
+        (patient / f"report.{bad[:bad.index('-')]}").mkdir()
+        code, out, err = cli(capsys, "report", patient, "--pdf")
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"report.{bad[:bad.index('-')]}: is a folder, expected a file name" in err and not out
+    else:
+        if os.geteuid() == 0 and shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: a read-only folder stays writable")
+        unprivileged = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                        "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+        patient.chmod(0o555)
+        env = {"PYTHONPATH": str(Path(__file__).parents[1] / "src"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        try:
+            done = subprocess.run(unprivileged + [sys.executable, "-m", "micromets", "report", str(patient),
+                                                  "--no-pdf"], capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            patient.chmod(0o755)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "report.html: not writable" in done.stderr and "Traceback" not in done.stderr
+    assert not (patient / "report.html.part").exists() and not (patient / "report.html").is_file()
