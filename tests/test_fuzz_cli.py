@@ -135,3 +135,17 @@ def test_cli_fuzz_fast(command, tmp_path):
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_cli_fuzz_long(command, tmp_path):
     _fuzz(command, KINDS, 60)(tmp_path)
+
+
+@pytest.mark.parametrize("target, long_form", [("stress", True), ("test", False)])
+def test_make_stress_runs_the_long_fuzz_and_make_test_the_fast_one(target, long_form):
+    """The pytest line of the Makefile target, run as written (collection only) on this file."""
+    lines = (REPO / "Makefile").read_text().splitlines()
+    recipe = lines[next(i for i, line in enumerate(lines) if line.startswith(f"{target}:")) + 1].split()
+    assert recipe[:3] == ["$(BIN)/python", "-m", "pytest"], recipe
+    args = [a for a in recipe[3:] if a != "tests"] + ["--collect-only", str(Path(__file__))]
+    done = subprocess.run([sys.executable, "-m", "pytest", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert ("test_cli_fuzz_long[" in done.stdout) == long_form
+    assert ("test_cli_fuzz_fast[" in done.stdout) != long_form

@@ -185,3 +185,30 @@ def test_review_api_answers_only_named_hosts_and_never_writes_through_a_link(dem
                           headers={"Content-Type": "application/json"})
         assert resp.status_code == 404
     assert outside.read_text() == ""
+
+
+def test_a_deeply_nested_or_broken_json_file_is_listed_as_unreadable_and_the_rest_served(tmp_path):
+    """One result.json or case.json nested too deeply for the parser (RecursionError), not JSON, or a case whose
+    nodes are not objects: the viewer still starts, lists that file as unreadable, and serves the others."""
+    root = tmp_path / "results"
+    deep = "[" * 100_000 + "]" * 100_000
+    for name, text in {"good": json.dumps(_result("good", "heatmap.npy")), "deep": deep, "broken": "{not json"}.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "result.json").write_text(text)
+    np.save(root / "good" / "heatmap.npy", np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5))
+    for name, text in {"p-deep": '{"schema": "micromets.case/1", "nodes": ' + deep + "}",
+                       "p-broken": '{"schema": "micromets.case/1", "nodes": [',
+                       "p-shape": json.dumps({"schema": "micromets.case/1", "patient": "x", "nodes": [1, {}]})}.items():
+        (root / name).mkdir()
+        (root / name / "case.json").write_text(text)
+    with BackgroundServer(create_app(root)) as base_url:
+        got, body = _get(base_url, "/api/catalog", "127.0.0.1")
+        assert got == 200, body[:300]
+        catalog = json.loads(body)
+        assert list(catalog["slides"]) == ["good"]
+        assert sorted(catalog["unreadable"]) == ["broken/result.json", "deep/result.json", "p-broken/case.json",
+                                                 "p-deep/case.json", "p-shape/case.json"]
+        assert "nested too deeply" in catalog["unreadable"]["deep/result.json"]
+        for path in ("/api/slides/good", "/api/slides/good/heatmap.png", "/api/slides/good/lesions.geojson"):
+            got, body = _get(base_url, path, "127.0.0.1")
+            assert got == 200, (path, body[:300])

@@ -26,6 +26,7 @@ is below ``min_fraction`` is background and gets probability 0 without being sho
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,22 @@ from micromets import normalise
 from micromets.errors import MicrometsError
 
 _REQUIRED = ("name", "version", "family", "input_mpp", "patch_px", "input", "output", "classes", "tumour_class_index")
+
+
+#: onnxruntime's own log severity: 3 = errors only (its warnings are not micromets' to show; errors still raise).
+ORT_LOG_SEVERITY = 3
+
+
+def import_onnxruntime():
+    """The onnxruntime module, quiet: its telemetry is off (``ORT_DISABLE_TELEMETRY``, unless the user set it),
+    which otherwise prints an ANSI-coloured "Failed to persist telemetry device ID" warning on stderr whenever
+    HOME is not writable, and its logger reports errors only. Set before the first import, which creates the
+    runtime's environment; everything in micromets imports onnxruntime through here."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+    return ort
 
 
 def default_model_dir() -> Path:
@@ -138,8 +155,7 @@ class Detector:
         less CPU than splitting every operator across threads (measured: +15–55 % CPU for 2 intra-op threads).
         Raises :class:`MicrometsError` naming the file when the folder, ONNX file or card is missing or invalid.
         """
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         folder = default_model_dir() if model_dir is None else Path(model_dir)
         card_path, onnx_path = folder / "model.json", folder / "model.onnx"
         if not card_path.is_file() or not onnx_path.is_file():
@@ -154,6 +170,7 @@ class Detector:
         if card["output"] not in ("softmax", "sigmoid"):
             raise MicrometsError(f"{card_path}: output must be 'softmax' or 'sigmoid', not {card['output']!r}")
         opts = ort.SessionOptions()
+        opts.log_severity_level = ORT_LOG_SEVERITY
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, morphology
 
+from micromets.errors import MicrometsError
 from micromets.slide import Slide
 
 #: Default resolution of the mask (µm/px): a lymph node of 5 mm is ~600 px across.
@@ -31,6 +32,9 @@ GLASS_OD = 0.08
 SATURATION_BOUNDS = (0.06, 0.20)
 #: Pixels darker than this (max channel, 0-255) and unsaturated are scanner padding or dirt.
 BLACK_MAX = 45
+#: A slide is grayscale when every pixel darker than glass differs by at most this much between channels (0-255;
+#: a gray image stored as RGB JPEG decodes to R = G = B within 1-2; H&E or DAB tissue differs by tens).
+GRAY_SPREAD_MAX = 2
 
 
 @dataclass
@@ -94,7 +98,29 @@ def tissue_from_rgb(rgb: np.ndarray, px_um: float,
     return morphology.remove_small_objects(tissue, max_size=round(min_object_um2 / px_um2))
 
 
+def is_grayscale(rgb: np.ndarray, band_rows: int = 256) -> bool:
+    """True when the image shows something darker than bare glass (padding aside) and all of it is neutral gray
+    (R = G = B within :data:`GRAY_SPREAD_MAX`): a one-channel slide, which holds no stain colour to find tissue by.
+    A blank slide is not grayscale (nothing to see)."""
+    glass_max = 255 * 10 ** -GLASS_OD
+    seen = False
+    for r0 in range(0, rgb.shape[0], band_rows):
+        band = rgb[r0:r0 + band_rows]
+        vmax = np.maximum(np.maximum(band[..., 0], band[..., 1]), band[..., 2])
+        vmin = np.minimum(np.minimum(band[..., 0], band[..., 1]), band[..., 2])
+        content = (vmin < glass_max) & (vmax >= BLACK_MAX)
+        if np.any((vmax - vmin)[content] > GRAY_SPREAD_MAX):
+            return False
+        seen = seen or bool(content.any())
+    return seen
+
+
 def tissue_mask(slide: Slide, mask_mpp: float = MASK_MPP) -> TissueMask:
-    """Tissue mask of a slide at about ``mask_mpp`` µm/px (read in windows from a low-resolution level)."""
+    """Tissue mask of a slide at about ``mask_mpp`` µm/px (read in windows from a low-resolution level).
+
+    A grayscale slide is refused (:func:`is_grayscale`): tissue is found by its stain colour, so it would
+    otherwise read as "no tissue found"."""
     thumb, thumb_mpp = slide.thumbnail(mask_mpp)
+    if is_grayscale(thumb):
+        raise MicrometsError(f"{slide.path}: grayscale slide (R = G = B everywhere), not an H&E or IHC colour image")
     return TissueMask(tissue_from_rgb(thumb, thumb_mpp), thumb_mpp, slide.l0_mpp, thumb)

@@ -25,11 +25,17 @@ def report(
     A case with a slide that failed or whose result.json is missing or unreadable gets a report marked
     provisional, one line per missing slide, and exit code 2. Research use only.
     """
+    from micromets.cli import validate
     from micromets.errors import MicrometsError
     from micromets.report import find_patient_dirs, write_report
 
+    patient_dirs = find_patient_dirs(results_dir)
+    for patient_dir in patient_dirs:  # every output checked before any report is rendered
+        validate.writable_file(patient_dir / "report.html")
+        if pdf:
+            validate.writable_file(patient_dir / "report.pdf")
     provisional = 0
-    for patient_dir in find_patient_dirs(results_dir):
+    for patient_dir in patient_dirs:
         problems: list[str] = []
         html = write_report(patient_dir, pdf=pdf, problems=problems)
         pdf_path = html.with_suffix(".pdf")

@@ -160,8 +160,9 @@ def cross_validate(samples: list[Sample], holdout_groups: list[str], patch_px: i
 
 def export_onnx(model: PatchNet, out_dir: str | Path, card: dict, patch_px: int, seed: int = 0) -> float:
     """Write ``model.onnx`` + ``model.json``; returns the max |ONNX − torch| probability difference (checked)."""
-    import onnxruntime as ort
+    from micromets.model import import_onnxruntime
 
+    ort = import_onnxruntime()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()

@@ -150,7 +150,8 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None,
     def api_catalog() -> JSONResponse:
         slides = {k: {"slide_id": e.result.get("slide_id"), "node_class": e.result.get("node_class"),
                       "stain": e.result.get("stain")} for k, e in catalog.slides.items()}
-        return JSONResponse({"cases": catalog.cases, "slides": slides, "viewer_ready": OSD_JS.is_file(),
+        return JSONResponse({"cases": catalog.cases, "slides": slides, "unreadable": catalog.unreadable,
+                             "viewer_ready": OSD_JS.is_file(),
                              "class_colours": CLASS_COLOURS,
                              "prob_colours": prob_colours(np.linspace(0, 1, 11)).tolist()})
 

@@ -46,14 +46,35 @@ class Catalog:
     cases: list[dict] = field(default_factory=list)
     #: case key (``case`` of each case dict) → the patient folder holding its case.json (and review.jsonl)
     case_dirs: dict[str, Path] = field(default_factory=dict)
+    #: result.json / case.json files left out, relative to ``root`` → why (listed by the viewer, never served)
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
-def _load(path: Path, schema: str) -> dict | None:
+def _load(catalog: Catalog, path: Path, schema: str) -> dict | None:
+    """The object in ``path`` when it is a ``schema`` file, else None: a file that cannot be read, is not JSON or
+    nests deeper than the parser goes is noted in ``catalog.unreadable``; another program's JSON is skipped."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        why = f"unreadable JSON ({err})"
+    except RecursionError:
+        why = "unreadable JSON (nested too deeply)"
+    else:
+        return data if isinstance(data, dict) and data.get("schema") == schema else None
+    catalog.unreadable[path.relative_to(catalog.root).as_posix()] = why
+    return None
+
+
+def _case_nodes(case: dict) -> list[dict] | None:
+    """The case's nodes when they are objects whose ``slides`` are lists of folder names, else None."""
+    nodes = case.get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
         return None
-    return data if isinstance(data, dict) and data.get("schema") == schema else None
+    for node in nodes:
+        slides = node.get("slides", [])
+        if not isinstance(slides, list) or not all(isinstance(slide_id, str) for slide_id in slides):
+            return None
+    return nodes
 
 
 def _key_for(rel: Path, taken: set[str]) -> str:
@@ -69,7 +90,8 @@ def build_catalog(results_dir: str | Path) -> Catalog:
     """Scan ``results_dir`` for slide results and cases.
 
     Raises :class:`MicrometsError` when the folder does not exist or holds no readable ``result.json``.
-    Unreadable or foreign JSON files are skipped.
+    Foreign JSON files are skipped; unreadable ones (not JSON, nested too deeply, a case whose nodes are not
+    objects) are left out and listed in :attr:`Catalog.unreadable`, and the others are still served.
     """
     root = Path(results_dir).resolve()
     if not root.is_dir():
@@ -77,7 +99,7 @@ def build_catalog(results_dir: str | Path) -> Catalog:
     catalog = Catalog(root)
     by_dir: dict[Path, SlideEntry] = {}
     for path in sorted(root.rglob("result.json")):
-        result = _load(path, "micromets.slide-result/1")
+        result = _load(catalog, path, "micromets.slide-result/1")
         if result is None or "path" not in result:
             continue
         entry = SlideEntry(_key_for(path.parent.relative_to(root), set(catalog.slides)), path.parent, result)
@@ -87,11 +109,16 @@ def build_catalog(results_dir: str | Path) -> Catalog:
         raise MicrometsError(f"{results_dir}: no result.json found (run `micromets analyze` or `micromets case`)")
     in_case: set[str] = set()
     for path in sorted(root.rglob("case.json")):
-        case = _load(path, "micromets.case/1")
+        case = _load(catalog, path, "micromets.case/1")
         if case is None:
             continue
+        case_nodes = _case_nodes(case)
+        if case_nodes is None:
+            why = "not a case file (its nodes are not objects listing slide folders)"
+            catalog.unreadable[path.relative_to(root).as_posix()] = why
+            continue
         nodes = []
-        for node in case.get("nodes", []):
+        for node in case_nodes:
             keys = []
             for slide_id in node.get("slides", []):
                 entry = by_dir.get(path.parent / slide_id)

@@ -449,6 +449,12 @@ function renderCases(cat) {
     li.appendChild(nodes);
     ul.appendChild(li);
   }
+  for (const [file, why] of Object.entries(cat.unreadable || {})) {
+    const li = document.createElement("li");
+    li.className = "case unreadable";
+    li.textContent = `${file}: left out, ${why}`;
+    ul.appendChild(li);
+  }
 }
 
 function keyFromHash() {
