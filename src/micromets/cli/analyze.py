@@ -46,17 +46,18 @@ def analyze(
     detector = Detector.load(model)
     screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
     failed = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} patches"),
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[patches]}"),
                   TimeElapsedColumn(), console=console) as bar:
         for path, folder in zip(slides, plan_folders(slides, out)):
-            task = bar.add_task(path.name, total=None)
+            task = bar.add_task(path.name, total=None, patches="")
             try:
                 result = analyze_slide(path, out, mpp=mpp, mode=mode, detector=detector, screen=screen, stain=stain,
                                        folder=folder,
-                                       threshold=threshold, gap_um=gap_um, progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                       threshold=threshold, gap_um=gap_um, progress=lambda done, total: bar.update(
+                                           task, completed=done, total=total, patches=f"{done}/{total} patches"))
             except MicrometsError as err:
                 failed += 1
-                bar.update(task, description=f"[red]{path.name}: failed")
+                bar.remove_task(task)  # the error line says it: no "failed 0/None patches" bar
                 console.print(f"micromets: error: {err}", soft_wrap=True, markup=False, highlight=False)
                 continue
             largest = result["largest_deposit_mm"]
