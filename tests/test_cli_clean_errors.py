@@ -68,7 +68,7 @@ def test_an_unwritable_home_leaves_stderr_to_micromets(tmp_path, slide):
     else:
         assert done.returncode == 2
         # one line: the failed slide's progress bar ("failed ━━━ 0/None patches") is gone
-        assert done.stderr == f"micromets: error: {path}: no such file\n", done.stderr
+        assert done.stderr.strip().splitlines() == [f"micromets: error: {path}: no such file"], done.stderr
 
 
 @pytest.mark.parametrize("bad", ["html-is-a-folder", "pdf-is-a-folder", "read-only"])
