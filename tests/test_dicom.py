@@ -10,7 +10,7 @@ import openslide
 import pytest
 
 from micromets.batch.ident import slide_content_id
-from micromets.batch.run import discover_inputs
+from micromets.batch.run import discover_inputs, run_batch
 from micromets.slide import open_slide
 from test_analyze import check_slide_outputs, micromets
 
@@ -70,3 +70,23 @@ def test_batch_scan_counts_a_dicom_folder_as_one_slide(dicom_node1, tmp_path):
     for scheme in ("quick", "full"):  # the same slide whichever instance names it, another id than the TIFF's
         assert slide_content_id(one_file, scheme) == slide_content_id(scan / "node1_dicom", scheme) \
             != slide_content_id(scan / "node1.tiff", scheme)
+
+    out = tmp_path / "out"
+    first = run_batch([scan], out)
+    assert (first.n_done, first.n_failed, first.n_skipped) == (2, 0, 0)
+    assert sorted(Path(row["out_dir"]).name for row in first.rows) == ["node1", "node1_dicom"]
+    dicom = json.loads((out / "node1_dicom" / "result.json").read_text())
+    assert dicom["mpp_source"] == "dicom.PixelSpacing" and dicom["node_class"] == "negative"
+    again = run_batch([one_file], out)  # one of its files names the slide done before
+    assert (again.n_done, again.n_failed, again.n_skipped) == (0, 0, 1)
+    assert again.rows[0]["reason"] == "done before" and Path(again.rows[0]["out_dir"]).name == "node1_dicom"
+
+
+def test_case_manifest_may_name_a_dicom_slide(dicom_node1, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"patient,node,slide_path,stain\np1,1,{sorted(dicom_node1.glob('*.dcm'))[0]},he\n")
+    done = micromets("case", manifest, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    case = json.loads((tmp_path / "out" / "p1" / "case.json").read_text())
+    assert case["failed_slides"] == []
+    assert json.loads((tmp_path / "out" / "p1" / "node1_dicom" / "result.json").read_text())["node_class"] == "negative"
