@@ -90,3 +90,15 @@ def test_case_manifest_may_name_a_dicom_slide(dicom_node1, tmp_path):
     case = json.loads((tmp_path / "out" / "p1" / "case.json").read_text())
     assert case["failed_slides"] == []
     assert json.loads((tmp_path / "out" / "p1" / "node1_dicom" / "result.json").read_text())["node_class"] == "negative"
+
+
+def test_a_folder_of_dcm_files_that_are_no_slide_is_one_clear_error(tmp_path):
+    junk = tmp_path / "not_a_slide"
+    junk.mkdir()
+    (junk / "a.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    done = micromets("analyze", junk, "--out", tmp_path / "out")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "not_a_slide: no .dcm file of this folder is a DICOM whole-slide image OpenSlide reads")
+    summary = run_batch([tmp_path], tmp_path / "batch")  # found as one slide, recorded as failed under its folder
+    assert (summary.n_failed, [row["slide_id"] for row in summary.rows]) == (1, ["not_a_slide"])
