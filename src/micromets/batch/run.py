@@ -187,8 +187,9 @@ def _manifest_inputs(path: Path) -> list[BatchInput]:
 def discover_inputs(specs: list[str | os.PathLike]) -> list[BatchInput]:
     """Expand `specs` into inputs, in order, with absolute paths.
 
-    A spec is a folder (searched recursively for `SLIDE_EXTENSIONS` and DICOM slide folders), a glob pattern (``*``, ``?``, ``[``;
-    ``**`` recurses), a case manifest (``.csv``, see `micromets.case.read_manifest`) or one slide file. A spec that
+    A spec is a folder (searched recursively for `SLIDE_EXTENSIONS` and DICOM slide folders), a glob pattern
+    (``*``, ``?``, ``[``; ``**`` recurses), a case manifest (``.csv``, see `micromets.case.read_manifest`), one
+    slide file or one ``.dcm`` file (its DICOM slide folder). A spec that
     names nothing (missing path, empty folder, pattern without matches) raises `MicrometsError`. A path named
     twice stays twice (a manifest may list one slide under two nodes); the batch analyses it once.
     """
