@@ -3,7 +3,8 @@
 A slide's folder is ``OUT/<slide_id>/`` (the file name without its suffix; for a DICOM slide, the name of its folder of
 .dcm files) unless another slide already holds that name; it is then ``OUT/<slide_id>~<8 hex>/``, the hex being the
 SHA-256 of the slide's key. A slide that already has a folder keeps it (re-analysing a slide replaces its own results,
-never another slide's). The key says what "the same slide" means: for `batch` its content id and settings, for `analyze` and `case` the resolved file path.
+never another slide's). The key says what "the same slide" means: for `batch` its content id and settings, for
+`analyze` and `case` the resolved file path (a DICOM slide's folder).
 """
 
 from __future__ import annotations
