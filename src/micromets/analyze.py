@@ -272,7 +272,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     path = Path(path)
     with open_slide(path, mpp) as slide:
         # the file's SHA-256 (≈ 1 s per GB) is computed beside the analysis; hashlib releases the GIL
-        sha256 = _HASHING.submit(file_sha256, path) if path.is_file() else None
+        sha256 = _HASHING.submit(file_sha256, slide.path) if slide.path.is_file() else None  # a DICOM folder: none
         tissue = tissue_mask(slide)
         if tissue.area_mm2 < MIN_TISSUE_MM2:
             raise MicrometsError(f"{path}: no tissue found (tissue area {tissue.area_mm2:.3f} mm²)")
@@ -340,7 +340,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
         timing["post"] = round(time.perf_counter() - post_start, 3)
         timing["total"] = round(time.perf_counter() - start, 3)
         result = {
-            "schema": SCHEMA, "slide_id": slide.slide_id, "path": str(path.resolve()),
+            "schema": SCHEMA, "slide_id": slide.slide_id, "path": str(slide.path.resolve()),
             "sha256": sha256.result() if sha256 is not None else None,
             "l0_mpp": slide.l0_mpp, "mpp_source": slide.mpp_source,
             "l0_width": slide.l0_width, "l0_height": slide.l0_height,

@@ -1,9 +1,10 @@
 """The one rule that names a slide's output folder, for `analyze`, `case` and `batch`.
 
-A slide's folder is ``OUT/<slide_id>/`` (the file name without its suffix) unless another slide already holds that
-name; it is then ``OUT/<slide_id>~<8 hex>/``, the hex being the SHA-256 of the slide's key. A slide that already
-has a folder keeps it (re-analysing a slide replaces its own results, never another slide's). The key says what
-"the same slide" means: for `batch` its content id and settings, for `analyze` and `case` the resolved file path.
+A slide's folder is ``OUT/<slide_id>/`` (the file name without its suffix; for a DICOM slide, the name of its folder of
+.dcm files) unless another slide already holds that name; it is then ``OUT/<slide_id>~<8 hex>/``, the hex being the
+SHA-256 of the slide's key. A slide that already has a folder keeps it (re-analysing a slide replaces its own results,
+never another slide's). The key says what "the same slide" means: for `batch` its content id and settings, for
+`analyze` and `case` the resolved file path (a DICOM slide's folder).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
+from micromets.slide import dicom_folder, slide_id_of
 
 
 def folder_name(slide_stem: str, key: tuple[str, ...], owners: dict[str, tuple[str, ...]],
@@ -36,13 +39,14 @@ def _recorded_path(folder: Path) -> str | None:
 
 
 def plan_folders(slides: list[Path], out_dir: Path) -> list[str]:
-    """The folder name under ``out_dir`` of each slide file (same order), keyed by the resolved path: two files
-    with one name get two folders, and folders left in ``out_dir`` by earlier runs keep their slide."""
+    """The folder name under ``out_dir`` of each slide file (same order), keyed by the resolved path (a DICOM
+    slide's folder, whichever of its files is named): two files with one name get two folders, and folders left in
+    ``out_dir`` by earlier runs keep their slide."""
     owners: dict[str, tuple[str, ...]] = {}
     names = []
     for slide in slides:
-        key = (os.path.realpath(slide),)
-        stem = Path(slide).stem
+        key = (os.path.realpath(dicom_folder(slide) or slide),)
+        stem = slide_id_of(slide)
         if out_dir.is_dir():
             for folder in [out_dir / stem, *sorted(out_dir.glob(f"{glob.escape(stem)}~*"))]:
                 if folder.name not in owners and (recorded := _recorded_path(folder)) is not None:

@@ -6,8 +6,14 @@ Every read is a window: nothing here loads a whole level at full resolution. Coo
 Resolution (µm per level-0 pixel, ``l0_mpp``) comes, in this order, from
 
 1. the caller's override (``mpp=``),
-2. OpenSlide's ``openslide.mpp-x`` / ``openslide.mpp-y`` properties (Aperio, Hamamatsu, MIRAX, DICOM, …),
+2. OpenSlide's ``openslide.mpp-x`` / ``openslide.mpp-y`` properties (Aperio, Hamamatsu, MIRAX, DICOM, …; for
+   DICOM OpenSlide derives them from the level-0 instance's PixelSpacing, and ``mpp_source`` says
+   ``dicom.PixelSpacing``),
 3. the TIFF resolution tags (``tiff.XResolution`` with ``tiff.ResolutionUnit`` centimeter or inch).
+
+A DICOM whole-slide image is a folder of ``.dcm`` instances (one per pyramid level, plus label/overview): the
+folder, or any of its ``.dcm`` files, names the slide; its ``slide_id`` is the folder's name (instance files are
+named by UID).
 
 A slide with none of these is refused with an error naming the file: a size in mm needs a resolution.
 
@@ -44,6 +50,8 @@ PLAUSIBLE_MPP = (0.05, 2.0)
 #: tissue mask would have to decode gigapixels. Such files (a huge flat TIFF) must be converted to a pyramid.
 MAX_SMALLEST_LEVEL_PX = 1_000_000_000
 
+#: File name ending of a DICOM instance; a folder holding such files is one DICOM whole-slide image.
+DICOM_SUFFIX = ".dcm"
 _UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0}
 #: OpenSlide formats whose levels are tiled TIFF pages that :class:`_DirectTiles` may decode.
 _DIRECT_VENDORS = ("generic-tiff", "aperio")
@@ -55,7 +63,8 @@ def _mpp_from_properties(props) -> tuple[float, str] | None:
     try:
         mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
         mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
-        return (mpp_x + mpp_y) / 2, "openslide.mpp"
+        dicom = props.get(openslide.PROPERTY_NAME_VENDOR) == "dicom"
+        return (mpp_x + mpp_y) / 2, "dicom.PixelSpacing" if dicom else "openslide.mpp"
     except (KeyError, ValueError):
         pass
     unit = props.get("tiff.ResolutionUnit", "").lower()
@@ -195,7 +204,7 @@ class Slide:
 
     def __init__(self, path: Path, osr: openslide.OpenSlide, l0_mpp: float, mpp_source: str):
         self.path = path
-        self.slide_id = path.stem if path.is_file() else path.name
+        self.slide_id = slide_id_of(path)
         self._osr = osr
         self._direct = _DirectTiles.open(path, osr)
         self.l0_mpp = l0_mpp
@@ -355,8 +364,50 @@ def check_not_special_file(path: Path) -> os.stat_result:
     return st
 
 
+def dicom_folder(path: str | Path) -> Path | None:
+    """The folder of the DICOM whole-slide image that ``path`` names (a folder holding ``.dcm`` files, or one of
+    those files), else None."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == DICOM_SUFFIX:
+        return path.parent
+    if path.is_dir() and any(dicom_files(path)):
+        return path
+    return None
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The ``.dcm`` files directly in ``folder``, sorted by name ([] when it cannot be listed)."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() == DICOM_SUFFIX and p.is_file())
+    except OSError:
+        return []
+
+
+def slide_id_of(path: str | Path) -> str:
+    """The id of the slide at ``path``: its DICOM folder's name for a DICOM slide, else the file name without its
+    suffix."""
+    path = Path(path)
+    folder = dicom_folder(path)
+    return folder.name if folder is not None else path.stem
+
+
+def _open_dicom(folder: Path) -> openslide.OpenSlide:
+    """OpenSlide on the DICOM slide in ``folder``: the first of its ``.dcm`` files (by name) that OpenSlide opens;
+    OpenSlide gathers the other instances of that series from the folder itself."""
+    first_error = None
+    for file in dicom_files(folder):
+        try:
+            return openslide.OpenSlide(str(file))
+        except (openslide.OpenSlideError, OSError, ValueError) as err:
+            first_error = first_error or err
+    if isinstance(first_error, openslide.OpenSlideUnsupportedFormatError):
+        raise MicrometsError(f"{folder}: no .dcm file of this folder is a DICOM whole-slide image OpenSlide reads")
+    raise MicrometsError(f"{folder}: cannot open DICOM slide ({first_error})")
+
+
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
-    """Open a whole-slide image (SVS, TIFF, NDPI, MRXS, DICOM, … — anything OpenSlide reads).
+    """Open a whole-slide image (SVS, TIFF, NDPI, MRXS, DICOM, … — anything OpenSlide reads). A DICOM slide is
+    opened from its folder or any of its ``.dcm`` files, and its ``path`` is then the folder.
 
     ``mpp`` overrides the level-0 resolution in µm/px. Raises :class:`MicrometsError` naming the file when it is
     missing, not a slide, or has no resolution (and no override was given).
@@ -366,13 +417,18 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         if path.is_symlink():
             raise MicrometsError(f"{path}: symbolic link to nothing (dangling, or a loop of links)")
         raise MicrometsError(f"{path}: no such file")
-    if path.is_dir():
-        raise MicrometsError(f"{path}: is a folder, not a slide file")
+    folder = dicom_folder(path)
+    if path.is_dir() and folder is None:
+        raise MicrometsError(f"{path}: is a folder, not a slide file (nor a DICOM slide: no .dcm files in it)")
     check_not_special_file(path)
     if path.is_file() and path.stat().st_size == 0:
         raise MicrometsError(f"{path}: empty file, not a slide")
     try:
-        osr = openslide.OpenSlide(str(path))
+        if folder is not None:
+            path = folder
+            osr = _open_dicom(folder)
+        else:
+            osr = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as err:
         raise MicrometsError(f"{path}: not a slide format OpenSlide can read") from err
     except (openslide.OpenSlideError, OSError, ValueError) as err:

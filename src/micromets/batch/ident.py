@@ -14,7 +14,9 @@ Two schemes (`scheme=`):
 
 Ids are strings ``"quick:<32 hex>"`` or ``"sha256:<64 hex>"``, so ids of the two schemes never collide.
 Only regular files have an id: a directory, FIFO or device named like a slide raises `MicrometsError`
-(opening a FIFO would block the batch forever).
+(opening a FIFO would block the batch forever). A DICOM slide (a folder of ``.dcm`` instances, named by the folder
+or one of its files) is the exception: its id is the SHA-256 of its instances' names and ids, in name order
+(``"quick:"`` or ``"sha256:"`` as its instances'), so renaming or moving the folder keeps it.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ import stat
 from pathlib import Path
 
 from micromets.errors import MicrometsError
-from micromets.slide import check_not_special_file
+from micromets.slide import check_not_special_file, dicom_files, dicom_folder
 
 IDENTITY_SCHEMES = ("quick", "full")
 SAMPLE_BYTES = 1 << 20  # head and tail sample of the quick scheme: 1 MiB each
@@ -46,6 +48,17 @@ def slide_content_id(path: str | os.PathLike, scheme: str = "quick") -> str:
     if scheme not in IDENTITY_SCHEMES:
         raise MicrometsError(f"identity scheme {scheme!r} unknown (choose one of {', '.join(IDENTITY_SCHEMES)})")
     path = Path(path)
+    folder = dicom_folder(path)
+    if folder is not None:
+        digest = hashlib.sha256(b"micromets-dicom-id/1\0")
+        for instance in dicom_files(folder):
+            digest.update(f"{instance.name}\0{_file_content_id(instance, scheme)}\0".encode())
+        return f"{'sha256' if scheme == 'full' else 'quick'}:{digest.hexdigest()[:64 if scheme == 'full' else 32]}"
+    return _file_content_id(path, scheme)
+
+
+def _file_content_id(path: Path, scheme: str) -> str:
+    """The content id of the one regular file at ``path``."""
     st = _regular_file_stat(path)
     try:
         with open(path, "rb") as fh:

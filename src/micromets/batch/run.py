@@ -55,9 +55,11 @@ from micromets.batch.ident import slide_content_id
 from micromets.batch.store import SqliteStore, open_store
 from micromets.errors import MicrometsError
 from micromets.folders import folder_name
+from micromets.slide import DICOM_SUFFIX, slide_id_of
 
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif")
-"""File name endings (case-insensitive) that folder inputs collect: the formats OpenSlide 4 reads from one file."""
+"""File name endings (case-insensitive) that folder inputs collect: the formats OpenSlide 4 reads from one file.
+A folder holding DICOM instances (`DICOM_SUFFIX`) is collected too, as one slide."""
 
 SCHEDULER_CONNECT_TIMEOUT_S = 20
 STAGING = ".staging"
@@ -164,9 +166,12 @@ def _is_slide_name(name: str) -> bool:
 
 def _walk_folder(folder: Path) -> Iterator[Path]:
     """Slide-named entries under `folder`, recursively, sorted; a directory named like a slide is yielded too
-    (it is reported as failed, not silently skipped). Symbolic links to folders are not followed."""
+    (it is reported as failed, not silently skipped), and a directory holding ``.dcm`` files is yielded once as a
+    DICOM slide (its instance files are not slides of their own). Symbolic links to folders are not followed."""
     for root, dirs, files in os.walk(folder):
         dirs.sort()
+        if any(name.lower().endswith(DICOM_SUFFIX) for name in files):
+            yield Path(root)
         for name in sorted(files) + [d for d in dirs if _is_slide_name(d)]:
             if _is_slide_name(name):
                 yield Path(root) / name
@@ -182,8 +187,9 @@ def _manifest_inputs(path: Path) -> list[BatchInput]:
 def discover_inputs(specs: list[str | os.PathLike]) -> list[BatchInput]:
     """Expand `specs` into inputs, in order, with absolute paths.
 
-    A spec is a folder (searched recursively for `SLIDE_EXTENSIONS`), a glob pattern (``*``, ``?``, ``[``;
-    ``**`` recurses), a case manifest (``.csv``, see `micromets.case.read_manifest`) or one slide file. A spec that
+    A spec is a folder (searched recursively for `SLIDE_EXTENSIONS` and DICOM slide folders), a glob pattern
+    (``*``, ``?``, ``[``; ``**`` recurses), a case manifest (``.csv``, see `micromets.case.read_manifest`), one
+    slide file or one ``.dcm`` file (its DICOM slide folder). A spec that
     names nothing (missing path, empty folder, pattern without matches) raises `MicrometsError`. A path named
     twice stays twice (a manifest may list one slide under two nodes); the batch analyses it once.
     """
@@ -193,6 +199,8 @@ def discover_inputs(specs: list[str | os.PathLike]) -> list[BatchInput]:
         path = Path(text)
         if path.is_dir() and not _is_slide_name(path.name):
             batch = [BatchInput(p) for p in _walk_folder(path)]
+        elif path.suffix.lower() == DICOM_SUFFIX and path.is_file():
+            batch = [BatchInput(path.parent)]  # one instance names its whole DICOM slide
         elif path.suffix.lower() == ".csv" and path.is_file():
             batch = _manifest_inputs(path)
         elif os.path.lexists(path):
@@ -202,7 +210,7 @@ def discover_inputs(specs: list[str | os.PathLike]) -> list[BatchInput]:
         else:
             raise MicrometsError(f"{text}: no such file, folder or pattern")
         if not batch:
-            raise MicrometsError(f"{text}: contains no slide ({', '.join(SLIDE_EXTENSIONS)})")
+            raise MicrometsError(f"{text}: contains no slide ({', '.join(SLIDE_EXTENSIONS)}, DICOM folder)")
         found.extend(batch)
     return [BatchInput(None if item.path is None else Path(os.path.abspath(item.path)), item.patient, item.node,
                        item.stain, item.osna_copies_per_ul) for item in found]
@@ -523,7 +531,7 @@ def _plan(inputs: list[BatchInput], store: SqliteStore, base: dict, stain: str |
         path = str(item.path)
         eff_stain = item.stain or stain
         skey = settings_key({**base, "stain": eff_stain})
-        row = {"path": path, "slide_id": item.path.stem, "patient": item.patient, "node": item.node,
+        row = {"path": path, "slide_id": slide_id_of(item.path), "patient": item.patient, "node": item.node,
                "settings_key": skey}
         rows[path] = row
         try:
@@ -545,7 +553,7 @@ def _plan(inputs: list[BatchInput], store: SqliteStore, base: dict, stain: str |
                 store.touch_path(cid, skey, path)
         else:
             previous = Path(info["out_dir"]).name if info is not None else by_path.get((path, skey))
-            folder = folder_name(item.path.stem, key, owners, previous)
+            folder = folder_name(slide_id_of(item.path), key, owners, previous)
             owners[folder] = key
             row.update(status="queued", folder=folder)
             jobs.append(SlideJob(path=path, content_id=cid, settings_key=skey, staging_dir=str(staging / str(n)),

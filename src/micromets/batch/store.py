@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from micromets.errors import MicrometsError
+from micromets.slide import slide_id_of
 
 SCHEMA_VERSION = "micromets.results-store/1"
 
@@ -244,7 +245,7 @@ class SqliteStore:
                 " ON CONFLICT (content_id, settings_key) DO UPDATE SET run_id = excluded.run_id, path = excluded.path,"
                 " error = excluded.error, finished_utc = excluded.finished_utc, elapsed_s = excluded.elapsed_s"
                 " WHERE status = 'failed'",
-                (content_id, settings_key, run_id, path, Path(path).stem, error, _utc_now(), elapsed_s))
+                (content_id, settings_key, run_id, path, slide_id_of(path), error, _utc_now(), elapsed_s))
 
     # ---- cases ------------------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from micromets.cli.app import app
 @app.command("batch")
 def batch(
     inputs: list[str] = typer.Argument(..., help="Folders (searched recursively for .svs .tif .tiff .ndpi .vms .vmu "
-                                                 ".scn .mrxs .svslide .bif), glob patterns (quote them; ** recurses), "
+                                                 ".scn .mrxs .svslide .bif, and DICOM slides: folders of .dcm files), "
+                                                 "glob patterns (quote them; ** recurses), "
                                                  "case manifests (.csv: patient,node,slide_path[,stain]"
                                                  "[,osna_copies_per_ul]) or single slide files."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each slide gets OUT/<slide_id>/ "
