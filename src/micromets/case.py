@@ -126,6 +126,15 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_case(patient_dir: Path, case: dict, slides_of_node: dict[str, list[str]]) -> None:
+    """Name each node's slide result folders in ``case`` (``slides``: paths relative to ``patient_dir``) and write
+    ``patient_dir/case.json`` atomically: the one writer of case files, for `micromets case` and `micromets batch`."""
+    for entry in case["nodes"]:
+        entry["slides"] = slides_of_node.get(entry["node"], [])
+    patient_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(patient_dir / "case.json", case)
+
+
 def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]], failed_slides: list[dict],
                stage_mode: str = "camelyon17") -> dict:
     """The ``case.json`` dict of one patient from each node's evidence ``(node, slide results, OSNA copies/µL)``.
@@ -206,10 +215,9 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
             copies = next((r.osna_copies_per_ul for r in nrows if r.osna_copies_per_ul is not None), None)
             evidence.append((node, [results[r.line] for r in nrows if r.line in results], copies))
         case = stage_case(patient, evidence, failed, stage_mode)
-        for entry in case["nodes"]:  # a node's slides are named by their folders (two files may share a name)
-            entry["slides"] = [folders[r.line] for r in prows if r.node == entry["node"] and r.line in results]
-        patient_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(patient_dir / "case.json", case)
+        # a node's slides are named by their folders (two files may share a name)
+        write_case(patient_dir, case, {node: [folders[r.line] for r in prows if r.node == node and r.line in results]
+                                       for node in dict.fromkeys(r.node for r in prows)})
         if report:
             from micromets.report import write_report
 

@@ -16,7 +16,9 @@ def batch(
                                                  "case manifests (.csv: patient,node,slide_path[,stain]"
                                                  "[,osna_copies_per_ul]) or single slide files."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each slide gets OUT/<slide_id>/ "
-                                                      "(OUT/<slide_id>~<hash>/ when another file has that name)."),
+                                                      "(OUT/<slide_id>~<hash>/ when another file has that name); "
+                                                      "a manifest's slides go to OUT/<patient>/<slide_id>/ beside "
+                                                      "the patient's case.json, as with micromets case."),
     db: Optional[str] = typer.Option(None, "--db", help="Results store: a SQLite file path or sqlite:///path "
                                                         "(default OUT/results.sqlite)."),
     workers: int = typer.Option(1, "--workers", "-w", min=0, help="N = start a Dask LocalCluster of N worker "
@@ -65,7 +67,9 @@ def batch(
     committed in one transaction; killing the batch at any moment loses at most the slides in flight, and
     rerunning completes them. Bad files (unreadable, not a slide, no resolution, a folder named like a slide) are
     recorded as failed with their reason and the others go on; the exit code is then 2. List the results with
-    `micromets results --db OUT/results.sqlite`.
+    `micromets results --db OUT/results.sqlite`. Patients of a case manifest are staged and get
+    OUT/<patient>/case.json as with `micromets case`: `micromets report OUT` writes their reports and
+    `micromets view OUT` groups their slides by patient and node.
     """
     from rich.console import Console
     from rich.markup import escape
