@@ -334,3 +334,17 @@ def test_batch_case_names_a_slide_done_before_outside_the_patient_folder(tmp_pat
     assert [n["slides"] for n in case["nodes"]] == [[f"../{slides[0].stem}"], [slides[1].stem]]
     catalog = build_catalog(out)
     assert {(e.patient, e.node) for e in catalog.slides.values()} == {("p1", "1"), ("p1", "2")}
+
+
+def test_batch_rule_and_its_old_spelling_stage_alike(tmp_path, slides):
+    """--rule is the staging rule (as in case and stage); the old --stage-mode still works. The second and third
+    runs skip the slide and only restage the patient."""
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"patient,node,slide_path\np1,1,{slides[0]}\n")
+    out = tmp_path / "out"
+    staged = []
+    for args in (["--stage-mode", "ajcc8"], ["--rule", "camelyon17"], ["--rule", "ajcc8"]):
+        got = CliRunner().invoke(app, ["batch", str(manifest), "--out", str(out), "--workers", "0", *args])
+        assert got.exit_code == 0, got.output
+        staged.append(json.loads((out / "p1" / "case.json").read_text()))
+    assert [c["stage_mode"] for c in staged] == ["ajcc8", "camelyon17", "ajcc8"] and staged[0] == staged[2]

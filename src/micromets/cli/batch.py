@@ -49,9 +49,10 @@ def batch(
                                                                         "cell is tumour (default: the model card's)."),
     gap_um: Optional[float] = typer.Option(None, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion "
                                                                   "(default 75 µm, CAMELYON)."),
-    stage_mode: str = typer.Option("camelyon17", "--stage-mode", help="pN staging of manifest patients: camelyon17 "
-                                                                      "or ajcc8."),
-    mode: str = typer.Option("thorough", "--mode", help="Detector mode: thorough (default; the fine model over all "
+    rule: str = typer.Option("camelyon17", "--rule", callback=validate.STAGE_MODE, help="Staging rule of manifest "
+                                                                                        "patients: camelyon17 or ajcc8."),
+    old_stage_mode: Optional[str] = typer.Option(None, "--stage-mode", callback=validate.STAGE_MODE, hidden=True),
+    mode: str = typer.Option("thorough", "--mode", callback=validate.DETECTOR_MODE, help="Detector mode: thorough (default; the fine model over all "
                                                         "tissue) or fast (a coarse 2 µm/px screen, then the fine "
                                                         "model on its candidates, grown over each positive region; can miss ITC). Part of "
                                                         "the settings: a slide done in one mode is redone in the "
@@ -76,13 +77,10 @@ def batch(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from micromets.analyze import MODES
     from micromets.batch.run import run_batch
     from micromets.errors import MicrometsError
 
-    if mode not in MODES:
-        raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
-
+    rule = validate.renamed(rule, old_stage_mode, "--rule", "--stage-mode", "camelyon17")
     console = Console(stderr=True)
     counts = {"done": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -104,7 +102,7 @@ def batch(
 
         summary = run_batch(inputs, out, db, mode=mode, mpp=mpp, stain=stain, threshold=threshold,
                             gap_um=gap_um, model_dir=str(model) if model else None, identity=identity, force=force, workers=workers,
-                            scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
+                            scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=rule, on_event=on_event)
 
     table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")
     for column in ("done", "skipped (done before)", "failed", "negative*", "itc*", "micro*", "macro*"):

@@ -7,21 +7,17 @@ from typing import Optional
 import typer
 
 from micromets.cli import validate
+from micromets.cli.validate import one_of
 from micromets.cli.app import app
 from micromets.sizes import format_mm
 
 
-def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode: str = "thorough") -> list[dict]:
+def _run(manifest: Path, out: Path, rule: str, model: Optional[Path], mode: str = "thorough") -> list[dict]:
     from rich.console import Console
     from rich.markup import escape
 
-    from micromets.analyze import MODES
     from micromets.case import run_case, stage_text
-    from micromets.errors import MicrometsError
     from micromets.model import Detector, coarse_model_dir
-
-    if scan_mode not in MODES:
-        raise MicrometsError(f"--scan-mode {scan_mode!r}: choose {' or '.join(MODES)}")
 
     console = Console(stderr=True)
 
@@ -34,8 +30,8 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
             console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
 
     detector = Detector.load(model)
-    screen = Detector.load(coarse_model_dir(), threads=detector.threads) if scan_mode == "fast" else None
-    cases = run_case(manifest, out, stage_mode=mode, detector=detector, on_slide=on_slide, scan_mode=scan_mode,
+    screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
+    cases = run_case(manifest, out, stage_mode=rule, detector=detector, on_slide=on_slide, scan_mode=mode,
                      screen=screen)
     for case in cases:
         console.print(f"[bold]patient {escape(case['patient'])}: {escape(stage_text(case))}[/bold] — "
@@ -49,9 +45,11 @@ def _run(manifest: Path, out: Path, mode: str, model: Optional[Path], scan_mode:
 def case(
     manifest: Path = typer.Argument(..., callback=validate.IN_FILE, help="CSV with columns patient,node,slide_path[,stain][,osna_copies_per_ul]; slide paths relative to the CSV."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each patient gets OUT/<patient>/ with case.json and report.html."),
-    mode: str = typer.Option("camelyon17", "--mode", callback=validate.STAGE_MODE, help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
+    rule: str = typer.Option("camelyon17", "--rule", callback=validate.STAGE_MODE, help="Staging rule: camelyon17 (pN0, pN0(i+), pN1mi, pN1, pN2) or ajcc8."),
     model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
-    scan_mode: str = typer.Option("thorough", "--scan-mode", help="Detector mode of every H&E slide: thorough (default; the fine model over all tissue) or fast (a coarse 2 µm/px screen, then the fine model on its candidates, grown over each positive region; can miss ITC)."),
+    # --mode was the staging rule here before it named the detector mode everywhere: a rule given to it still counts
+    mode: str = typer.Option("thorough", "--mode", callback=one_of("thorough", "fast", also=("camelyon17", "ajcc8")), help="Detector mode of every H&E slide: thorough (default; the fine model over all tissue) or fast (a coarse 2 µm/px screen, then the fine model on its candidates, grown over each positive region; can miss ITC)."),
+    old_scan_mode: Optional[str] = typer.Option(None, "--scan-mode", callback=validate.DETECTOR_MODE, hidden=True),
 ) -> None:
     """Analyse every slide of a case manifest and stage each patient.
 
@@ -60,7 +58,10 @@ def case(
     rule. A slide that fails is reported in one line and listed in case.json, the stage is marked provisional (on
     screen, in case.json and in the report) and the exit code is 2.
     """
-    cases = _run(manifest, out, mode, model, scan_mode)
+    if mode in ("camelyon17", "ajcc8"):
+        rule, mode = validate.renamed(rule, mode, "--rule", "--mode", "camelyon17"), "thorough"
+    mode = validate.renamed(mode, old_scan_mode, "--mode", "--scan-mode", "thorough")
+    cases = _run(manifest, out, rule, model, mode)
     if any(c["failed_slides"] for c in cases):
         raise typer.Exit(code=2)
 

@@ -37,7 +37,8 @@ def results(
     min_probability: Optional[float] = typer.Option(None, "--min-probability", callback=validate.PROBABILITY, help="Keep slides whose maximum "
                                                                                     "tumour probability is >= this."),
     status: Optional[str] = typer.Option(None, "--status", callback=validate.one_of("done", "failed"), help="Keep slides that are done or failed."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", callback=validate.OUT_FILE, help="Write to this file instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="Write to this file instead of stdout."),
+    old_output: Optional[Path] = typer.Option(None, "--output", callback=validate.OUT_FILE, hidden=True),
 ) -> None:
     """List and export batch results. Slides are sorted most suspicious first (maximum heatmap tumour
     probability, then largest deposit in mm); sizes are in mm (maximum Feret diameter), areas in mm², resolution
@@ -53,6 +54,7 @@ def results(
     from micromets.batch.triage import select_slides
     from micromets.errors import MicrometsError
 
+    out = validate.renamed(out, old_output, "--out", "--output")
     if level not in _LEVELS:
         raise MicrometsError(f"--level {level!r}: choose one of {', '.join(_LEVELS)}")
     if fmt not in ("table", "csv", "json"):
@@ -86,8 +88,8 @@ def results(
         for row in rows:
             table.add_row(*("" if row.get(c) is None else format_mm(row[c], unit=False) if c.endswith("_mm")
                             else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown))
-        if output:
-            with open(output, "w") as fh:
+        if out:
+            with open(out, "w") as fh:
                 Console(file=fh, width=200).print(table)
         else:
             console = Console()
@@ -95,7 +97,7 @@ def results(
                 console = Console(width=200)
             console.print(table)
         return
-    if output:
-        output.write_text(text)
+    if out:
+        out.write_text(text)
     else:
         typer.echo(text, nl=False)
