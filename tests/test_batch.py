@@ -279,7 +279,7 @@ def test_results_and_threshold_commands(tmp_path, slides):
     assert [r["slide_id"] for r in json.loads(kept.output)] == [r["slide_id"] for r in rows[:2]]
     assert select_slides(rows, classes=("nonexistent",)) == []
     table = runner.invoke(app, ["results", "--db", db, "--level", "runs"])
-    assert table.exit_code == 0 and "in-process" in table.output and "1 runs" in table.output
+    assert table.exit_code == 0 and "in-process" in table.output and table.output.splitlines()[0].strip() == "1 run"
 
     labels = tmp_path / "labels.csv"
     labels.write_text("slide,label\n" + "".join(f"{r['slide_id']}.tif,{lab}\n"

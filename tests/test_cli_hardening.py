@@ -60,7 +60,7 @@ def test_case_with_same_named_slides_and_a_failed_one_is_provisional(tmp_path, c
                         f"p,3,{tmp_path / 'missing.tif'}\n")
     code, _, err = cli(capsys, "case", manifest, "--out", tmp_path / "out")
     assert code == 2, err
-    assert "(provisional)" in err and "node(s) 3 not staged" in err
+    assert "(provisional)" in err and "(1 slide could not be analysed, node 3 not staged)" in err
     case = json.loads((tmp_path / "out" / "p" / "case.json").read_text())
     assert not case["complete"] and case["stage_reason"].startswith("provisional")
     folders = [n["slides"][0] for n in case["nodes"]]
@@ -323,3 +323,16 @@ def test_view_on_a_busy_port_is_one_line(capsys, demo_output):
         code, _, err = cli(capsys, "view", demo_output, "--port", port)
     errors = [line for line in err.splitlines() if not line.startswith("warning: OpenSeadragon missing")]
     assert code == 2 and len(errors) == 1 and "cannot listen there" in errors[0], err
+
+
+def test_counts_are_printed_in_the_right_number(tmp_path, capsys):
+    """ "1 patient", not "1 patients"; a failed slide of a case is "1 slide could not be analysed"."""
+    from micromets.words import counted
+
+    db = _patients_store(tmp_path)
+    code, out, err = cli(capsys, "results", "--db", db, "--level", "patients")
+    assert code == 0 and out.splitlines()[0].strip() == "1 patient", out
+    code, out, err = cli(capsys, "results", "--db", db, "--level", "worklist")
+    assert code == 0 and "worklist: 0 slides" in out, out
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert counted(1, "patch", "patches") == "1 patch" and counted(3, "patch", "patches") == "3 patches"

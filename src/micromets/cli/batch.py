@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("batch")
@@ -104,7 +105,7 @@ def batch(
                             gap_um=gap_um, model_dir=str(model) if model else None, identity=identity, force=force, workers=workers,
                             scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=rule, on_event=on_event)
 
-    table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")
+    table = Table(title=f"batch run {summary.run_id}: {counted(summary.n_inputs, 'slide')} in {summary.elapsed_s:.1f} s")
     for column in ("done", "skipped (done before)", "failed", "negative*", "itc*", "micro*", "macro*"):
         table.add_column(column, justify="right")
     classes = [row.get("node_class") for row in summary.rows if row["status"] == "done"]

@@ -15,24 +15,39 @@ from micromets.sizes import format_mm
 def _run(manifest: Path, out: Path, rule: str, model: Optional[Path], mode: str = "thorough") -> list[dict]:
     from rich.console import Console
     from rich.markup import escape
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from micromets.case import run_case, stage_text
     from micromets.model import Detector, coarse_model_dir
 
     console = Console(stderr=True)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[patches]}"),
+                   TimeElapsedColumn(), console=console, transient=True)
+    task = None
+
+    def on_start(row):  # one bar per slide while it is analysed, as in `micromets analyze`
+        nonlocal task
+        task = bar.add_task(escape(f"patient {row.patient} node {row.node}: {row.slide_path.name}"), total=None,
+                            patches="")
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, patches=f"{done}/{total} patches")
 
     def on_slide(row, result, error):
+        bar.remove_task(task)
         if error:
             console.print(f"micromets: error: {error}", soft_wrap=True, markup=False, highlight=False)
         else:
             size = result["largest_deposit_mm"]
             size_text = f"largest {format_mm(size)}" if size is not None else "no deposit"
-            console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} ({size_text})")
+            console.print(f"patient {row.patient} node {row.node}: {result['slide_id']} → {result['node_class']} "
+                          f"({size_text})", markup=False, highlight=False)
 
     detector = Detector.load(model)
     screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
-    cases = run_case(manifest, out, stage_mode=rule, detector=detector, on_slide=on_slide, scan_mode=mode,
-                     screen=screen)
+    with bar:
+        cases = run_case(manifest, out, stage_mode=rule, detector=detector, on_slide=on_slide, scan_mode=mode,
+                         screen=screen, on_start=on_start, progress=progress)
     for case in cases:
         console.print(f"[bold]patient {escape(case['patient'])}: {escape(stage_text(case))}[/bold] — "
                       f"{escape(case['stage_reason'])}", soft_wrap=True)

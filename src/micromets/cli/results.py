@@ -8,6 +8,7 @@ import typer
 from micromets.cli import validate
 from micromets.cli.app import app
 from micromets.sizes import format_mm
+from micromets.words import counted
 
 _LEVELS = ("slides", "worklist", "lesions", "nodes", "patients", "runs")
 _WORKLIST_COLUMNS = ("rank", "slide_id", "max_probability", "node_class", "largest_deposit_mm", "n_lesions", "path",
@@ -82,7 +83,8 @@ def results(
         text = buffer.getvalue()
     else:
         shown = _WORKLIST_COLUMNS if level == "worklist" else _TABLE_COLUMNS[level]
-        table = Table(title=f"{len(rows)} {level}")
+        table = Table(title=f"worklist: {counted(len(rows), 'slide')}" if level == "worklist"
+                      else counted(len(rows), level.removesuffix("s"), level))
         for column in shown:
             table.add_column(column)
         for row in rows:
