@@ -336,3 +336,16 @@ def test_counts_are_printed_in_the_right_number(tmp_path, capsys):
     assert code == 0 and "worklist: 0 slides" in out, out
     assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
     assert counted(1, "patch", "patches") == "1 patch" and counted(3, "patch", "patches") == "3 patches"
+
+
+def test_readme_lists_every_command_with_an_example():
+    """The README's command table names every command `micromets --help` lists, each with an example that runs
+    that command, and no command that does not exist."""
+    import typer.main
+
+    from micromets.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| [^|]+ \| `micromets ([a-z-]+)[^`]*` \|$", readme, re.MULTILINE)
+    assert {name for name, _ in rows} == commands and all(name == example for name, example in rows), rows
