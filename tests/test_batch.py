@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -278,7 +279,7 @@ def test_results_and_threshold_commands(tmp_path, slides):
     assert [r["slide_id"] for r in json.loads(kept.output)] == [r["slide_id"] for r in rows[:2]]
     assert select_slides(rows, classes=("nonexistent",)) == []
     table = runner.invoke(app, ["results", "--db", db, "--level", "runs"])
-    assert table.exit_code == 0 and "in-process" in table.output and "1 runs" in table.output
+    assert table.exit_code == 0 and "in-process" in table.output and table.output.splitlines()[0].strip() == "1 run"
 
     labels = tmp_path / "labels.csv"
     labels.write_text("slide,label\n" + "".join(f"{r['slide_id']}.tif,{lab}\n"
@@ -290,3 +291,60 @@ def test_results_and_threshold_commands(tmp_path, slides):
     assert report["n_spared"] == sum(r["max_probability"] < rows[0]["max_probability"] for r in rows)
     missing = runner.invoke(app, ["results", "--db", str(tmp_path / "nope.sqlite")])
     assert missing.exit_code != 0 and "no such results store" in str(missing.exception)
+
+
+def test_batch_cases_open_in_report_and_view(tmp_path):
+    """A batch over a case manifest writes OUT/<patient>/case.json as `micromets case` does: `micromets report`
+    renders the patient's report from it and the viewer's catalogue groups the slides by patient and node."""
+    from micromets.case import read_manifest
+    from micromets.viewer import create_app
+    from micromets.viewer.server import BackgroundServer
+
+    manifest = Path(__file__).resolve().parents[1] / "src" / "micromets" / "data" / "demo" / "manifest.csv"
+    out = tmp_path / "out"
+    got = CliRunner().invoke(app, ["batch", str(manifest), "--out", str(out), "--workers", "0"])
+    assert got.exit_code == 0, got.output
+    patient_dir = out / "demo_patient"
+    case = json.loads((patient_dir / "case.json").read_text())
+    assert [(n["node"], n["slides"]) for n in case["nodes"]] == [("1", ["node1"]), ("2", ["node2"]), ("3", ["node3"])]
+    got = CliRunner().invoke(app, ["report", str(patient_dir), "--no-pdf"])
+    assert got.exit_code == 0, got.output
+    html = (patient_dir / "report.html").read_text()
+    assert "demo_patient" in html and case["pn_stage"] in html
+    with BackgroundServer(create_app(out)) as base_url:
+        catalog = httpx.get(f"{base_url}/api/catalog").json()
+    cases = {c["patient"]: c for c in catalog["cases"]}
+    assert set(cases) == {"demo_patient"}  # no "slides analysed on their own" group
+    nodes = {n["node"]: [catalog["slides"][k]["slide_id"] for k in n["slides"]] for n in cases["demo_patient"]["nodes"]}
+    assert nodes == {row.node: [row.slide_path.stem] for row in read_manifest(manifest)}
+
+
+def test_batch_case_names_a_slide_done_before_outside_the_patient_folder(tmp_path, slides):
+    """A slide analysed by an earlier batch without a manifest keeps its folder; the case names it relative to
+    the patient folder and the viewer still places it under its patient."""
+    from micromets.viewer.catalog import build_catalog
+
+    out = tmp_path / "out"
+    run_batch(slides[:1], out)
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"patient,node,slide_path\np1,1,{slides[0]}\np1,2,{slides[1]}\n")
+    summary = run_batch([manifest], out)
+    assert (summary.n_done, summary.n_skipped) == (1, 1)
+    case = json.loads((out / "p1" / "case.json").read_text())
+    assert [n["slides"] for n in case["nodes"]] == [[f"../{slides[0].stem}"], [slides[1].stem]]
+    catalog = build_catalog(out)
+    assert {(e.patient, e.node) for e in catalog.slides.values()} == {("p1", "1"), ("p1", "2")}
+
+
+def test_batch_rule_and_its_old_spelling_stage_alike(tmp_path, slides):
+    """--rule is the staging rule (as in case and stage); the old --stage-mode still works. The second and third
+    runs skip the slide and only restage the patient."""
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"patient,node,slide_path\np1,1,{slides[0]}\n")
+    out = tmp_path / "out"
+    staged = []
+    for args in (["--stage-mode", "ajcc8"], ["--rule", "camelyon17"], ["--rule", "ajcc8"]):
+        got = CliRunner().invoke(app, ["batch", str(manifest), "--out", str(out), "--workers", "0", *args])
+        assert got.exit_code == 0, got.output
+        staged.append(json.loads((out / "p1" / "case.json").read_text()))
+    assert [c["stage_mode"] for c in staged] == ["ajcc8", "camelyon17", "ajcc8"] and staged[0] == staged[2]

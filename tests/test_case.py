@@ -44,3 +44,26 @@ def test_bad_manifests_give_one_clear_line(tmp_path, text, message):
 def test_missing_manifest(tmp_path):
     with pytest.raises(MicrometsError, match="no such manifest"):
         read_manifest(tmp_path / "nope.csv")
+
+
+def test_case_shows_each_slide_progress_on_stderr(tmp_path):
+    """While a slide is analysed `micromets case` draws its bar (patches scored / total) on stderr, as `analyze`
+    does, then prints the slide's class; stdout stays for results. Run on a terminal (TTY_COMPATIBLE=1)."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "src" / "micromets" / "data" / "demo" / "slides" / "node2.tiff", tmp_path / "node2.tiff")
+    manifest = _write(tmp_path, "patient,node,slide_path\np1,2,node2.tiff\n")
+    done = subprocess.run([sys.executable, "-m", "micromets", "case", str(manifest), "--out", str(tmp_path / "out"),
+                           "--mode", "fast"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(repo / "src"), TTY_COMPATIBLE="1", COLUMNS="80"))
+    assert done.returncode == 0, done.stderr
+    bars = re.findall(r"patient p1 node 2: node2\.tiff[^\n\r]*?(\d+)/(\d+) patches", done.stderr)
+    assert bars and all(int(a) <= int(b) for a, b in bars), done.stderr[-2000:]
+    assert int(bars[-1][0]) > 0
+    assert "patient p1 node 2: node2 → micro" in done.stderr and "patches" not in done.stdout

@@ -3,6 +3,7 @@ real slides and files, and failed on the code before the fix."""
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_case_with_same_named_slides_and_a_failed_one_is_provisional(tmp_path, c
                         f"p,3,{tmp_path / 'missing.tif'}\n")
     code, _, err = cli(capsys, "case", manifest, "--out", tmp_path / "out")
     assert code == 2, err
-    assert "(provisional)" in err and "node(s) 3 not staged" in err
+    assert "(provisional)" in err and "(1 slide could not be analysed, node 3 not staged)" in err
     case = json.loads((tmp_path / "out" / "p" / "case.json").read_text())
     assert not case["complete"] and case["stage_reason"].startswith("provisional")
     folders = [n["slides"][0] for n in case["nodes"]]
@@ -127,7 +128,8 @@ def test_bad_option_values_are_refused_before_any_work(tmp_path, capsys, same_na
     ["measure", "XML", "--mpp", "0.243", "--out", "FILE"],
     ["stage", "STAGES", "--out", "FILE"],
     ["evaluate", "camelyon17", "STAGES", "STAGES", "--out", "FILE"],
-    ["results", "--db", "X", "--output", "FILE"],
+    ["results", "--db", "X", "--out", "FILE"],
+    ["results", "--db", "X", "--output", "FILE"],  # the old spelling, still checked the same way
     ["score-tiles", "X", "--mpp", "0.243", "--out", "FILE"],
 ])
 def test_unwritable_output_paths_are_refused_before_the_work(tmp_path, capsys, same_name_slides, args, bad):
@@ -178,6 +180,62 @@ def test_case_manifest_with_a_huge_header_is_refused_at_once(tmp_path, capsys):
 
 def test_case_mode_is_checked_with_the_options(tmp_path, capsys):
     code, _, err = cli(capsys, "case", tmp_path / "missing.csv", "--out", tmp_path / "out", "--mode", "x")
+    assert code == 2 and "--mode 'x': choose thorough, fast" in err, err
+    code, _, err = cli(capsys, "case", tmp_path / "missing.csv", "--out", tmp_path / "out", "--rule", "x")
+    assert code == 2 and "--rule 'x': choose camelyon17, ajcc8" in err, err
+
+
+@pytest.mark.parametrize("command, new, old", [
+    ("analyze", ["--out", "--mode"], ["--scan-mode", "--stage-mode", "--output", "--rule"]),
+    ("case", ["--out", "--mode", "--rule"], ["--scan-mode", "--stage-mode", "--output"]),
+    ("batch", ["--out", "--mode", "--rule"], ["--scan-mode", "--stage-mode", "--output"]),
+    ("stage", ["--out", "--rule"], ["--mode", "--stage-mode", "--output"]),
+    ("results", ["--out"], ["--output"]),
+])
+def test_help_shows_one_name_per_thing(capsys, command, new, old):
+    """--out is the output everywhere, --mode the detector mode (thorough|fast), --rule the staging rule; the old
+    spellings are accepted but not offered."""
+    code, out, _ = cli(capsys, command, "--help")
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out))
+    assert code == 0 and set(new) <= options and not set(old) & options, sorted(options)
+
+
+def _patients_store(tmp_path: Path) -> Path:
+    from micromets.batch.store import open_store
+
+    db = tmp_path / "results.sqlite"
+    with open_store(db) as store:
+        store.record_case(1, "k", {"schema": "micromets.case/1", "patient": "p1", "stage_mode": "camelyon17",
+                                   "pn_stage": "pN1mi", "stage_reason": "one micro", "nodes": [
+                                       {"node": "1", "node_class": "micro", "decided_by": "slide n1 (he)",
+                                        "largest_deposit_mm": 0.9, "osna_copies_per_ul": None, "slides": ["n1"]}]})
+    return db
+
+
+def test_old_option_spellings_give_the_same_result(tmp_path, capsys):
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("patient,stage\npatient_100_node_0.tif,macro\npatient_100_node_1.tif,itc\n")
+    for spelling in ("--rule", "--mode"):
+        code, _, err = cli(capsys, "stage", nodes, spelling, "ajcc8", "--out", tmp_path / f"stage{spelling}.csv")
+        assert code == 0, err
+    assert (tmp_path / "stage--mode.csv").read_text() == (tmp_path / "stage--rule.csv").read_text()
+    assert "patient_100.zip,pN1a(sn)" in (tmp_path / "stage--mode.csv").read_text()  # ajcc8, not camelyon17's pN1
+    assert err.strip() == "micromets: note: --mode is now --rule"
+    db = _patients_store(tmp_path)
+    for spelling in ("--out", "--output"):
+        code, _, err = cli(capsys, "results", "--db", db, "--level", "patients", "--format", "csv", spelling,
+                           tmp_path / f"results{spelling}.csv")
+        assert code == 0, err
+    assert (tmp_path / "results--output.csv").read_text() == (tmp_path / "results--out.csv").read_text()
+    assert "pN1mi" in (tmp_path / "results--out.csv").read_text()
+
+
+def test_old_and_new_spelling_with_different_values_is_one_error(tmp_path, capsys):
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("patient,stage\npatient_100_node_0.tif,macro\n")
+    code, _, err = cli(capsys, "stage", nodes, "--mode", "camelyon17", "--rule", "ajcc8")
+    assert code == 2 and err.count("\n") == 1 and "give --rule only" in err, err
+    code, _, err = cli(capsys, "stage", nodes, "--mode", "x")
     assert code == 2 and "--mode 'x': choose camelyon17, ajcc8" in err, err
 
 
@@ -265,3 +323,29 @@ def test_view_on_a_busy_port_is_one_line(capsys, demo_output):
         code, _, err = cli(capsys, "view", demo_output, "--port", port)
     errors = [line for line in err.splitlines() if not line.startswith("warning: OpenSeadragon missing")]
     assert code == 2 and len(errors) == 1 and "cannot listen there" in errors[0], err
+
+
+def test_counts_are_printed_in_the_right_number(tmp_path, capsys):
+    """ "1 patient", not "1 patients"; a failed slide of a case is "1 slide could not be analysed"."""
+    from micromets.words import counted
+
+    db = _patients_store(tmp_path)
+    code, out, err = cli(capsys, "results", "--db", db, "--level", "patients")
+    assert code == 0 and out.splitlines()[0].strip() == "1 patient", out
+    code, out, err = cli(capsys, "results", "--db", db, "--level", "worklist")
+    assert code == 0 and "worklist: 0 slides" in out, out
+    assert [counted(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert counted(1, "patch", "patches") == "1 patch" and counted(3, "patch", "patches") == "3 patches"
+
+
+def test_readme_lists_every_command_with_an_example():
+    """The README's command table names every command `micromets --help` lists, each with an example that runs
+    that command, and no command that does not exist."""
+    import typer.main
+
+    from micromets.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| [^|]+ \| `micromets ([a-z-]+)[^`]*` \|$", readme, re.MULTILINE)
+    assert {name for name, _ in rows} == commands and all(name == example for name, example in rows), rows

@@ -36,7 +36,7 @@ def test_measure_table(tmp_path, shared_data):
 def test_stage_then_evaluate_kappa_one(tmp_path, shared_data):
     labels = shared_data / "camelyon17" / "stage_labels_patients_000-019.csv"
     submission = tmp_path / "stages.csv"
-    assert run("stage", labels, "--mode", "camelyon17", "--out", submission).exit_code == 0
+    assert run("stage", labels, "--rule", "camelyon17", "--out", submission).exit_code == 0
     official = [line for line in labels.read_text().splitlines() if line.strip()]
     assert submission.read_text().splitlines() == official  # 20/20 patients and all node rows, same order
     result = run("evaluate", "camelyon17", submission, labels)
@@ -49,7 +49,7 @@ def test_stage_ajcc8_mode(tmp_path):
     nodes.write_text("patient,stage\npatient_100_node_0.tif,macro\npatient_100_node_1.tif,itc\n"
                      "patient_101_node_0.tif,itc\n")
     out = tmp_path / "ajcc.csv"
-    assert run("stage", nodes, "--mode", "ajcc8", "--out", out).exit_code == 0
+    assert run("stage", nodes, "--rule", "ajcc8", "--out", out).exit_code == 0
     lines = out.read_text().splitlines()
     assert "patient_100.zip,pN1a(sn)" in lines and "patient_101.zip,pN0(i+)(sn)" in lines
 

@@ -111,11 +111,15 @@ def test_case_and_batch_commands_pass_the_mode_through(tmp_path):
     shutil.copy(NODE2, case_dir / "node2.tiff")
     (case_dir / "manifest.csv").write_text("patient,node,slide_path\np1,2,node2.tiff\n")
     runner = CliRunner()
-    done = runner.invoke(app, ["case", str(case_dir / "manifest.csv"), "--out", str(tmp_path / "case-out"),
-                               "--scan-mode", "fast"])
-    assert done.exit_code == 0, done.output
-    result = json.loads((tmp_path / "case-out" / "p1" / "node2" / "result.json").read_text())
-    assert result["mode"] == "fast" and result["node_class"] == "micro"
+    cases = {}
+    for spelling, args in {"new": ["--mode", "fast", "--rule", "ajcc8"],
+                           "old": ["--scan-mode", "fast", "--mode", "ajcc8"]}.items():  # old: hidden aliases
+        done = runner.invoke(app, ["case", str(case_dir / "manifest.csv"), "--out", str(tmp_path / spelling), *args])
+        assert done.exit_code == 0, done.output
+        result = json.loads((tmp_path / spelling / "p1" / "node2" / "result.json").read_text())
+        assert result["mode"] == "fast" and result["node_class"] == "micro"
+        cases[spelling] = json.loads((tmp_path / spelling / "p1" / "case.json").read_text())
+    assert cases["new"]["stage_mode"] == "ajcc8" and cases["new"] == cases["old"]
     done = runner.invoke(app, ["batch", str(case_dir / "node2.tiff"), "--out", str(tmp_path / "batch-out"),
                                "--workers", "0", "--mode", "fast"])
     assert done.exit_code == 0, done.output

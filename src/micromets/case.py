@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from micromets.errors import MicrometsError
+from micromets.words import counted
 
 SCHEMA = "micromets.case/1"
 REQUIRED_COLUMNS = ("patient", "node", "slide_path")
@@ -126,6 +127,15 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_case(patient_dir: Path, case: dict, slides_of_node: dict[str, list[str]]) -> None:
+    """Name each node's slide result folders in ``case`` (``slides``: paths relative to ``patient_dir``) and write
+    ``patient_dir/case.json`` atomically: the one writer of case files, for `micromets case` and `micromets batch`."""
+    for entry in case["nodes"]:
+        entry["slides"] = slides_of_node.get(entry["node"], [])
+    patient_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(patient_dir / "case.json", case)
+
+
 def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]], failed_slides: list[dict],
                stage_mode: str = "camelyon17") -> dict:
     """The ``case.json`` dict of one patient from each node's evidence ``(node, slide results, OSNA copies/µL)``.
@@ -147,9 +157,9 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
         case["pn_stage"], case["stage_reason"] = None, "no node could be analysed"
     if failed_slides:
         unstaged = [node for node, results, copies in evidence if not results and copies is None]
-        missing = f"{len(failed_slides)} slide(s) could not be analysed"
+        missing = f"{counted(len(failed_slides), 'slide')} could not be analysed"
         if unstaged:
-            missing += f", node(s) {', '.join(unstaged)} not staged"
+            missing += f", {'node' if len(unstaged) == 1 else 'nodes'} {', '.join(unstaged)} not staged"
         case["stage_reason"] = f"provisional ({missing}): {case['stage_reason']}"
     return case
 
@@ -165,13 +175,14 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
              gap_um: float | None = None, report: bool = True,
              on_slide: Callable[[ManifestRow, dict | None, str | None], None] | None = None,
              progress: Callable[[int, int], None] | None = None, scan_mode: str = "thorough",
-             screen=None) -> list[dict]:
+             screen=None, on_start: Callable[[ManifestRow], None] | None = None) -> list[dict]:
     """Run every slide of a manifest and stage each patient; returns the ``case.json`` dicts.
 
     ``scan_mode`` is the detector mode of every slide (``thorough`` or ``fast`` with the coarse ``screen``
     model, see :func:`micromets.analyze.analyze_slide`).
 
-    ``on_slide(row, result, error)`` is called after each slide (``error`` is the one-line reason of a failure).
+    ``on_start(row)`` is called before each slide, ``progress(done, total)`` as its patches are scored and
+    ``on_slide(row, result, error)`` after it (``error`` is the one-line reason of a failure).
     """
     from micromets.analyze import analyze_slide
     from micromets.folders import plan_folders
@@ -190,6 +201,8 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
         results: dict[int, dict] = {}
         failed = []
         for row in slide_rows:
+            if on_start:
+                on_start(row)
             try:
                 results[row.line] = analyze_slide(row.slide_path, patient_dir, mode=scan_mode, detector=detector,
                                                   screen=screen, stain=row.stain, gap_um=gap_um or DEFAULT_GAP_UM,
@@ -206,10 +219,9 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
             copies = next((r.osna_copies_per_ul for r in nrows if r.osna_copies_per_ul is not None), None)
             evidence.append((node, [results[r.line] for r in nrows if r.line in results], copies))
         case = stage_case(patient, evidence, failed, stage_mode)
-        for entry in case["nodes"]:  # a node's slides are named by their folders (two files may share a name)
-            entry["slides"] = [folders[r.line] for r in prows if r.node == entry["node"] and r.line in results]
-        patient_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(patient_dir / "case.json", case)
+        # a node's slides are named by their folders (two files may share a name)
+        write_case(patient_dir, case, {node: [folders[r.line] for r in prows if r.node == node and r.line in results]
+                                       for node in dict.fromkeys(r.node for r in prows)})
         if report:
             from micromets.report import write_report
 

@@ -10,7 +10,9 @@ One batch = one output folder ``OUT`` + one results store (`micromets.batch.stor
    ``workers`` processes or on an existing cluster at ``scheduler``;
 4. the client (this process, the only writer of the store) moves the finished folder into place with
    ``rename`` (``OUT/<slide_id>/``; an earlier version of the folder is first renamed into ``OUT/.trash/``) and
-   then commits the slide row and its lesions in one transaction.
+   then commits the slide row and its lesions in one transaction. A slide of a case manifest is published to
+   ``OUT/<patient>/<slide_id>/`` and each patient gets ``OUT/<patient>/case.json`` (`micromets.case.write_case`),
+   so `micromets report` and `micromets view` read a batch's cases as they read `micromets case` output.
 
 A process killed at any moment therefore leaves: complete published folders, possibly one published folder
 whose row was not committed yet (recomputed and replaced on rerun), staging and trash leftovers (hidden, deleted
@@ -367,6 +369,7 @@ def _prepare_out(out: Path) -> None:
 def _publish(outcome: SlideOutcome, out: Path, folder: str) -> Path:
     """Move the staged folder to ``out/folder`` by rename; an existing folder there goes to the trash first."""
     target = out / folder
+    target.parent.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(target):
         trash = out / TRASH
         trash.mkdir(exist_ok=True)
@@ -508,7 +511,7 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
         summary.compute_s = timing["committed"] - timing["ready"] if jobs else 0.0
         if any(item.patient is not None for item in inputs):
             _record_cases(inputs, rows, store, run_id, settings_key({**base, "stain": stain, "stage": stage_mode}),
-                          stage_mode)
+                          stage_mode, out)
         store.finish_run(run_id, summary.n_done, summary.n_failed, summary.n_skipped)
         shutil.rmtree(staging, ignore_errors=True)
     summary.rows = [rows[str(item.path)] for item in slides]
@@ -516,13 +519,20 @@ def run_batch(specs: list[str | os.PathLike], out: str | os.PathLike, db: str | 
     return summary
 
 
+def _folder_in(out: Path, out_dir: str) -> str:
+    """A result folder's name relative to ``out`` (``<slide_id>``, or ``<patient>/<slide_id>`` for a manifest
+    slide); a folder elsewhere (a store shared with another output folder) by its own name."""
+    return os.path.relpath(out_dir, out) if Path(out_dir).is_relative_to(out) else Path(out_dir).name
+
+
 def _plan(inputs: list[BatchInput], store: SqliteStore, base: dict, stain: str | None, identity: str, force: bool,
           out: Path, staging: Path, job_args: dict, run_id: int, summary: BatchSummary,
           notify: ProgressCallback) -> tuple[list[SlideJob], dict[str, dict]]:
     """Identify every input; record the unidentifiable as failed, skip the done, and return jobs for the rest."""
     done = store.done_results()
-    owners = {Path(info["out_dir"]).name: key for key, info in done.items() if Path(info["out_dir"]).parent == out}
-    by_path = {(info["path"], key[1]): Path(info["out_dir"]).name for key, info in done.items()}
+    owners = {_folder_in(out, info["out_dir"]): key for key, info in done.items()
+              if Path(info["out_dir"]).is_relative_to(out)}
+    by_path = {(info["path"], key[1]): _folder_in(out, info["out_dir"]) for key, info in done.items()}
     rows: dict[str, dict] = {}
     jobs: list[SlideJob] = []
     planned: dict[tuple[str, str], str] = {}
@@ -553,7 +563,8 @@ def _plan(inputs: list[BatchInput], store: SqliteStore, base: dict, stain: str |
                 store.touch_path(cid, skey, path)
         else:
             previous = Path(info["out_dir"]).name if info is not None else by_path.get((path, skey))
-            folder = folder_name(slide_id_of(item.path), key, owners, previous)
+            stem = slide_id_of(item.path) if item.patient is None else f"{item.patient}/{slide_id_of(item.path)}"
+            folder = folder_name(stem, key, owners, previous)
             owners[folder] = key
             row.update(status="queued", folder=folder)
             jobs.append(SlideJob(path=path, content_id=cid, settings_key=skey, staging_dir=str(staging / str(n)),
@@ -587,19 +598,23 @@ def _commit(outcome: SlideOutcome, store: SqliteStore, out: Path, run_id: int, r
 
 
 def _record_cases(inputs: list[BatchInput], rows: dict[str, dict], store: SqliteStore, run_id: int, case_key: str,
-                  stage_mode: str) -> None:
-    """Stage every manifest patient from the stored slide results (`micromets.node`, `micromets.patient`) and
-    commit one ``case.json`` dict per patient (schema ``micromets.case/1``)."""
-    from micromets.case import stage_case
+                  stage_mode: str, out: Path) -> None:
+    """Stage every manifest patient from the stored slide results (`micromets.node`, `micromets.patient`), write
+    its ``OUT/<patient>/case.json`` as `micromets case` does (so `micromets report` and `micromets view` read a
+    batch's cases) and commit the same dict to the store (schema ``micromets.case/1``)."""
+    from micromets.case import stage_case, write_case
+
+    done = store.done_results()
 
     cases: dict[str, dict[str, list[BatchInput]]] = {}
     for item in inputs:
         if item.patient is not None:
             cases.setdefault(item.patient, {}).setdefault(item.node, []).append(item)
     for patient, nodes_of in cases.items():
-        evidence, failed = [], []
+        evidence, failed, slides_of_node = [], [], {}
+        patient_dir = out / patient
         for node, items in nodes_of.items():
-            results = []
+            results, slides_of_node[node] = [], []
             for item in items:
                 if item.path is None:
                     continue
@@ -609,7 +624,12 @@ def _record_cases(inputs: list[BatchInput], rows: dict[str, dict], store: Sqlite
                     failed.append({"path": row["path"], "node": node, "error": row.get("error", "not analysed")})
                 else:
                     results.append(result)
+                    # the slide's folder: OUT/<patient>/<slide_id>, or elsewhere when it was done before or is
+                    # shared with another patient (then named relative to the patient folder)
+                    slides_of_node[node].append(os.path.relpath(
+                        done[(row["content_id"], row["settings_key"])]["out_dir"], patient_dir))
             copies = next((i.osna_copies_per_ul for i in items if i.osna_copies_per_ul is not None), None)
             evidence.append((node, results, copies))
         case = stage_case(patient, evidence, failed, stage_mode)
+        write_case(patient_dir, case, slides_of_node)
         store.record_case(run_id, case_key, case)

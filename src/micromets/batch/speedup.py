@@ -35,6 +35,7 @@ import psutil
 
 from micromets.batch.run import model_identity, run_batch
 from micromets.errors import MicrometsError
+from micromets.words import counted
 
 
 def _cpu_s(who: int) -> float:
@@ -91,7 +92,7 @@ def _timed_run(slides: list, out: Path, workers: int, threads_per_worker: int, m
                       for per_thread in threads["per_process"].values()]
     if summary.n_failed or summary.n_done != len(slides):
         errors = [r.get("error") for r in summary.rows if r["status"] == "failed"]
-        raise MicrometsError(f"speed-up run with {workers} workers: {summary.n_failed} slides failed ({errors[:1]})")
+        raise MicrometsError(f"speed-up run with {workers} workers: {counted(summary.n_failed, 'slide')} failed ({errors[:1]})")
     return {"workers": workers, "wall_s": round(wall_s, 3), "compute_s": round(summary.compute_s, 3),
             "slides_per_min": round(60 * len(slides) / summary.compute_s, 2), "worker_cpu_s": round(cpu_s, 2),
             "cores_used": round(cpu_s / summary.compute_s, 2), "client_cpu_s": round(client_cpu_s, 2),

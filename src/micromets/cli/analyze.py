@@ -20,7 +20,7 @@ def analyze(
     model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
     gap_um: float = typer.Option(75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
-    mode: str = typer.Option("thorough", "--mode", help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),
+    mode: str = typer.Option("thorough", "--mode", callback=validate.DETECTOR_MODE, help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),
 ) -> None:
     """Find and measure tumour deposits in each slide.
 
@@ -35,14 +35,12 @@ def analyze(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from micromets.analyze import MODES, analyze_slide
+    from micromets.analyze import analyze_slide
     from micromets.errors import MicrometsError
     from micromets.folders import plan_folders
     from micromets.model import Detector, coarse_model_dir
 
     console = Console(stderr=True)
-    if mode not in MODES:
-        raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
     detector = Detector.load(model)
     screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
     failed = 0

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("batch")
@@ -17,7 +18,9 @@ def batch(
                                                  "case manifests (.csv: patient,node,slide_path[,stain]"
                                                  "[,osna_copies_per_ul]) or single slide files."),
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output folder; each slide gets OUT/<slide_id>/ "
-                                                      "(OUT/<slide_id>~<hash>/ when another file has that name)."),
+                                                      "(OUT/<slide_id>~<hash>/ when another file has that name); "
+                                                      "a manifest's slides go to OUT/<patient>/<slide_id>/ beside "
+                                                      "the patient's case.json, as with micromets case."),
     db: Optional[str] = typer.Option(None, "--db", help="Results store: a SQLite file path or sqlite:///path "
                                                         "(default OUT/results.sqlite)."),
     workers: int = typer.Option(1, "--workers", "-w", min=0, help="N = start a Dask LocalCluster of N worker "
@@ -48,9 +51,10 @@ def batch(
                                                                         "cell is tumour (default: the model card's)."),
     gap_um: Optional[float] = typer.Option(None, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion "
                                                                   "(default 75 µm, CAMELYON)."),
-    stage_mode: str = typer.Option("camelyon17", "--stage-mode", help="pN staging of manifest patients: camelyon17 "
-                                                                      "or ajcc8."),
-    mode: str = typer.Option("thorough", "--mode", help="Detector mode: thorough (default; the fine model over all "
+    rule: str = typer.Option("camelyon17", "--rule", callback=validate.STAGE_MODE, help="Staging rule of manifest "
+                                                                                        "patients: camelyon17 or ajcc8."),
+    old_stage_mode: Optional[str] = typer.Option(None, "--stage-mode", callback=validate.STAGE_MODE, hidden=True),
+    mode: str = typer.Option("thorough", "--mode", callback=validate.DETECTOR_MODE, help="Detector mode: thorough (default; the fine model over all "
                                                         "tissue) or fast (a coarse 2 µm/px screen, then the fine "
                                                         "model on its candidates, grown over each positive region; can miss ITC). Part of "
                                                         "the settings: a slide done in one mode is redone in the "
@@ -66,20 +70,19 @@ def batch(
     committed in one transaction; killing the batch at any moment loses at most the slides in flight, and
     rerunning completes them. Bad files (unreadable, not a slide, no resolution, a folder named like a slide) are
     recorded as failed with their reason and the others go on; the exit code is then 2. List the results with
-    `micromets results --db OUT/results.sqlite`.
+    `micromets results --db OUT/results.sqlite`. Patients of a case manifest are staged and get
+    OUT/<patient>/case.json as with `micromets case`: `micromets report OUT` writes their reports and
+    `micromets view OUT` groups their slides by patient and node.
     """
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from micromets.analyze import MODES
     from micromets.batch.run import run_batch
     from micromets.errors import MicrometsError
 
-    if mode not in MODES:
-        raise MicrometsError(f"--mode {mode!r}: choose {' or '.join(MODES)}")
-
+    rule = validate.renamed(rule, old_stage_mode, "--rule", "--stage-mode", "camelyon17")
     console = Console(stderr=True)
     counts = {"done": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("[bold]batch"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -101,9 +104,9 @@ def batch(
 
         summary = run_batch(inputs, out, db, mode=mode, mpp=mpp, stain=stain, threshold=threshold,
                             gap_um=gap_um, model_dir=str(model) if model else None, identity=identity, force=force, workers=workers,
-                            scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=stage_mode, on_event=on_event)
+                            scheduler=scheduler, threads=threads, timeout_s=timeout_s, stage_mode=rule, on_event=on_event)
 
-    table = Table(title=f"batch run {summary.run_id}: {summary.n_inputs} slides in {summary.elapsed_s:.1f} s")
+    table = Table(title=f"batch run {summary.run_id}: {counted(summary.n_inputs, 'slide')} in {summary.elapsed_s:.1f} s")
     for column in ("done", "skipped (done before)", "failed", "negative*", "itc*", "micro*", "macro*"):
         table.add_column(column, justify="right")
     classes = [row.get("node_class") for row in summary.rows if row["status"] == "done"]

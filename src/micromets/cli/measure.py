@@ -8,6 +8,7 @@ import typer
 from micromets.cli import validate
 from micromets.cli.app import app
 from micromets.sizes import format_mm
+from micromets.words import counted
 
 
 @app.command("measure")
@@ -62,7 +63,7 @@ def measure(
         for note in annotation.skipped:
             errors.print(f"{path.name}: skipped {note}", highlight=False)
         if annotation.n_invalid:
-            errors.print(f"{path.name}: repaired {annotation.n_invalid} self-intersecting outline(s)", highlight=False)
+            errors.print(f"{path.name}: repaired {counted(annotation.n_invalid, 'self-intersecting outline')}", highlight=False)
         rows.append({
             "slide": path.stem,
             "n_lesions": len(lesions),

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("phantom")
@@ -52,4 +53,4 @@ def phantom(
                         name, shape, polygons, jpeg_quality, patient, node, capsule_tiles or CAPSULE_TILES,
                         capsule_tiles_mpp, stroma, FAT_TILES if str(fat_tiles) == "bundled" else fat_tiles)
     typer.echo(f"{out / row['slide_path']}: {row['l0_width']} x {row['l0_height']} px at {mpp} µm/px, "
-               f"{row['n_lesions']} lesion(s) {row['lesion_diameters_mm'] or '-'} mm, node class {row['node_class']}")
+               f"{counted(row['n_lesions'], 'lesion')} {row['lesion_diameters_mm'] or '-'} mm, node class {row['node_class']}")

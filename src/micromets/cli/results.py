@@ -8,6 +8,7 @@ import typer
 from micromets.cli import validate
 from micromets.cli.app import app
 from micromets.sizes import format_mm
+from micromets.words import counted
 
 _LEVELS = ("slides", "worklist", "lesions", "nodes", "patients", "runs")
 _WORKLIST_COLUMNS = ("rank", "slide_id", "max_probability", "node_class", "largest_deposit_mm", "n_lesions", "path",
@@ -37,7 +38,8 @@ def results(
     min_probability: Optional[float] = typer.Option(None, "--min-probability", callback=validate.PROBABILITY, help="Keep slides whose maximum "
                                                                                     "tumour probability is >= this."),
     status: Optional[str] = typer.Option(None, "--status", callback=validate.one_of("done", "failed"), help="Keep slides that are done or failed."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", callback=validate.OUT_FILE, help="Write to this file instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=validate.OUT_FILE, help="Write to this file instead of stdout."),
+    old_output: Optional[Path] = typer.Option(None, "--output", callback=validate.OUT_FILE, hidden=True),
 ) -> None:
     """List and export batch results. Slides are sorted most suspicious first (maximum heatmap tumour
     probability, then largest deposit in mm); sizes are in mm (maximum Feret diameter), areas in mm², resolution
@@ -53,6 +55,7 @@ def results(
     from micromets.batch.triage import select_slides
     from micromets.errors import MicrometsError
 
+    out = validate.renamed(out, old_output, "--out", "--output")
     if level not in _LEVELS:
         raise MicrometsError(f"--level {level!r}: choose one of {', '.join(_LEVELS)}")
     if fmt not in ("table", "csv", "json"):
@@ -80,14 +83,15 @@ def results(
         text = buffer.getvalue()
     else:
         shown = _WORKLIST_COLUMNS if level == "worklist" else _TABLE_COLUMNS[level]
-        table = Table(title=f"{len(rows)} {level}")
+        table = Table(title=f"worklist: {counted(len(rows), 'slide')}" if level == "worklist"
+                      else counted(len(rows), level.removesuffix("s"), level))
         for column in shown:
             table.add_column(column)
         for row in rows:
             table.add_row(*("" if row.get(c) is None else format_mm(row[c], unit=False) if c.endswith("_mm")
                             else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in shown))
-        if output:
-            with open(output, "w") as fh:
+        if out:
+            with open(out, "w") as fh:
                 Console(file=fh, width=200).print(table)
         else:
             console = Console()
@@ -95,7 +99,7 @@ def results(
                 console = Console(width=200)
             console.print(table)
         return
-    if output:
-        output.write_text(text)
+    if out:
+        out.write_text(text)
     else:
         typer.echo(text, nl=False)

@@ -8,6 +8,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("score-tiles")
@@ -44,4 +45,4 @@ def score_tiles(
         for path in paths:
             writer.writerow([str(path), f"{detector.score_image(read_rgb(path), mpp):.6f}"])
             fh.flush()
-    typer.echo(f"scored {len(paths)} images with {detector.name} {detector.version} → {out}")
+    typer.echo(f"scored {counted(len(paths), 'image')} with {detector.name} {detector.version} → {out}")

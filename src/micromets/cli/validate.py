@@ -49,12 +49,13 @@ def in_range(low: float | None = None, high: float | None = None, *, low_open: b
     return check
 
 
-def one_of(*choices: str) -> Callable:
-    """A callback accepting only ``choices`` (None passes)."""
+def one_of(*choices: str, also: tuple[str, ...] = ()) -> Callable:
+    """A callback accepting only ``choices`` (None passes), and the values ``also`` that an option still takes from
+    its old meaning (see :func:`renamed`; not offered in the error)."""
 
     def check(param: typer.CallbackParam, value):
         for word in _values(value):
-            if word not in choices:
+            if word not in choices + also:
                 raise MicrometsError(f"{option_name(param)} {word!r}: choose {', '.join(choices)}")
         return value
 
@@ -94,8 +95,24 @@ def _model(param: typer.CallbackParam, value):
 MODEL = _model
 #: A stain: H&E or cytokeratin IHC.
 STAIN = one_of("he", "ihc")
-#: Staging rule of a patient (micromets.patient.MODES).
+#: Staging rule of a patient (micromets.patient.MODES): ``--rule`` of every command.
 STAGE_MODE = one_of("camelyon17", "ajcc8")
+#: Detector mode (micromets.analyze.MODES): ``--mode`` of every command.
+DETECTOR_MODE = one_of("thorough", "fast")
+
+
+def renamed(value, old_value, name: str, old_name: str, default=None):
+    """The value of option ``name`` given either so or by its old spelling ``old_name`` (a hidden option whose
+    default is None, checked by the same callback): old command lines keep working, with one note on stderr
+    naming the new spelling. Both given, the new one not at its ``default``, with different values:
+    :class:`MicrometsError`."""
+    if old_value is None:
+        return value
+    if value not in (default, old_value):
+        raise MicrometsError(f"{old_name} {old_value} and {name} {value}: give {name} only ({old_name} is its old "
+                             "name)")
+    typer.echo(f"micromets: note: {old_name} is now {name}", err=True)
+    return old_value
 #: Node classes (AJCC 8 / CAMELYON17 labels).
 NODE_CLASS = one_of(*NODE_CLASSES)
 

@@ -7,6 +7,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("view")
@@ -55,5 +56,5 @@ def view(
     except OSError as err:
         raise MicrometsError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None
     port = sock.getsockname()[1]
-    typer.echo(f"micromets viewer: http://{host}:{port}/  ({len(application.state.catalog.slides)} slides)")
+    typer.echo(f"micromets viewer: http://{host}:{port}/  ({counted(len(application.state.catalog.slides), 'slide')})")
     uvicorn.Server(uvicorn.Config(application, log_level="warning")).run(sockets=[sock])

@@ -12,6 +12,7 @@ outside ``[A-Za-z0-9_.-]`` → ``_`` (``p1/node1`` → ``p1~node1``); duplicates
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,8 @@ def build_catalog(results_dir: str | Path) -> Catalog:
         for node in case_nodes:
             keys = []
             for slide_id in node.get("slides", []):
-                entry = by_dir.get(path.parent / slide_id)
+                # a batch case names a slide done outside its patient folder as ../<slide_id>
+                entry = by_dir.get(Path(os.path.normpath(path.parent / slide_id)))
                 if entry is None:
                     continue
                 entry.patient, entry.node = str(case.get("patient")), str(node.get("node"))
