@@ -109,8 +109,8 @@ def ood_checks(sample_rgb: np.ndarray, sample_mpp: float, target_he: np.ndarray)
         "value_share": round(share, 3), "threshold_share": LYMPH_SHARE_MIN, "flagged": tissue_flag,
         "median_nuclei_per_mm2": round(float(np.median(density)), 0) if len(density) else 0.0,
         "reason": (f"{share:.0%} of the sampled tissue has the densely packed small nuclei of lymph node "
-                   f"(at least {LYMPH_NUCLEI_PER_MM2:,.0f} per mm²; less than {LYMPH_SHARE_MIN:.0%} required): "
-                   "this slide may not be lymph node" if tissue_flag else
+                   f"(at least {LYMPH_NUCLEI_PER_MM2:,.0f} per mm²), less than the {LYMPH_SHARE_MIN:.0%} every lymph node "
+                   "measured had" if tissue_flag else
                    f"{share:.0%} of the sampled tissue has the densely packed small nuclei of lymph node"),
     }
     return {"stain": stain, "tissue": tissue, "flagged": stain_flag or tissue_flag}
