@@ -154,6 +154,15 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
     return case
 
 
+def ood_summary(ood: dict | None) -> dict | None:
+    """A slide's out-of-distribution checks (``result.json`` ``ood``, :mod:`micromets.ood`) as ``case.json``
+    carries them: ``{"flagged": bool, "reasons": [the flagged checks' reasons]}`` (None: not checked, IHC)."""
+    if ood is None:
+        return None
+    return {"flagged": bool(ood["flagged"]),
+            "reasons": [ood[check]["reason"] for check in ("tissue", "stain") if ood[check]["flagged"]]}
+
+
 def stage_text(case: dict) -> str:
     """The patient's stage as printed: ``pN1mi``, ``pN1mi (provisional)`` for an incomplete case, or ``no
     stage``."""
@@ -208,6 +217,8 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
         case = stage_case(patient, evidence, failed, stage_mode)
         for entry in case["nodes"]:  # a node's slides are named by their folders (two files may share a name)
             entry["slides"] = [folders[r.line] for r in prows if r.node == entry["node"] and r.line in results]
+            entry["ood"] = {folders[r.line]: ood_summary(results[r.line].get("ood"))
+                            for r in prows if r.node == entry["node"] and r.line in results}
         patient_dir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(patient_dir / "case.json", case)
         if report:
