@@ -58,6 +58,7 @@ def test_result_records_the_slide_files_sha256(tmp_path):
     slide = Path(__file__).resolve().parents[1] / "demo" / "slides" / "node3.tiff"
     result = analyze_slide(slide, tmp_path / "out")
     assert result["sha256"] == hashlib.sha256(slide.read_bytes()).hexdigest()
+    assert result["ood"]["flagged"] is False  # a (phantom) lymph node in the reference stain
 
 
 def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
@@ -68,6 +69,9 @@ def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
     assert (result["l0_width"], result["l0_height"]) == (2220, 2967)
     assert 0.3 < result["tissue_area_mm2"] < 1.0
     assert result["stain"] == "he"
+    # skin, not lymph node (micromets.ood): flagged with its reason; its stain is within what was measured
+    assert result["ood"]["flagged"] and result["ood"]["tissue"]["flagged"], result["ood"]
+    assert not result["ood"]["stain"]["flagged"]
 
 
 def test_bad_slides_fail_alone_and_the_good_ones_are_kept(shared_data, tmp_path, blank_slide):

@@ -93,3 +93,12 @@ def test_the_readme_api_example_runs_on_the_demo(capsys):
     exec(code.replace('"node.svs"', repr(str(REPO / "demo" / "slides" / "node2.tiff"))), {})
     printed = capsys.readouterr().out
     assert re.fullmatch(r"\[\(0\.9\d, 'micro'\)\]\n", printed), printed
+
+
+def test_demo_nodes_are_not_flagged_out_of_distribution(demo_output):
+    """case.json carries each slide's out-of-distribution checks (micromets.ood); the demo nodes are lymph node
+    in the reference stain, so none is flagged."""
+    case = _case(demo_output)
+    ood = {sid: entry for n in case["nodes"] for sid, entry in n["ood"].items()}
+    assert sorted(ood) == ["node1", "node2", "node3"]
+    assert not any(entry["flagged"] or entry["reasons"] for entry in ood.values()), ood

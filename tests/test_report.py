@@ -397,3 +397,30 @@ def test_first_pdf_page_is_not_half_empty(written, artifacts):
     body = page[: int(page.shape[0] * 0.93)]  # above the page footer
     inked = np.nonzero((body < 200).any(axis=1))[0]
     assert inked.max() / page.shape[0] > 0.80, inked.max() / page.shape[0]
+
+
+def test_a_slide_that_is_not_lymph_node_is_flagged_on_page_1_and_on_the_slide(shared_data, tmp_path, artifacts,
+                                                                               written):
+    """The bundled skin SVS (micromets.ood: 16 % lymph-node-like tissue) analysed as a node: page 1 and its slide
+    section carry the warning; the demo report (lymph nodes) has none."""
+    require_tools("chromium", "pdftotext", "pdftoppm")
+    import markupsafe
+
+    from micromets.case import run_case
+    from micromets.model import Detector
+    from micromets.ood import WARNING
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"patient,node,slide_path\nskin,1,{shared_data / 'slides' / 'cmu_small_region.svs'}\n")
+    [case] = run_case(manifest, tmp_path / "out", detector=Detector.load())
+    assert case["nodes"][0]["ood"]["cmu_small_region"]["flagged"]
+    pdf = tmp_path / "out" / "skin" / "report.pdf"
+    page1 = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(pdf), "-"], capture_output=True, text=True,
+                           check=True).stdout
+    assert "may not be lymph node" in page1 and "cmu_small_region" in page1
+    html = (tmp_path / "out" / "skin" / "report.html").read_text()
+    assert html.count(str(markupsafe.escape(WARNING))) == 2  # page 1 and the slide's section
+    subprocess.run(["pdftoppm", "-r", "60", "-png", "-f", "1", "-l", "1", "-singlefile", str(pdf),
+                    str(artifacts / "report-ood-first-page")], check=True)
+    demo_html, _, _ = written
+    assert "may not be lymph node" not in demo_html.read_text()

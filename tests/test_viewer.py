@@ -84,6 +84,7 @@ def test_slide_api_and_lesions_are_level0_and_sorted_by_size(server, results_dir
     summary = httpx.get(f"{base}/api/slides/{key}").json()
     assert summary["pn_stage"] == json.loads((entry.result_dir.parent / "case.json").read_text())["pn_stage"]
     assert summary["node_class"] == entry.result["node_class"]
+    assert summary["ood_warning"] is None  # a demo lymph node (micromets.ood)
     sizes = [les["diameter_mm"] for les in summary["lesions"]]
     assert sizes == sorted(sizes, reverse=True) and len(sizes) == entry.result["n_lesions"] > 0
     geo = httpx.get(f"{base}/api/slides/{key}/lesions.geojson").json()
@@ -301,6 +302,7 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     assert entry.result["node_class"] in top
     case = json.loads((entry.result_dir.parent / "case.json").read_text())
     assert browser.find_element(By.ID, "pn-stage").text == case["pn_stage"]
+    assert not browser.find_element(By.ID, "ood-warning").is_displayed()  # a lymph node: no warning
 
     browser.execute_script("const r = document.getElementById('heatmap-opacity'); r.value = 20;"
                            "r.dispatchEvent(new Event('input'));")
@@ -359,3 +361,23 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     measured_um = float(value) * (1000 if unit == "mm" else 1)
     assert measured_um == pytest.approx(300 * um_per_px, rel=0.03)
     _viewer_pixels(browser, artifacts / "viewer-4-ruler.png")
+
+
+def test_a_slide_that_is_not_lymph_node_is_flagged_in_the_top_bar(shared_data, browser, tmp_path, artifacts):
+    """The bundled skin SVS analysed alone: its top bar carries the out-of-distribution warning (micromets.ood),
+    with the check's reason as the tooltip."""
+    from selenium.webdriver.common.by import By
+
+    from micromets.analyze import analyze_slide
+
+    analyze_slide(shared_data / "slides" / "cmu_small_region.svs", tmp_path)
+    app = create_app(tmp_path)
+    [key] = app.state.catalog.slides
+    with BackgroundServer(app) as base:
+        browser.get(base + "/")
+        _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');").click()
+        _wait(browser, f"return micromets.state.key === '{key}';")
+        warning = browser.find_element(By.ID, "ood-warning")
+        assert warning.is_displayed() and "may not be lymph node" in warning.text
+        assert "lymph node measured had" in warning.get_attribute("title")
+        browser.save_screenshot(str(artifacts / "viewer-ood-topbar.png"))

@@ -287,8 +287,12 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             from micromets.heatmap import compute_heatmap, compute_heatmap_fast
             from micromets.model import Detector, coarse_model_dir
 
+            from micromets.ood import ood_checks
+
             detector = detector or Detector.load()
-            detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
+            sample = stain_sample(slide, tissue, detector.input_mpp, detector.patch_px)
+            detector.set_stain_reference(sample)
+            ood = ood_checks(sample, detector.input_mpp, detector.target_he)
             threshold, seed_threshold, card_confirm = lesion_thresholds(detector.card, threshold)
             confirm_threshold = card_confirm if confirm_threshold is None else confirm_threshold
             if mode == "fast":
@@ -332,6 +336,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
+            ood = None  # the checks are measured on H&E only (micromets.ood)
         records = _lesion_records(measures, max_value_inside(heatmap, [m.geometry_l0 for m in measures]), n_cells,
                                   confirmed)
         largest = max((r["diameter_mm"] for r in records), default=None)
@@ -346,6 +351,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "l0_width": slide.l0_width, "l0_height": slide.l0_height,
             "stain": stain, "stain_reason": stain_reason,
             "tissue_area_mm2": round(tissue.area_mm2, 4),
+            "ood": ood,
             "model": model_info, "mode": mode, "threshold": threshold,
             "seed_threshold": seed_threshold, "confirm_threshold": confirm_threshold, "gap_um": gap_um,
             "heatmap": {"file": "heatmap.npy", "cell_um": heatmap.cell_um, "l0_origin": list(heatmap.l0_origin),

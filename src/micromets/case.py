@@ -127,11 +127,14 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_case(patient_dir: Path, case: dict, slides_of_node: dict[str, list[str]]) -> None:
-    """Name each node's slide result folders in ``case`` (``slides``: paths relative to ``patient_dir``) and write
+def write_case(patient_dir: Path, case: dict, slides_of_node: dict[str, list[tuple[str, dict]]]) -> None:
+    """Name each node's slide result folders in ``case`` (``slides``: paths relative to ``patient_dir``) with their
+    out-of-distribution flags (``ood``, :func:`ood_summary`), from ``(folder, result)`` pairs per node, and write
     ``patient_dir/case.json`` atomically: the one writer of case files, for `micromets case` and `micromets batch`."""
     for entry in case["nodes"]:
-        entry["slides"] = slides_of_node.get(entry["node"], [])
+        slides = slides_of_node.get(entry["node"], [])
+        entry["slides"] = [folder for folder, _ in slides]
+        entry["ood"] = {folder: ood_summary(result.get("ood")) for folder, result in slides}
     patient_dir.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(patient_dir / "case.json", case)
 
@@ -162,6 +165,15 @@ def stage_case(patient: str, evidence: list[tuple[str, list[dict], float | None]
             missing += f", {'node' if len(unstaged) == 1 else 'nodes'} {', '.join(unstaged)} not staged"
         case["stage_reason"] = f"provisional ({missing}): {case['stage_reason']}"
     return case
+
+
+def ood_summary(ood: dict | None) -> dict | None:
+    """A slide's out-of-distribution checks (``result.json`` ``ood``, :mod:`micromets.ood`) as ``case.json``
+    carries them: ``{"flagged": bool, "reasons": [the flagged checks' reasons]}`` (None: not checked, IHC)."""
+    if ood is None:
+        return None
+    return {"flagged": bool(ood["flagged"]),
+            "reasons": [ood[check]["reason"] for check in ("tissue", "stain") if ood[check]["flagged"]]}
 
 
 def stage_text(case: dict) -> str:
@@ -220,7 +232,8 @@ def run_case(manifest: str | Path, out_dir: str | Path, stage_mode: str = "camel
             evidence.append((node, [results[r.line] for r in nrows if r.line in results], copies))
         case = stage_case(patient, evidence, failed, stage_mode)
         # a node's slides are named by their folders (two files may share a name)
-        write_case(patient_dir, case, {node: [folders[r.line] for r in prows if r.node == node and r.line in results]
+        write_case(patient_dir, case, {node: [(folders[r.line], results[r.line]) for r in prows
+                                              if r.node == node and r.line in results]
                                        for node in dict.fromkeys(r.node for r in prows)})
         if report:
             from micromets.report import write_report

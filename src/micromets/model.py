@@ -187,6 +187,12 @@ class Detector:
         """Side of the field one patch covers, in µm (``patch_px * input_mpp``)."""
         return self.patch_px * self.input_mpp
 
+    @property
+    def target_he(self) -> np.ndarray:
+        """The card's reference haematoxylin and eosin OD vectors (2, 3) (:data:`normalise.REFERENCE_HE` when it
+        names none)."""
+        return self._target_he
+
     def set_stain_reference(self, rgb_tissue_sample: np.ndarray | None) -> None:
         """Estimate the slide's stain vectors once from a uint8 RGB sample of its tissue (any shape, last axis 3).
 

@@ -626,8 +626,8 @@ def _record_cases(inputs: list[BatchInput], rows: dict[str, dict], store: Sqlite
                     results.append(result)
                     # the slide's folder: OUT/<patient>/<slide_id>, or elsewhere when it was done before or is
                     # shared with another patient (then named relative to the patient folder)
-                    slides_of_node[node].append(os.path.relpath(
-                        done[(row["content_id"], row["settings_key"])]["out_dir"], patient_dir))
+                    slides_of_node[node].append((os.path.relpath(
+                        done[(row["content_id"], row["settings_key"])]["out_dir"], patient_dir), result))
             copies = next((i.osna_copies_per_ul for i in items if i.osna_copies_per_ul is not None), None)
             evidence.append((node, results, copies))
         case = stage_case(patient, evidence, failed, stage_mode)

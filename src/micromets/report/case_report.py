@@ -27,6 +27,7 @@ import numpy as np
 
 from micromets import __version__
 from micromets.errors import MicrometsError
+from micromets.ood import WARNING as OOD_WARNING
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
 from micromets.report.synoptic import synoptic
@@ -223,6 +224,15 @@ def incomplete(case: dict, nodes: list[NodeView]) -> list[str]:
     return lines + [s.error for n in nodes for s in n.slides if s.result is None]
 
 
+def ood_slides(nodes: list[NodeView]) -> list[tuple[str, list[str]]]:
+    """The slides flagged out of distribution (:mod:`micromets.ood`), each with the reasons of its flagged
+    checks."""
+    flagged = [s for n in nodes for s in n.slides
+               if s.result is not None and (s.result.get("ood") or {}).get("flagged")]
+    return [(s.slide_id, [s.result["ood"][c]["reason"] for c in ("tissue", "stain") if s.result["ood"][c]["flagged"]])
+            for s in flagged]
+
+
 def render_report_html(patient_dir: str | Path) -> str:
     """The report of ``patient_dir`` (the folder holding ``case.json``) as one self-contained HTML string."""
     return _render(Path(patient_dir))[0]
@@ -260,6 +270,8 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         class_colours={k: figures.hex_colour(v) for k, v in figures.CLASS_COLOURS.items()},
         review=review,
         syn=syn,
+        ood_warning=OOD_WARNING,
+        ood_slides=ood_slides(nodes),
     ), problems
 
 

@@ -147,6 +147,16 @@ def build_catalog(results_dir: str | Path) -> Catalog:
     return catalog
 
 
+def _ood_warning(ood: dict | None) -> dict | None:
+    """The slide's out-of-distribution warning for the top bar (:mod:`micromets.ood`): ``{"warning", "reasons"}``,
+    None when not flagged."""
+    from micromets.ood import WARNING
+
+    if not ood or not ood.get("flagged"):
+        return None
+    return {"warning": WARNING, "reasons": [ood[c]["reason"] for c in ("tissue", "stain") if ood[c]["flagged"]]}
+
+
 def slide_summary(entry: SlideEntry, case: dict | None) -> dict:
     """The JSON the front end needs to show one slide: size, resolution, heatmap placement, lesions, stage."""
     r = entry.result
@@ -164,7 +174,7 @@ def slide_summary(entry: SlideEntry, case: dict | None) -> dict:
         "stage_mode": case.get("stage_mode") if case else None,
         "node_class": r.get("node_class"), "largest_deposit_mm": r.get("largest_deposit_mm"),
         "largest_deposit_text": format_mm(r.get("largest_deposit_mm")), "stain": r.get("stain"), "l0_mpp": r["l0_mpp"], "l0_width": r["l0_width"], "l0_height": r["l0_height"],
-        "threshold": r.get("threshold"),
+        "threshold": r.get("threshold"), "ood_warning": _ood_warning(r.get("ood")),
         "heatmap": {"cell_um": hm["cell_um"], "l0_origin": hm["l0_origin"], "shape": hm["shape"]} if hm else None,
         "lesions": lesions,
     }

@@ -379,6 +379,9 @@ function showSlideInfo(s) {
   $("slide-name").textContent = `${s.slide_id} (${s.stain === "ihc" ? "IHC" : "H&E"}, ${s.l0_mpp.toFixed(3)} µm/px)`;
   $("largest").textContent = s.largest_deposit_mm == null ? "no deposit"
     : `largest deposit ${s.largest_deposit_text}`;
+  $("ood-warning").hidden = !s.ood_warning;
+  $("ood-warning").textContent = s.ood_warning ? `⚠ ${s.ood_warning.warning}` : "";
+  $("ood-warning").title = s.ood_warning ? s.ood_warning.reasons.join("; ") : "";
   renderFindings();
   document.querySelectorAll("#case-list a").forEach((a) => a.classList.toggle("current", a.dataset.key === s.key));
 }
