@@ -307,6 +307,7 @@ def test_batch_cases_open_in_report_and_view(tmp_path):
     patient_dir = out / "demo_patient"
     case = json.loads((patient_dir / "case.json").read_text())
     assert [(n["node"], n["slides"]) for n in case["nodes"]] == [("1", ["node1"]), ("2", ["node2"]), ("3", ["node3"])]
+    assert [n["ood"] for n in case["nodes"]] == [{f"node{i}": {"flagged": False, "reasons": []}} for i in (1, 2, 3)]
     got = CliRunner().invoke(app, ["report", str(patient_dir), "--no-pdf"])
     assert got.exit_code == 0, got.output
     html = (patient_dir / "report.html").read_text()
