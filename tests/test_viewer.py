@@ -381,3 +381,125 @@ def test_a_slide_that_is_not_lymph_node_is_flagged_in_the_top_bar(shared_data, b
         assert warning.is_displayed() and "may not be lymph node" in warning.text
         assert "lymph node measured had" in warning.get_attribute("title")
         browser.save_screenshot(str(artifacts / "viewer-ood-topbar.png"))
+
+
+# ---------------------------------------------------------------- H&E and IHC of one node side by side
+
+DEMO_NODE1 = REPO / "src" / "micromets" / "data" / "demo" / "slides" / "node1.tiff"
+
+
+@pytest.fixture(scope="module")
+def he_ihc_results(tmp_path_factory):
+    """`micromets case` on one patient whose node 1 has the demo H&E slide (0.486 µm/px, 3292 × 2572 px) and a
+    phantom IHC slide of another scan (0.4 µm/px, 3000 × 3000 px) with two ITC clusters."""
+    from micromets.phantom.ihc import make_ihc_phantom, write_ihc_phantom
+
+    folder = tmp_path_factory.mktemp("he-ihc")
+    phantom = make_ihc_phantom(seed=4, size_mm=(1.2, 1.2), l0_mpp=0.4, itc_sizes=(20, 60), micro_sizes=(),
+                               n_haemosiderin=2, n_anthracotic=2, min_separation_um=200)
+    write_ihc_phantom(folder / "node1_ck.tiff", phantom)
+    shutil.copy(DEMO_NODE1, folder / "node1.tiff")
+    (folder / "manifest.csv").write_text("patient,node,slide_path,stain\np1,1,node1.tiff,he\np1,1,node1_ck.tiff,ihc\n")
+    done = subprocess.run([sys.executable, "-m", "micromets", "case", str(folder / "manifest.csv"), "--out",
+                           str(folder / "out")], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert done.returncode == 0, done.stderr
+    return folder / "out"
+
+
+def _centre_um(driver, pane: str) -> list[float]:
+    """The viewport centre (x, y) in µm from the slide's level-0 origin and the µm per screen px of a pane."""
+    return driver.execute_script(
+        f"const p = {pane}; const v = p.viewer.viewport, s = p.slide, c = v.getCenter(true);"
+        "const um = s.l0_mpp * s.l0_width;"
+        "return [c.x * um, c.y * um, um / (v.getContainerSize().x * v.getZoom(true))];")
+
+
+def _assert_same_place(driver):
+    """Both panes centred on the same µm, at the same µm per screen px, within 1 %."""
+    for _ in range(50):  # the follower moves in the leader's next animation frame
+        time.sleep(0.1)
+        he, ihc = _centre_um(driver, "micromets.left"), _centre_um(driver, "micromets.right")
+        if np.allclose(he, ihc, rtol=0.01, atol=0):
+            break
+    assert he == pytest.approx(ihc, rel=0.01), f"H&E {he} vs IHC {ihc} (µm, µm, µm/px)"
+    return he
+
+
+@pytest.mark.browser
+def test_he_and_ihc_of_a_node_side_by_side_pan_and_zoom_together_in_um(he_ihc_results, browser, artifacts):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    app = create_app(he_ihc_results)
+    catalog = app.state.catalog
+    by_stain = {e.result["stain"]: e for e in catalog.slides.values()}
+    he, ihc = by_stain["he"], by_stain["ihc"]
+    assert (he.result["l0_mpp"], ihc.result["l0_mpp"]) == (pytest.approx(0.486, abs=0.001), 0.4)
+    shots = Path("/work/helper/shots/15e")
+    browser.set_window_size(1600, 900)
+    try:
+        with BackgroundServer(app) as base:
+            browser.get(f"{base}/#slide={he.key}")
+            _wait(browser, f"return micromets.state.key === '{he.key}' && micromets.viewer.world.getItemCount() > 0;")
+            assert not browser.find_element(By.ID, "viewer-right").is_displayed()
+            single_width = browser.find_element(By.ID, "viewer").size["width"]
+            toggle = browser.find_element(By.ID, "side-toggle")
+            assert toggle.is_displayed()  # node 1 has an H&E and an IHC slide
+            toggle.click()
+            _wait(browser, f"return micromets.right.key === '{ihc.key}' && micromets.right.viewer.world.getItemCount() === 2"
+                           " && micromets.right.viewer.world.getItemAt(0).getFullyLoaded();")
+            assert f"side={ihc.key}" in browser.execute_script("return location.hash;")
+            assert browser.find_element(By.ID, "viewer-right").is_displayed()
+            assert browser.find_element(By.ID, "not-registered").text == \
+                "not registered: sections are aligned at their origin"
+            assert "IHC" in browser.find_element(By.ID, "pane-right").text
+            assert "H&E" in browser.find_element(By.ID, "pane-left").text
+            _assert_same_place(browser)
+
+            # zoom and pan the H&E (left) viewer onto the IHC's largest cluster: the IHC viewer follows in µm
+            les = max(ihc.result["lesions"], key=lambda les: les["diameter_mm"])
+            pts = np.concatenate([np.asarray(r) for r in les["l0_outline"]]) * ihc.result["l0_mpp"]
+            cx_um, cy_um = (pts.min(0) + pts.max(0)) / 2
+            he_um = he.result["l0_mpp"] * he.result["l0_width"]
+            browser.execute_script(
+                "const v = micromets.viewer.viewport;"
+                f"v.zoomTo(v.imageToViewportZoom(0.6)); v.panTo(new OpenSeadragon.Point({cx_um / he_um}, {cy_um / he_um}));")
+            time.sleep(1.0)
+            left_view = _assert_same_place(browser)
+            assert left_view[:2] == pytest.approx([cx_um, cy_um], rel=0.01)
+            assert left_view[2] == pytest.approx(he.result["l0_mpp"] / 0.6, rel=0.01)
+
+            # and the reverse: drag the IHC (right) viewer with the mouse and zoom it; the H&E follows
+            right_el = browser.find_element(By.ID, "viewer-right")
+            ActionChains(browser).move_to_element(right_el).click_and_hold().move_by_offset(-120, -80) \
+                .release().perform()
+            browser.execute_script("micromets.right.viewer.viewport.zoomBy(1.5);")
+            time.sleep(1.0)
+            moved = _assert_same_place(browser)
+            assert np.hypot(moved[0] - cx_um, moved[1] - cy_um) > 50  # it did move (about 120 px × 0.8 µm/px)
+            assert moved[2] == pytest.approx(left_view[2] / 1.5, rel=0.01)
+            browser.execute_script(f"micromets.right.viewer.viewport.panTo(new OpenSeadragon.Point("
+                                   f"{cx_um / (ihc.result['l0_mpp'] * ihc.result['l0_width'])},"
+                                   f"{cy_um / (ihc.result['l0_mpp'] * ihc.result['l0_width'])}));")
+            time.sleep(1.5)
+            assert _assert_same_place(browser)[:2] == pytest.approx([cx_um, cy_um], rel=0.01)
+            _wait(browser, "return micromets.right.viewer.world.getItemAt(0).getFullyLoaded()"
+                           " && micromets.viewer.world.getItemAt(0).getFullyLoaded();")
+            time.sleep(0.5)
+            shots.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(shots / "side-by-side.png"))
+            shutil.copy(shots / "side-by-side.png", artifacts / "viewer-side-by-side.png")
+
+            # back to the single view: the IHC pane goes, the H&E viewer takes the whole width again
+            browser.find_element(By.ID, "side-toggle").click()
+            _wait(browser, "return micromets.right.key === null;")
+            assert "side=" not in browser.execute_script("return location.hash;")
+            assert not browser.find_element(By.ID, "viewer-right").is_displayed()
+            assert browser.find_element(By.ID, "viewer").size["width"] == single_width
+            # the URL alone opens side by side (a link can be shared)
+            browser.get(f"{base}/#slide={he.key}&side={ihc.key}")
+            _wait(browser, f"return micromets.right.key === '{ihc.key}' && micromets.right.viewer.world.getItemCount() > 0;")
+            assert browser.find_element(By.ID, "viewer-right").is_displayed()
+    finally:
+        browser.set_window_size(1280, 860)

@@ -46,15 +46,15 @@ function classColour(cls) {
 }
 
 // level-0 px <-> overlay element px
-function transform() {
-  const b = viewer.viewport.getBoundsNoRotate(true);
-  const size = viewer.viewport.getContainerSize();
-  const w = state.slide.l0_width;
+function transform(v = viewer, slide = state.slide) {
+  const b = v.viewport.getBoundsNoRotate(true);
+  const size = v.viewport.getContainerSize();
+  const w = slide.l0_width;
   const scale = size.x / b.width; // element px per viewport unit
   return {
     toEl: (x, y) => [(x / w - b.x) * scale, (y / w - b.y) * scale],
     toL0: (px, py) => [(px / scale + b.x) * w, (py / scale + b.y) * w],
-    umPerPx: state.slide.l0_mpp * w / scale,
+    umPerPx: slide.l0_mpp * w / scale,
   };
 }
 
@@ -68,40 +68,7 @@ function draw() {
   ctx.clearRect(0, 0, rect.width, rect.height);
   if (!state.slide) return;
   const t = transform();
-  if ($("outline-toggle").checked) {
-    ctx.font = "bold 13px DejaVu Sans, Arial, sans-serif";
-    const placed = []; // label boxes drawn so far: larger lesions first, later labels that would overlap are skipped
-    for (const f of state.features) {
-      const p = f.properties;
-      const selected = state.selected === p.id;
-      for (const pass of [0, 1]) {
-        ctx.lineWidth = pass === 0 ? (selected ? 6 : 4) : (selected ? 3.5 : 2);
-        ctx.strokeStyle = pass === 0 ? "rgba(20,20,20,0.85)" : classColour(p.class);
-        for (const poly of f.geometry.coordinates) {
-          ctx.beginPath();
-          poly[0].forEach(([x, y], i) => {
-            const [ex, ey] = t.toEl(x, y);
-            if (i === 0) ctx.moveTo(ex, ey); else ctx.lineTo(ex, ey);
-          });
-          ctx.closePath();
-          ctx.stroke();
-        }
-      }
-      const bbox = f.bbox;
-      const [lx, ly] = t.toEl(bbox[0], bbox[1]);
-      const [rx, ry] = t.toEl(bbox[2], bbox[3]);
-      if (!selected && Math.max(rx - lx, ry - ly) < LABEL_MIN_PX) continue; // label what can be seen
-      const label = `${p.id} ${p.class} ${p.diameter_text}`;
-      const box = [lx, ly - 18, lx + ctx.measureText(label).width, ly];
-      if (!selected && placed.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
-      placed.push(box);
-      ctx.lineWidth = 3;
-      ctx.strokeStyle = "rgba(20,20,20,0.9)";
-      ctx.strokeText(label, lx, ly - 4);
-      ctx.fillStyle = classColour(p.class);
-      ctx.fillText(label, lx, ly - 4);
-    }
-  }
+  if ($("outline-toggle").checked) drawOutlines(ctx, t, state.features, state.selected);
   if ($("cells-toggle").checked) drawCells(ctx, t);
   if (state.drawPts.length) {
     ctx.lineWidth = 2; ctx.strokeStyle = "#00e5ff"; ctx.beginPath();
@@ -110,6 +77,42 @@ function draw() {
   }
   drawScaleBar(ctx, t, rect);
   if (state.ruler) drawRuler(ctx, t);
+}
+
+// lesion outlines (class colour on a dark halo) with their labels, larger lesions first
+function drawOutlines(ctx, t, features, selectedId) {
+  ctx.font = "bold 13px DejaVu Sans, Arial, sans-serif";
+  const placed = []; // label boxes drawn so far: larger lesions first, later labels that would overlap are skipped
+  for (const f of features) {
+    const p = f.properties;
+    const selected = selectedId === p.id;
+    for (const pass of [0, 1]) {
+      ctx.lineWidth = pass === 0 ? (selected ? 6 : 4) : (selected ? 3.5 : 2);
+      ctx.strokeStyle = pass === 0 ? "rgba(20,20,20,0.85)" : classColour(p.class);
+      for (const poly of f.geometry.coordinates) {
+        ctx.beginPath();
+        poly[0].forEach(([x, y], i) => {
+          const [ex, ey] = t.toEl(x, y);
+          if (i === 0) ctx.moveTo(ex, ey); else ctx.lineTo(ex, ey);
+        });
+        ctx.closePath();
+        ctx.stroke();
+      }
+    }
+    const bbox = f.bbox;
+    const [lx, ly] = t.toEl(bbox[0], bbox[1]);
+    const [rx, ry] = t.toEl(bbox[2], bbox[3]);
+    if (!selected && Math.max(rx - lx, ry - ly) < LABEL_MIN_PX) continue; // label what can be seen
+    const label = `${p.id} ${p.class} ${p.diameter_text}`;
+    const box = [lx, ly - 18, lx + ctx.measureText(label).width, ly];
+    if (!selected && placed.some((b) => box[0] < b[2] && b[0] < box[2] && box[1] < b[3] && b[1] < box[3])) continue;
+    placed.push(box);
+    ctx.lineWidth = 3;
+    ctx.strokeStyle = "rgba(20,20,20,0.9)";
+    ctx.strokeText(label, lx, ly - 4);
+    ctx.fillStyle = classColour(p.class);
+    ctx.fillText(label, lx, ly - 4);
+  }
 }
 
 function drawCells(ctx, t) {
@@ -168,16 +171,18 @@ let drawQueued = false;
 function redraw() {
   if (drawQueued) return;
   drawQueued = true;
-  requestAnimationFrame(() => { drawQueued = false; draw(); });
+  requestAnimationFrame(() => { drawQueued = false; draw(); drawRight(); });
 }
 ["animation", "animation-finish", "resize", "update-viewport", "open"].forEach((e) => viewer.addHandler(e, redraw));
 
 function setHeatmapOpacity() {
-  if (!state.heatmapItem) return;
   const on = $("heatmap-toggle").checked;
-  // at cellular zoom (< 1 µm per screen px) the heatmap fades so nuclei stay visible; the outlines remain
-  const fade = state.slide ? Math.max(0.15, Math.min(1, transform().umPerPx)) : 1;
-  state.heatmapItem.setOpacity(on ? fade * $("heatmap-opacity").value / 100 : 0);
+  for (const [item, v, slide] of [[state.heatmapItem, viewer, state.slide], [right.heatmapItem, right.viewer, right.slide]]) {
+    if (!item) continue;
+    // at cellular zoom (< 1 µm per screen px) the heatmap fades so nuclei stay visible; the outlines remain
+    const fade = slide ? Math.max(0.15, Math.min(1, transform(v, slide).umPerPx)) : 1;
+    item.setOpacity(on ? fade * $("heatmap-opacity").value / 100 : 0);
+  }
 }
 viewer.addHandler("animation-finish", setHeatmapOpacity);
 $("heatmap-toggle").addEventListener("change", setHeatmapOpacity);
@@ -214,7 +219,7 @@ overlay.addEventListener("pointerup", () => { if (state.ruler) state.ruler.dragg
 function zoomToLesion(lesion) {
   state.selected = lesion.id;
   $("selected-finding").textContent = `selected ${lesion.id} (${lesion.class}, ${lesion.diameter_text})`;
-  history.replaceState(null, "", `#slide=${encodeURIComponent(state.key)}&finding=${encodeURIComponent(lesion.id)}`);
+  history.replaceState(null, "", hashFor(state.key, right.key, lesion.id));
   document.querySelectorAll("#lesion-list li").forEach((li) =>
     li.classList.toggle("selected", li.dataset.id === String(lesion.id)));
   const [x0, y0, x1, y1] = lesion.l0_bbox;
@@ -398,28 +403,152 @@ async function openSlide(key) {
   state.caseKey = caseOf ? caseOf.case : null;
   state.cells = [];
   $("cells-readout").textContent = "";
-  state.features = geo.features.map((f) => {
-    const pts = f.geometry.coordinates.flatMap((poly) => poly[0]);
-    const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-    return { ...f, bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
-  }).sort((a, b) => b.properties.diameter_mm - a.properties.diameter_mm);
+  state.features = outlineFeatures(geo);
   showSlideInfo(s);
   await loadReview();
   const wanted = (location.hash.match(/finding=([^&]+)/) || [])[1];
   const pick = wanted && findingsOfSlide().find((f) => f.id === decodeURIComponent(wanted));
   viewer.addOnceHandler("open", () => {
     if (pick) zoomToLesion(pick);
-    if (!s.heatmap) return;
-    const cellL0 = s.heatmap.cell_um / s.l0_mpp;
-    const w = s.l0_width;
-    viewer.addTiledImage({
-      tileSource: { type: "image", url: `/api/slides/${encodeURIComponent(key)}/heatmap.png`, buildPyramid: false },
-      x: s.heatmap.l0_origin[0] / w, y: s.heatmap.l0_origin[1] / w, width: s.heatmap.shape[1] * cellL0 / w,
-      opacity: 0,
-      success: (ev) => { state.heatmapItem = ev.item; setHeatmapOpacity(); },
-    });
+    addHeatmap(viewer, key, s, (item) => { state.heatmapItem = item; });
   });
   viewer.open(`/dzi/${encodeURIComponent(key)}/slide.dzi`);
+  showSideControl();
+}
+
+// the lesions.geojson features with their level-0 bounding boxes, larger lesions first
+function outlineFeatures(geo) {
+  return geo.features.map((f) => {
+    const pts = f.geometry.coordinates.flatMap((poly) => poly[0]);
+    const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+    return { ...f, bbox: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)] };
+  }).sort((a, b) => b.properties.diameter_mm - a.properties.diameter_mm);
+}
+
+// the slide's heatmap as a second tiled image of viewer v, placed at its cell grid's level-0 origin
+function addHeatmap(v, key, s, onItem) {
+  if (!s.heatmap) return;
+  const cellL0 = s.heatmap.cell_um / s.l0_mpp;
+  const w = s.l0_width;
+  v.addTiledImage({
+    tileSource: { type: "image", url: `/api/slides/${encodeURIComponent(key)}/heatmap.png`, buildPyramid: false },
+    x: s.heatmap.l0_origin[0] / w, y: s.heatmap.l0_origin[1] / w, width: s.heatmap.shape[1] * cellL0 / w,
+    opacity: 0,
+    success: (ev) => { onItem(ev.item); setHeatmapOpacity(); },
+  });
+}
+
+// ---- side by side: a node's H&E slide in the main viewer (left) and its IHC slide in a second one (right),
+// pan and zoom synchronised in µm through each slide's l0_mpp. The sections are not registered: level-0
+// origins are taken as the same point of the node.
+const left = { get viewer() { return viewer; }, get slide() { return state.slide; }, expect: null };
+const right = { viewer: null, overlay: null, slide: null, key: null, features: [], heatmapItem: null, expect: null };
+
+function hashFor(key, sideKey, finding) {
+  return `#slide=${encodeURIComponent(key)}` + (sideKey ? `&side=${encodeURIComponent(sideKey)}` : "") +
+    (finding != null ? `&finding=${encodeURIComponent(finding)}` : "");
+}
+
+// the first H&E and the first IHC slide of the node holding slide `key` (either may be undefined)
+function nodePair(key) {
+  const node = state.catalog.cases.flatMap((c) => c.nodes).find((n) => n.node !== null && n.slides.includes(key));
+  const of = (stain) => node && node.slides.find((k) => state.catalog.slides[k].stain === stain);
+  return { he: of("he"), ihc: of("ihc") };
+}
+
+function showSideControl() {
+  const pair = nodePair(state.key);
+  $("side-by-side").hidden = !(pair.he && pair.ihc);
+  $("side-toggle").textContent = right.key ? "single view" : "H&E | IHC side by side";
+}
+$("side-toggle").addEventListener("click", () => {
+  const pair = nodePair(state.key);
+  location.hash = right.key ? hashFor(state.key) : hashFor(pair.he, pair.ihc);
+});
+
+const same = (a, b) => Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b));
+// move dst to show the same µm centre at the same µm per screen px as src (not when src only echoes dst)
+function syncFrom(src, dst) {
+  if (!right.key || !src.slide || !dst.slide || !dst.viewer.world.getItemCount()) return;
+  const vs = src.viewer.viewport, c = vs.getCenter(true), z = vs.getZoom(true);
+  if (src.expect && same(c.x, src.expect.x) && same(c.y, src.expect.y) && same(z, src.expect.z)) return;
+  const srcUm = src.slide.l0_mpp * src.slide.l0_width, dstUm = dst.slide.l0_mpp * dst.slide.l0_width; // µm per viewport unit
+  const umPerPx = srcUm / (vs.getContainerSize().x * z);
+  const vd = dst.viewer.viewport;
+  vd.zoomTo(dstUm / (umPerPx * vd.getContainerSize().x), null, true);
+  vd.panTo(new OpenSeadragon.Point(c.x * srcUm / dstUm, c.y * srcUm / dstUm), true);
+  const got = vd.getCenter(true);
+  dst.expect = { x: got.x, y: got.y, z: vd.getZoom(true) };
+}
+viewer.addHandler("viewport-change", () => syncFrom(left, right));
+
+function createRightViewer() {
+  right.viewer = OpenSeadragon({
+    element: $("viewer-right"), prefixUrl: "/static/vendor/openseadragon/images/", drawer: "canvas",
+    showNavigator: true, navigatorPosition: "BOTTOM_RIGHT", maxZoomPixelRatio: 2, navigatorAutoFade: false,
+    autoHideControls: false, animationTime: 0.6, crossOriginPolicy: false,
+  });
+  right.overlay = document.createElement("canvas");
+  right.overlay.id = "overlay-right";
+  right.overlay.style.cssText = overlay.style.cssText;
+  right.viewer.canvas.appendChild(right.overlay);
+  ["animation", "animation-finish", "resize", "update-viewport", "open"].forEach((e) => right.viewer.addHandler(e, redraw));
+  right.viewer.addHandler("animation-finish", setHeatmapOpacity);
+  right.viewer.addHandler("viewport-change", () => syncFrom(right, left));
+}
+
+function drawRight() {
+  if (!right.overlay) return;
+  const dpr = window.devicePixelRatio || 1;
+  const rect = right.overlay.getBoundingClientRect();
+  right.overlay.width = Math.round(rect.width * dpr);
+  right.overlay.height = Math.round(rect.height * dpr);
+  const ctx = right.overlay.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, rect.width, rect.height);
+  if (!right.slide) return;
+  const t = transform(right.viewer, right.slide);
+  if ($("outline-toggle").checked) drawOutlines(ctx, t, right.features, null);
+  drawScaleBar(ctx, t, rect);
+}
+
+const paneLabel = (s) => `${s.stain === "ihc" ? "IHC" : "H&E"} · ${s.slide_id} · ${s.l0_mpp.toFixed(3)} µm/px`;
+
+async function showSideBySide(key) {
+  const resp = await fetch(`/api/slides/${encodeURIComponent(key)}`);
+  if (!resp.ok) { $("message").textContent = `slide ${key} not found`; return; }
+  const s = await resp.json();
+  const geo = await (await fetch(`/api/slides/${encodeURIComponent(key)}/lesions.geojson`)).json();
+  document.body.classList.add("side-by-side");
+  $("viewer-right").hidden = false;
+  if (!right.viewer) createRightViewer();
+  Object.assign(right, { key, slide: s, features: outlineFeatures(geo), heatmapItem: null, expect: null });
+  left.expect = null;
+  $("pane-left").textContent = paneLabel(state.slide);
+  $("pane-right").textContent = paneLabel(s);
+  right.viewer.addOnceHandler("open", () => {
+    addHeatmap(right.viewer, key, s, (item) => { right.heatmapItem = item; });
+    syncFrom(left, right);
+  });
+  right.viewer.open(`/dzi/${encodeURIComponent(key)}/slide.dzi`);
+  showSideControl();
+}
+
+function leaveSideBySide() {
+  Object.assign(right, { key: null, slide: null, features: [], heatmapItem: null, expect: null });
+  right.viewer.close();
+  $("viewer-right").hidden = true;
+  document.body.classList.remove("side-by-side");
+  showSideControl();
+  redraw();
+}
+
+// the view the URL names: #slide=KEY (single view) or #slide=HE_KEY&side=IHC_KEY (side by side)
+async function route() {
+  const key = hashParam("slide") || state.key || Object.keys(state.catalog.slides)[0], side = hashParam("side");
+  if (key !== state.key) await openSlide(key);
+  if (side && side !== right.key) await showSideBySide(side);
+  else if (!side && right.key) leaveSideBySide();
 }
 
 function renderCases(cat) {
@@ -460,8 +589,8 @@ function renderCases(cat) {
   }
 }
 
-function keyFromHash() {
-  const m = location.hash.match(/slide=([^&]+)/);
+function hashParam(name) {
+  const m = location.hash.match(new RegExp(`[#&]${name}=([^&]+)`));
   return m ? decodeURIComponent(m[1]) : null;
 }
 
@@ -471,11 +600,10 @@ async function main() {
   const pc = state.catalog.prob_colours.map((c) => `rgb(${c[0]},${c[1]},${c[2]})`);
   $("colour-bar").style.background = `linear-gradient(to right, ${pc.join(", ")})`;
   renderCases(state.catalog);
-  window.addEventListener("hashchange", () => { const k = keyFromHash(); if (k && k !== state.key) openSlide(k); });
+  window.addEventListener("hashchange", route);
   $("reviewer").value = localStorage.getItem("micromets-reviewer") || "";
-  const first = keyFromHash() || Object.keys(state.catalog.slides)[0];
-  await openSlide(first);
+  await route();
 }
 
-window.micromets = { viewer, state, openSlide, zoomToLesion, decide };
+window.micromets = { viewer, state, openSlide, zoomToLesion, decide, left, right };
 main();
