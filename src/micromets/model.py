@@ -63,11 +63,30 @@ def coarse_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / "coarse"
 
 
+#: Environment variable naming the user's models folder (see :func:`user_models_dir`).
+USER_MODELS_ENV = "MICROMETS_MODELS"
+
+
+def user_models_dir() -> Path:
+    """The user's models folder, where ``micromets import-model`` and ``fetch-model`` install: ``$MICROMETS_MODELS``
+    when set, else ``$XDG_DATA_HOME/micromets/models`` (``~/.local/share/micromets/models``). It need not exist."""
+    if os.environ.get(USER_MODELS_ENV):
+        return Path(os.environ[USER_MODELS_ENV]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "micromets" / "models"
+
+
 def installed_models() -> dict[str, Path]:
-    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx
-    (the folder's name is the model's name on the command line, ``--model NAME``)."""
-    root = Path(__file__).resolve().parent / "models"
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "model.json").is_file() and (p / "model.onnx").is_file()}
+    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx,
+    then those of :func:`user_models_dir` (the folder's name is the model's name on the command line,
+    ``--model NAME``; a bundled model's name is never shadowed by a user's)."""
+    found: dict[str, Path] = {}
+    for root in (Path(__file__).resolve().parent / "models", user_models_dir()):
+        if root.is_dir():
+            for p in sorted(root.iterdir()):
+                if (p / "model.json").is_file() and (p / "model.onnx").is_file():
+                    found.setdefault(p.name, p)
+    return found
 
 
 def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | None:
