@@ -2,10 +2,14 @@
 classifier a model folder with its card, installed under a name in the user models folder ($MICROMETS_MODELS) or
 written to --out; `micromets fetch-model` downloads one (only when asked), here from a local server the test runs."""
 
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +107,47 @@ def test_bad_import_is_one_line_exit_2_and_installs_nothing(tmp_path, tiny_net, 
     assert len(lines) == 1 and message in lines[0], run.stderr
     assert not (tmp_path / "models").exists() or list((tmp_path / "models").iterdir()) == []
 
+
+@pytest.fixture
+def served(tmp_path, tiny_net):
+    """A zip of an imported model served over http by a local server (thread), and its sha256."""
+    folder, _, _ = tiny_net
+    run = micromets("import-model", folder / "net.onnx", "--name", "served", *SCALING, "--out", tmp_path / "m",
+                    models_dir=tmp_path / "unused")
+    assert run.returncode == 0, run.stderr
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "model.zip", "w") as zf:
+        for name in ("model.onnx", "model.json"):
+            zf.write(tmp_path / "m" / name, f"served/{name}")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield (f"http://127.0.0.1:{server.server_address[1]}/model.zip",
+               hashlib.sha256((site / "model.zip").read_bytes()).hexdigest())
+    finally:
+        server.shutdown()
+
+
+def test_fetch_model_installs_a_served_zip_and_analyze_uses_it(tmp_path, served):
+    url, digest = served
+    models = tmp_path / "models"
+    run = micromets("fetch-model", url, "--name", "remote", "--sha256", digest, models_dir=models)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in (models / "remote").iterdir()) == ["model.json", "model.onnx"]
+    run = micromets("analyze", DEMO_SLIDE, "--model", "remote", "--out", tmp_path / "out", models_dir=models)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "out" / "node1" / "result.json").read_text())["model"]["name"] == "served"
+
+
+def test_fetch_model_with_a_wrong_sha256_installs_nothing(tmp_path, served):
+    url, digest = served
+    models = tmp_path / "models"
+    run = micromets("fetch-model", url, "--name", "remote", "--sha256", "0" * 64, models_dir=models)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sha256" in lines[0] and digest in lines[0], run.stderr
+    assert list(models.iterdir()) == []
+    run = micromets("fetch-model", url.replace("model.zip", "missing.zip"), "--name", "remote", models_dir=models)
+    assert run.returncode == 2 and "download failed" in run.stderr and list(models.iterdir()) == []

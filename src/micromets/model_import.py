@@ -6,12 +6,17 @@ imported only here, for that). The ONNX graph is checked with onnxruntime before
 float32 input N×3×P×P, and a batch of two zero patches must give N×C scores (C = the number of classes). The card
 says what the user told: resolution (µm/px), patch size, classes, which one is tumour, pixel scaling.
 
-It writes into a temporary folder beside the destination and rename it into place at the end, so a refused or
+:func:`fetch_model` downloads a zip holding ``model.onnx`` + ``model.json`` (only when asked: nothing in micromets
+downloads at run time otherwise), checks its sha256 when given, and loads it with :class:`micromets.model.Detector`
+before installing it.
+
+Both write into a temporary folder beside the destination and rename it into place at the end, so a refused or
 broken model leaves nothing installed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -132,3 +137,39 @@ def import_model(src: Path, dest: Path, *, name: str, input_mpp: float, patch_px
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
+
+def fetch_model(url: str, dest: Path, sha256: str | None = None, timeout_s: float = 60.0) -> Path:
+    """Download the zip at ``url`` (model.onnx + model.json, at its root or in one folder) into ``dest``."""
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        archive = build / "download.zip"
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, archive.open("wb") as f:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (OSError, ValueError) as err:
+            raise MicrometsError(f"{url}: download failed ({err})") from None
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise MicrometsError(f"{url}: sha256 {digest.hexdigest()} is not the expected {sha256}; nothing installed")
+        model = build / "model"
+        model.mkdir()
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                members = {Path(m).name: m for m in zf.namelist()
+                           if Path(m).name in ("model.onnx", "model.json") and len(Path(m).parts) <= 2}
+                if set(members) != {"model.onnx", "model.json"}:
+                    raise MicrometsError(f"{url}: the zip holds no model.onnx and model.json")
+                for filename, member in members.items():
+                    with zf.open(member) as src, (model / filename).open("wb") as out:
+                        shutil.copyfileobj(src, out)
+        except zipfile.BadZipFile:
+            raise MicrometsError(f"{url}: not a zip file") from None
+        Detector.load(model)
+        return _install(model, dest)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""`micromets import-model`: a user's own detector installed under a name."""
+"""`micromets import-model` and `micromets fetch-model`: a user's own detector installed under a name."""
 
 from pathlib import Path
 from typing import Optional
@@ -66,3 +66,24 @@ def import_model(
                f"use --model {name if out is None else dest}", err=True)
     typer.echo(str(dest))
 
+
+@app.command("fetch-model")
+def fetch_model(
+    url: str = typer.Argument(..., help="URL of a zip holding model.onnx and model.json (http, https or file)."),
+    name: str = typer.Option(..., "--name", callback=validate.NEW_MODEL_NAME, help="The model's name (--model NAME)."),
+    sha256: Optional[str] = typer.Option(None, "--sha256", callback=validate.SHA256, help="Expected sha256 of the "
+                                         "zip; a download that differs is refused and nothing is installed."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=validate.OUT_FOLDER, help="Model folder to write; "
+                                       "default: NAME in the user models folder."),
+) -> None:
+    """Download a model (zip of model.onnx + model.json) into the user models folder, only when asked.
+
+    Nothing in micromets downloads otherwise. The model is loaded once as every command loads it before it is
+    installed; a bad sha256, a zip without a model or a card the detector refuses installs nothing.
+    """
+    from micromets.model_import import fetch_model as download
+
+    dest = _destination(name, out)
+    download(url, dest, sha256)
+    typer.echo(f"{dest}: model {name} from {url}; use --model {name if out is None else dest}", err=True)
+    typer.echo(str(dest))

@@ -251,5 +251,15 @@ RGB_MEAN = numbers(3)
 RGB_STD = numbers(3, 0, low_open=True)
 
 
+def _sha256(param: typer.CallbackParam, value):
+    import re
+
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise MicrometsError(f"{option_name(param)} {value!r}: a sha256 is 64 hexadecimal digits")
+    return value
+
+
+#: A sha256 digest (64 hex digits).
+SHA256 = _sha256
 #: A count that must be at least 1 (batch size, threads).
 COUNT = in_range(1)
