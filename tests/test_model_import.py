@@ -40,6 +40,9 @@ def tiny_net(tmp_path_factory):
     torch.onnx.export(net, torch.zeros(1, 3, 96, 96), str(folder / "net.onnx"), input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
                       opset_version=17, dynamo=False)
+    torch.onnx.export(torch.nn.Sequential(net, torch.nn.Softmax(1)).eval(), torch.zeros(1, 3, 96, 96),
+                      str(folder / "net_prob.onnx"), input_names=["input"], output_names=["p"],
+                      dynamic_axes={"input": {0: "n"}, "p": {0: "n"}}, opset_version=17, dynamo=False)
     rgb = np.random.default_rng(0).integers(60, 200, (5, 96, 96, 3), dtype=np.uint8)
     x = torch.from_numpy((rgb.astype(np.float32) / 255 - 0.5) / 0.25).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -66,6 +69,22 @@ def test_imported_model_predicts_as_torch_and_installs_by_name(tmp_path, tiny_ne
     np.testing.assert_allclose(det._run(rgb), expected, atol=1e-5)
     listed = micromets("models", models_dir=models)
     assert "mine: mine imported" in listed.stdout and f"user model: {models / 'mine'}" in listed.stdout
+
+
+def test_a_model_giving_probabilities_is_imported_as_such(tmp_path, tiny_net):
+    from micromets.model import Detector
+
+    folder, rgb, expected = tiny_net
+    models = tmp_path / "models"
+    run = micromets("import-model", folder / "net_prob.onnx", "--name", "p", *SCALING, models_dir=models)
+    assert run.returncode == 2 and "give --scores probabilities" in run.stderr, run.stderr  # softmax twice: no
+    run = micromets("import-model", folder / "net_prob.onnx", "--name", "p", *SCALING, "--scores", "probabilities",
+                    models_dir=models)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_allclose(Detector.load(models / "p")._run(rgb), expected, atol=1e-5)
+    run = micromets("import-model", folder / "net.onnx", "--name", "q", *SCALING, "--scores", "probabilities",
+                    models_dir=models)
+    assert run.returncode == 2 and "give --scores logits" in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize("filename", ["net.ts", "net.onnx"])

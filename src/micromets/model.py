@@ -34,6 +34,10 @@ import numpy as np
 from micromets import normalise
 from micromets.errors import MicrometsError
 
+#: How the network's output becomes the tumour probability (``card["output"]``): ``softmax`` of N×C logits,
+#: ``sigmoid`` of a logit, or ``probabilities`` already (N×C, softmax inside the graph), taken as they are.
+OUTPUTS = ("softmax", "sigmoid", "probabilities")
+
 _REQUIRED = ("name", "version", "family", "input_mpp", "patch_px", "input", "output", "classes", "tumour_class_index")
 
 
@@ -187,8 +191,8 @@ class Detector:
         missing = [key for key in _REQUIRED if key not in card]
         if missing:
             raise MicrometsError(f"{card_path}: model card lacks {', '.join(missing)}")
-        if card["output"] not in ("softmax", "sigmoid"):
-            raise MicrometsError(f"{card_path}: output must be 'softmax' or 'sigmoid', not {card['output']!r}")
+        if card["output"] not in OUTPUTS:
+            raise MicrometsError(f"{card_path}: output must be {', '.join(map(repr, OUTPUTS))}, not {card['output']!r}")
         opts = ort.SessionOptions()
         opts.log_severity_level = ORT_LOG_SEVERITY
         opts.intra_op_num_threads = 1
@@ -324,6 +328,8 @@ class Detector:
         """Tumour probability of raw uint8 RGB patches (no tissue filter)."""
         out = self._session.run(None, {self._input_name: self._input(rgb)})[0].astype(np.float32)
         k = int(self.card["tumour_class_index"])
+        if self.card["output"] == "probabilities":
+            return out[:, k]
         if self.card["output"] == "softmax":
             out = out - out.max(axis=1, keepdims=True)
             e = np.exp(out)

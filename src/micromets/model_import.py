@@ -34,7 +34,8 @@ ONNX_SUFFIXES = (".onnx",)
 
 
 def make_card(name: str, *, input_mpp: float, patch_px: int, classes: list[str], tumour_class: str,
-              mean: list[float], std: list[float], source: str, licence: str | None = None) -> dict:
+              mean: list[float], std: list[float], source: str, licence: str | None = None,
+              scores: str = "logits") -> dict:
     """The model card of an imported classifier (every field :class:`micromets.model.Detector` requires)."""
     return {
         "name": name,
@@ -48,7 +49,7 @@ def make_card(name: str, *, input_mpp: float, patch_px: int, classes: list[str],
         "stain_normalisation": {"method": "none"},
         "tissue_filter": {"beta": 0.15, "min_fraction": 0.05,
                           "rule": "patch with < min_fraction of pixels having every channel OD >= beta scores 0"},
-        "output": "softmax",
+        "output": "probabilities" if scores == "probabilities" else "softmax",
         "classes": classes,
         "tumour_class_index": classes.index(tumour_class),
         "confirm_threshold": 0.5,
@@ -57,8 +58,10 @@ def make_card(name: str, *, input_mpp: float, patch_px: int, classes: list[str],
     }
 
 
-def check_onnx(onnx_path: Path, patch_px: int, n_classes: int, what: str) -> None:
-    """Refuse (:class:`MicrometsError`) an ONNX file that is not a patch classifier of this shape."""
+def check_onnx(onnx_path: Path, patch_px: int, n_classes: int, what: str, scores: str = "logits") -> None:
+    """Refuse (:class:`MicrometsError`) an ONNX file that is not a patch classifier of this shape, or whose scores
+    are not what ``scores`` says: ``probabilities`` must lie in [0, 1] and sum to 1 per patch; ``logits`` that do
+    both on a black and a white patch are taken for probabilities (softmax again would squash them)."""
     ort = import_onnxruntime()
     try:
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -72,13 +75,22 @@ def check_onnx(onnx_path: Path, patch_px: int, n_classes: int, what: str) -> Non
     if (isinstance(shape[1], int) and shape[1] != 3) or any(isinstance(d, int) and d != patch_px for d in shape[2:]):
         raise MicrometsError(f"{what}: input shape {shape} is not N×3×{patch_px}×{patch_px} (--patch-px {patch_px})")
     try:
-        out = session.run(None, {inputs[0].name: np.zeros((2, 3, patch_px, patch_px), np.float32)})[0]
+        x = np.zeros((2, 3, patch_px, patch_px), np.float32)
+        x[1] = 1.0
+        out = session.run(None, {inputs[0].name: x})[0]
     except Exception as err:
         raise MicrometsError(f"{what}: fails on a batch of 2 patches of {patch_px} px "
                              f"({str(err).splitlines()[0]})") from None
     if out.shape != (2, n_classes):
         raise MicrometsError(f"{what}: output of 2 patches has shape {tuple(out.shape)}, expected (2, {n_classes}) "
                              f"(one score per class: {n_classes} classes given)")
+    looks_like_probabilities = bool(((out >= 0) & (out <= 1)).all() and np.allclose(out.sum(axis=1), 1, atol=1e-4))
+    if scores == "probabilities" and not looks_like_probabilities:
+        raise MicrometsError(f"{what}: --scores probabilities, but its outputs do not lie in [0, 1] summing to 1 "
+                             f"(give --scores logits)")
+    if scores == "logits" and looks_like_probabilities:
+        raise MicrometsError(f"{what}: its outputs already sum to 1 (softmax inside the model): give --scores "
+                             f"probabilities")
 
 
 def torch_to_onnx(src: Path, onnx_path: Path, patch_px: int) -> None:
@@ -118,7 +130,8 @@ def _install(build: Path, dest: Path) -> Path:
 
 
 def import_model(src: Path, dest: Path, *, name: str, input_mpp: float, patch_px: int, classes: list[str],
-                 tumour_class: str, mean: list[float], std: list[float], licence: str | None = None) -> Path:
+                 tumour_class: str, mean: list[float], std: list[float], licence: str | None = None,
+                 scores: str = "logits") -> Path:
     """Make ``dest`` a model folder from the classifier file ``src``; see the module docstring. Returns ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
@@ -128,9 +141,9 @@ def import_model(src: Path, dest: Path, *, name: str, input_mpp: float, patch_px
             shutil.copyfile(src, onnx_path)
         else:
             torch_to_onnx(src, onnx_path, patch_px)
-        check_onnx(onnx_path, patch_px, len(classes), str(src))
+        check_onnx(onnx_path, patch_px, len(classes), str(src), scores)
         card = make_card(name, input_mpp=input_mpp, patch_px=patch_px, classes=classes, tumour_class=tumour_class,
-                         mean=mean, std=std, source=src.name, licence=licence)
+                         mean=mean, std=std, source=src.name, licence=licence, scores=scores)
         (build / "model.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         Detector.load(build)  # the card and graph load as every command will load them
         return _install(build, dest)

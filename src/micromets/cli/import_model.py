@@ -38,6 +38,9 @@ def import_model(
                              "input scaling: the network sees (x/255 - mean)/std."),
     std: str = typer.Option("1,1,1", "--std", callback=validate.RGB_STD, help="Per-channel R,G,B std of the "
                             "input scaling."),
+    scores: str = typer.Option("logits", "--scores", callback=validate.one_of("logits", "probabilities"),
+                               help="What its output is: logits (micromets applies softmax) or probabilities "
+                               "(softmax inside the model; taken as they are)."),
     licence: Optional[str] = typer.Option(None, "--licence", help="The model's licence, for its card."),
     out: Optional[Path] = typer.Option(None, "--out", callback=validate.OUT_FOLDER, help="Model folder to write "
                                        "(use it as --model DIR); default: NAME in the user models folder "
@@ -47,7 +50,7 @@ def import_model(
     """Make your own patch classifier a micromets model: model.onnx + its card model.json.
 
     The classifier takes float32 N×3×P×P patches (RGB, scaled as --mean/--std say) and gives N×C scores, one per
-    class (logits or probabilities; micromets applies softmax). A TorchScript or PyTorch file is converted to ONNX
+    class (logits, or probabilities with --scores probabilities). A TorchScript or PyTorch file is converted to ONNX
     (needs torch: pip install 'micromets[train]'); loading a pickled module runs its code, so import only files you
     trust. The ONNX graph is run with onnxruntime on two patches before it is installed; the card records the
     resolution, patch size, classes and scaling given here (no stain normalisation).
@@ -61,7 +64,7 @@ def import_model(
         raise MicrometsError(f"--tumour-class {tumour_class!r}: not one of --classes {', '.join(classes)}")
     dest = _destination(name, out)
     build(src, dest, name=name, input_mpp=input_mpp, patch_px=patch_px, classes=classes, tumour_class=tumour_class,
-          mean=mean, std=std, licence=licence)
+          mean=mean, std=std, licence=licence, scores=scores)
     typer.echo(f"{dest}: model {name} ({len(classes)} classes, {patch_px} px at {input_mpp:g} µm/px); "
                f"use --model {name if out is None else dest}", err=True)
     typer.echo(str(dest))
