@@ -139,6 +139,13 @@ def served(tmp_path, tiny_net):
     with zipfile.ZipFile(site / "model.zip", "w") as zf:
         for name in ("model.onnx", "model.json"):
             zf.write(tmp_path / "m" / name, f"served/{name}")
+    with zipfile.ZipFile(site / "card-only.zip", "w") as zf:
+        zf.write(tmp_path / "m" / "model.json", "model.json")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    del card["patch_px"]
+    with zipfile.ZipFile(site / "bad-card.zip", "w") as zf:
+        zf.write(tmp_path / "m" / "model.onnx", "model.onnx")
+        zf.writestr("model.json", json.dumps(card))
     handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -170,3 +177,7 @@ def test_fetch_model_with_a_wrong_sha256_installs_nothing(tmp_path, served):
     assert list(models.iterdir()) == []
     run = micromets("fetch-model", url.replace("model.zip", "missing.zip"), "--name", "remote", models_dir=models)
     assert run.returncode == 2 and "download failed" in run.stderr and list(models.iterdir()) == []
+    for name, message in (("card-only.zip", "holds no model.onnx and model.json"), ("bad-card.zip", "lacks patch_px")):
+        run = micromets("fetch-model", url.replace("model.zip", name), "--name", "remote", models_dir=models)
+        assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert list(models.iterdir()) == []
