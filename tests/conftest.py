@@ -67,3 +67,16 @@ def write_sparse_giant(path: Path, rgb_tile: np.ndarray, n_tiles: int = 256) -> 
         page.tags["TileOffsets"].overwrite(np.full(n_tiles**2, offset, np.uint32))
         page.tags["TileByteCounts"].overwrite(np.full(n_tiles**2, count, np.uint32))
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_models(tmp_path_factory):
+    """Tests see only the bundled models: the user models folder (``$MICROMETS_MODELS``) is an empty temporary
+    folder, whatever the developer installed with ``micromets import-model``; subprocesses inherit it."""
+    previous = os.environ.get("MICROMETS_MODELS")
+    os.environ["MICROMETS_MODELS"] = str(tmp_path_factory.mktemp("user-models"))
+    yield
+    if previous is None:
+        os.environ.pop("MICROMETS_MODELS", None)
+    else:
+        os.environ["MICROMETS_MODELS"] = previous

@@ -34,6 +34,10 @@ import numpy as np
 from micromets import normalise
 from micromets.errors import MicrometsError
 
+#: How the network's output becomes the tumour probability (``card["output"]``): ``softmax`` of N×C logits,
+#: ``sigmoid`` of a logit, or ``probabilities`` already (N×C, softmax inside the graph), taken as they are.
+OUTPUTS = ("softmax", "sigmoid", "probabilities")
+
 _REQUIRED = ("name", "version", "family", "input_mpp", "patch_px", "input", "output", "classes", "tumour_class_index")
 
 
@@ -63,11 +67,30 @@ def coarse_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / "coarse"
 
 
+#: Environment variable naming the user's models folder (see :func:`user_models_dir`).
+USER_MODELS_ENV = "MICROMETS_MODELS"
+
+
+def user_models_dir() -> Path:
+    """The user's models folder, where ``micromets import-model`` and ``fetch-model`` install: ``$MICROMETS_MODELS``
+    when set, else ``$XDG_DATA_HOME/micromets/models`` (``~/.local/share/micromets/models``). It need not exist."""
+    if os.environ.get(USER_MODELS_ENV):
+        return Path(os.environ[USER_MODELS_ENV]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "micromets" / "models"
+
+
 def installed_models() -> dict[str, Path]:
-    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx
-    (the folder's name is the model's name on the command line, ``--model NAME``)."""
-    root = Path(__file__).resolve().parent / "models"
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "model.json").is_file() and (p / "model.onnx").is_file()}
+    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx,
+    then those of :func:`user_models_dir` (the folder's name is the model's name on the command line,
+    ``--model NAME``; a bundled model's name is never shadowed by a user's)."""
+    found: dict[str, Path] = {}
+    for root in (Path(__file__).resolve().parent / "models", user_models_dir()):
+        if root.is_dir():
+            for p in sorted(root.iterdir()):
+                if (p / "model.json").is_file() and (p / "model.onnx").is_file():
+                    found.setdefault(p.name, p)
+    return found
 
 
 def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | None:
@@ -117,7 +140,7 @@ def held_out_headline(card: dict) -> str | None:
 class Detector:
     """An ONNX tumour-patch classifier with its card; see the module docstring."""
 
-    def __init__(self, model_dir: Path, card: dict, session, threads: int = 1) -> None:
+    def __init__(self, model_dir: Path, card: dict, session, threads: int = 1, batch_size: int | None = None) -> None:
         self.model_dir = model_dir
         self.card = card
         self.name: str = card["name"]
@@ -141,18 +164,19 @@ class Detector:
         tissue = card.get("tissue_filter", {})
         self._tissue_beta = float(tissue.get("beta", 0.15))
         self._tissue_min_fraction = float(tissue.get("min_fraction", 0.0))
-        self.batch_size: int = int(card.get("batch_size", 128))
+        self.batch_size: int = int(batch_size if batch_size is not None else card.get("batch_size", 128))
         self.threads = max(1, int(threads))
         self._pool = None  # ThreadPoolExecutor of `threads` workers, made on first use
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, threads: int = 2) -> "Detector":
+    def load(cls, model_dir: str | Path | None = None, threads: int = 2, batch_size: int | None = None) -> "Detector":
         """Load ``model.onnx`` + ``model.json`` from ``model_dir`` (None = the shipped default).
 
         ``threads``: CPU threads of one :meth:`predict` call (2 = the two cores of a small machine). A call's
         patches are split into ``threads`` chunks run at the same time through one onnxruntime session, each run
         single-threaded (intra-op threads = 1, no spinning): for a network this small, data parallelism costs
         less CPU than splitting every operator across threads (measured: +15–55 % CPU for 2 intra-op threads).
+        ``batch_size``: most patches per network run (None = the card's ``batch_size``, else 128).
         Raises :class:`MicrometsError` naming the file when the folder, ONNX file or card is missing or invalid.
         """
         ort = import_onnxruntime()
@@ -167,8 +191,8 @@ class Detector:
         missing = [key for key in _REQUIRED if key not in card]
         if missing:
             raise MicrometsError(f"{card_path}: model card lacks {', '.join(missing)}")
-        if card["output"] not in ("softmax", "sigmoid"):
-            raise MicrometsError(f"{card_path}: output must be 'softmax' or 'sigmoid', not {card['output']!r}")
+        if card["output"] not in OUTPUTS:
+            raise MicrometsError(f"{card_path}: output must be {', '.join(map(repr, OUTPUTS))}, not {card['output']!r}")
         opts = ort.SessionOptions()
         opts.log_severity_level = ORT_LOG_SEVERITY
         opts.intra_op_num_threads = 1
@@ -180,7 +204,7 @@ class Detector:
             session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for broken files
             raise MicrometsError(f"{onnx_path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
-        return cls(folder, card, session, threads)
+        return cls(folder, card, session, threads, batch_size)
 
     @property
     def cell_um(self) -> float:
@@ -304,6 +328,8 @@ class Detector:
         """Tumour probability of raw uint8 RGB patches (no tissue filter)."""
         out = self._session.run(None, {self._input_name: self._input(rgb)})[0].astype(np.float32)
         k = int(self.card["tumour_class_index"])
+        if self.card["output"] == "probabilities":
+            return out[:, k]
         if self.card["output"] == "softmax":
             out = out - out.max(axis=1, keepdims=True)
             e = np.exp(out)

@@ -16,7 +16,7 @@ from micromets.cli import bench  # noqa: F401,E402
 from micromets.cli import case  # noqa: F401,E402
 from micromets.cli import batch, results, threshold  # noqa: F401,E402
 from micromets.cli import report, view  # noqa: F401,E402
-from micromets.cli import models  # noqa: F401,E402
+from micromets.cli import models, import_model  # noqa: F401,E402
 
 
 def _paragraphs(doc: str) -> str:

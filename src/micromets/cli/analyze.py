@@ -20,6 +20,8 @@ def analyze(
     model: Optional[Path] = typer.Option(None, "--model", callback=validate.MODEL, help="An installed model by name (see micromets models) or a folder with model.onnx + model.json (default: the bundled model)."),
     threshold: Optional[float] = typer.Option(None, "--threshold", callback=validate.PROBABILITY, help="Tumour probability above which a heatmap cell is tumour (default: the model card's)."),
     gap_um: float = typer.Option(75.0, "--gap-um", callback=validate.NON_NEGATIVE, help="Deposits closer than this (µm) form one lesion (CAMELYON: 75 µm ≈ 5 tumour cells)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", callback=validate.COUNT, help="Most patches per inference run (default: the model card's batch_size, 128 for the bundled models); results do not depend on it."),
+    threads: int = typer.Option(2, "--threads", callback=validate.COUNT, help="CPU threads of inference: patches are split into this many chunks run at once (default 2)."),
     mode: str = typer.Option("thorough", "--mode", callback=validate.DETECTOR_MODE, help="thorough (default): the fine model (≈0.5 µm/px) over all tissue. fast: a coarse screen at 2 µm/px over all tissue (the model card of src/micromets/models/coarse), then the fine model (≈0.5 µm/px) on the screen's candidates and, cell by cell, over the whole of every region it finds tumour in (those lesions are measured exactly as in thorough mode); faster, but a deposit the screen misses is lost, and isolated tumour cells (< 0.2 mm) are easily missed, so fast mode can miss ITC. result.json records the mode."),
 ) -> None:
     """Find and measure tumour deposits in each slide.
@@ -41,8 +43,8 @@ def analyze(
     from micromets.model import Detector, coarse_model_dir
 
     console = Console(stderr=True)
-    detector = Detector.load(model)
-    screen = Detector.load(coarse_model_dir(), threads=detector.threads) if mode == "fast" else None
+    detector = Detector.load(model, threads=threads, batch_size=batch_size)
+    screen = Detector.load(coarse_model_dir(), threads=threads, batch_size=batch_size) if mode == "fast" else None
     failed = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[patches]}"),
                   TimeElapsedColumn(), console=console) as bar:

@@ -17,9 +17,10 @@ def models(
 ) -> None:
     """List the installed detectors, or print one model's card.
 
-    Each installed model is a folder under micromets/models with model.onnx and its card model.json; its folder
-    name is what --model takes (analyze, case, batch, bench, score-tiles). The list gives each one's card name and
-    version, classes (and which one is the tumour class), the resolution (µm/px) and patch size (px) it looks at,
+    Each installed model is a folder under micromets/models, or under the user models folder ($MICROMETS_MODELS,
+    else ~/.local/share/micromets/models: micromets import-model and fetch-model install there), with model.onnx
+    and its card model.json; its folder name is what --model takes (analyze, case, batch, bench, score-tiles).
+    The list gives each one's card name and version, classes (and which one is the tumour class), the resolution (µm/px) and patch size (px) it looks at,
     its licence and, when the card has one, its held-out headline. With NAME, that card is printed as JSON.
     """
     from micromets.errors import MicrometsError
@@ -47,6 +48,8 @@ def models(
         typer.echo(f"  classes: {', '.join(map(str, classes))} (tumour class: {tumour})")
         typer.echo(f"  input: {card.get('input_mpp')} µm/px, {card.get('patch_px')} px patches")
         typer.echo(f"  licence: {card.get('licence', 'not stated in its card')}")
+        if folder.parent.resolve() != default_model_dir().parent.resolve():
+            typer.echo(f"  user model: {folder}")
         headline = held_out_headline(card)
         if headline:
             typer.echo(f"  {headline}")

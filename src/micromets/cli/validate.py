@@ -195,3 +195,71 @@ IN_FILE = _path_check(not_blocking)
 OUT_FOLDER = _path_check(writable_folder)
 #: An output file (missing folders above it are created).
 OUT_FILE = _path_check(writable_file)
+
+
+def _new_model_name(param: typer.CallbackParam, value):
+    import re
+
+    from micromets.model import installed_models
+
+    if value is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise MicrometsError(f"{option_name(param)} {value!r}: use letters, digits, '.', '_' and '-' only")
+        if value in installed_models():
+            raise MicrometsError(f"{option_name(param)} {value}: a model of that name is installed already "
+                                 f"({installed_models()[value]})")
+    return value
+
+
+#: The name of a model about to be installed: a folder name, not one already taken (see micromets models).
+NEW_MODEL_NAME = _new_model_name
+
+
+def _words(param: typer.CallbackParam, value):
+    if value is None:
+        return None
+    words = [w.strip() for w in value.split(",")]
+    if len(words) < 2 or not all(words) or len(set(words)) != len(words):
+        raise MicrometsError(f"{option_name(param)} {value!r}: give two or more distinct names, comma-separated")
+    return words
+
+
+#: A comma-separated list of two or more distinct names (the option's value becomes the list).
+WORDS = _words
+
+
+def numbers(count: int, low: float | None = None, *, low_open: bool = False) -> Callable:
+    """A callback turning ``"a,b,c"`` into ``count`` finite numbers, each checked as by :func:`in_range`."""
+    each = in_range(low, low_open=low_open)
+
+    def check(param: typer.CallbackParam, value):
+        if value is None:
+            return None
+        try:
+            parsed = [float(v) for v in value.split(",")]
+        except ValueError:
+            parsed = []
+        if len(parsed) != count:
+            raise MicrometsError(f"{option_name(param)} {value!r}: give {count} numbers, comma-separated")
+        return each(param, parsed)
+
+    return check
+
+
+#: A per-channel (R,G,B) mean and standard deviation of the pixel scaling.
+RGB_MEAN = numbers(3)
+RGB_STD = numbers(3, 0, low_open=True)
+
+
+def _sha256(param: typer.CallbackParam, value):
+    import re
+
+    if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise MicrometsError(f"{option_name(param)} {value!r}: a sha256 is 64 hexadecimal digits")
+    return value
+
+
+#: A sha256 digest (64 hex digits).
+SHA256 = _sha256
+#: A count that must be at least 1 (batch size, threads).
+COUNT = in_range(1)
