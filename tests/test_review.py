@@ -6,10 +6,12 @@ import io
 import json
 import shutil
 import time
+import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
 
+from micromets.annotations import read_asap_xml
 from micromets.errors import MicrometsError
 from micromets.report import render_report_html
 from micromets import review
@@ -90,6 +92,11 @@ def test_review_flow_changes_the_stage_logs_every_step_survives_a_restart_and_fr
         drawn = next(f for f in geo["features"] if f.get("id") == "drawn:1")
         assert drawn["properties"]["classification"]["name"] == "micro"
         assert drawn["geometry"]["coordinates"][0][0][0] == drawn["geometry"]["coordinates"][0][0][-1]
+        xml = case_copy.parent / "node2.xml"  # the decisions as ASAP XML, grouped by decided class
+        xml.write_bytes(httpx.get(f"{base}/api/cases/{case}/review/node2.xml").content)
+        groups = {a.get("Name"): a.get("PartOfGroup") for a in ET.parse(xml).iter("Annotation")}
+        assert groups["lesion:1"] == "rejected"
+        assert "lesion:1" in read_asap_xml(xml).tumour_names  # and ASAP's reader takes the outline back
         report = httpx.get(f"{base}/api/cases/{case}/report", timeout=120).text
     assert 'class="stage-proposed"><b>pN1mi' in report and 'class="stage-decided"><b>pN1mi' in report
     assert "reject slide node2 lesion:1" in report and "reclassify slide node3 lesion:1 → micro" in report

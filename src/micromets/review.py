@@ -254,6 +254,20 @@ def export_csv(state: dict) -> str:
     return buf.getvalue()
 
 
+def export_asap_xml(state: dict, slide: str) -> bytes:
+    """The slide's findings as ASAP XML (level-0 pixels): each outline named by its finding id, in the group of
+    its decided class (itc / micro / macro / rejected …), so ASAP shows what the pathologist decided."""
+    import io
+
+    from micromets.annotations import write_asap_xml
+
+    rows = state["findings"].get(slide, [])
+    outlines = [shapely.MultiPolygon([shapely.Polygon(ring) for ring in r["l0_outline"]]) for r in rows]
+    buf = io.BytesIO()
+    write_asap_xml(buf, outlines, names=[r["finding"] for r in rows], groups=[r["decided"] for r in rows])
+    return buf.getvalue()
+
+
 def export_geojson(state: dict, slide: str) -> dict:
     """The slide's findings (decided class as QuPath classification) and saved rulers, level-0 pixels."""
     feats = []

@@ -14,7 +14,8 @@ Routes (``KEY`` is a catalogue key, see :mod:`micromets.viewer.catalog`; nothing
   (:mod:`micromets.review`); ``POST`` the same URL with one decision (JSON) to append it to the case's
   ``review.jsonl`` (409 once signed out, 400 for a bad decision; only ``application/json`` from this origin,
   so another web site cannot post); ``GET /api/cases/CASE/review.csv`` and
-  ``GET /api/cases/CASE/review/SLIDE_ID.geojson`` export the decisions (QuPath reads the GeoJSON);
+  ``GET /api/cases/CASE/review/SLIDE_ID.geojson`` export the decisions (QuPath reads the GeoJSON), and
+  ``…/SLIDE_ID.xml`` the same outlines as ASAP XML (grouped by decided class);
   ``GET /api/cases/CASE/report`` renders the case report with the review. Nothing but ``review.jsonl`` and, at
   sign-out, ``report.html`` / ``report.pdf`` of the case is written; slides are only read.
 - ``GET /dzi/KEY/slide.dzi`` and ``GET /dzi/KEY/slide_files/LEVEL/COL_ROW.jpeg`` — Deep Zoom descriptor and tiles.
@@ -238,6 +239,13 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None,
         if slide_id not in state["findings"]:
             raise HTTPException(status_code=404, detail="no such slide in this case")
         return JSONResponse(review.export_geojson(state, slide_id), media_type="application/geo+json")
+
+    @app.get("/api/cases/{case_key}/review/{slide_id}.xml")
+    def api_review_asap(case_key: str, slide_id: str) -> Response:
+        state = review.review_state(case_dir(case_key))
+        if slide_id not in state["findings"]:
+            raise HTTPException(status_code=404, detail="no such slide in this case")
+        return Response(review.export_asap_xml(state, slide_id), media_type="application/xml")
 
     @app.get("/api/cases/{case_key}/report")
     def api_report(case_key: str) -> HTMLResponse:
