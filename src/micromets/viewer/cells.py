@@ -48,6 +48,7 @@ def lesion_cells_geojson(slide_path: str, l0_mpp: float, lesion: dict) -> dict:
         r, c = region.centroid
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [
             round(x0 + (c + 0.5) / scale, 1), round(y0 + (r + 0.5) / scale, 1)]},
-            "properties": {"nuclei": nuclei, "area_um2": round(area_um2, 1)}})
+            "properties": {"objectType": "detection", "classification": {"name": "Nucleus"},  # QuPath detections
+                           "nuclei": nuclei, "area_um2": round(area_um2, 1)}})
     return base | {"features": features,
                    "properties": base["properties"] | {"n_cells": sum(f["properties"]["nuclei"] for f in features)}}
