@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -349,3 +351,14 @@ def test_batch_rule_and_its_old_spelling_stage_alike(tmp_path, slides):
         assert got.exit_code == 0, got.output
         staged.append(json.loads((out / "p1" / "case.json").read_text()))
     assert [c["stage_mode"] for c in staged] == ["ajcc8", "camelyon17", "ajcc8"] and staged[0] == staged[2]
+
+
+def test_the_batch_progress_line_fits_80_columns_whole(tmp_path):
+    """At 80 columns the elapsed time was cut to '0:00:…'."""
+    slide = Path(__file__).parents[1] / "src" / "micromets" / "data" / "demo" / "slides" / "node1.tiff"
+    env = dict(os.environ, COLUMNS="80", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    done = subprocess.run([sys.executable, "-m", "micromets", "batch", str(slide), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    bar = next(line for line in done.stderr.splitlines() if line.startswith("batch "))
+    assert "…" not in bar and len(bar) <= 80 and "1/1" in bar and "1 done" in bar
