@@ -233,19 +233,22 @@ def create_app(results_dir: str | Path, tile_server: TileServer | None = None,
     def api_review_csv(case_key: str) -> Response:
         return Response(review.export_csv(review.review_state(case_dir(case_key))), media_type="text/csv")
 
-    @app.get("/api/cases/{case_key}/review/{slide_id}.geojson")
-    def api_review_geojson(case_key: str, slide_id: str) -> JSONResponse:
+    def slide_review(case_key: str, slide_id: str) -> dict:
+        """The case's review state, 404 unless ``slide_id`` is one of its slides (for the per-slide exports)."""
         state = review.review_state(case_dir(case_key))
         if slide_id not in state["findings"]:
             raise HTTPException(status_code=404, detail="no such slide in this case")
-        return JSONResponse(review.export_geojson(state, slide_id), media_type="application/geo+json")
+        return state
+
+    @app.get("/api/cases/{case_key}/review/{slide_id}.geojson")
+    def api_review_geojson(case_key: str, slide_id: str) -> JSONResponse:
+        return JSONResponse(review.export_geojson(slide_review(case_key, slide_id), slide_id),
+                            media_type="application/geo+json")
 
     @app.get("/api/cases/{case_key}/review/{slide_id}.xml")
     def api_review_asap(case_key: str, slide_id: str) -> Response:
-        state = review.review_state(case_dir(case_key))
-        if slide_id not in state["findings"]:
-            raise HTTPException(status_code=404, detail="no such slide in this case")
-        return Response(review.export_asap_xml(state, slide_id), media_type="application/xml")
+        return Response(review.export_asap_xml(slide_review(case_key, slide_id), slide_id),
+                        media_type="application/xml")
 
     @app.get("/api/cases/{case_key}/report")
     def api_report(case_key: str) -> HTMLResponse:
