@@ -351,16 +351,17 @@ def check_l0_mpp(l0_mpp: float, where: str) -> float:
     return l0_mpp
 
 
-def check_not_special_file(path: Path) -> os.stat_result:
-    """``os.stat(path)``, or MicrometsError when ``path`` is missing or a FIFO, socket or device: opening one
-    can block forever (a FIFO waits for a writer), so no command ever opens one as a slide."""
+def check_not_special_file(path: Path, what: str | None = None) -> os.stat_result:
+    """``os.stat(path)``, or MicrometsError (naming ``what``, default the path) when ``path`` is missing or a FIFO,
+    socket or device: opening one can block forever (a FIFO waits for a writer), so no command ever opens one, as
+    a slide or as any other input (:data:`micromets.cli.validate.IN_FILE`)."""
     try:
         st = os.stat(path)
     except OSError as err:
-        raise MicrometsError(f"{path}: cannot read slide file ({err.strerror})") from err
+        raise MicrometsError(f"{what or path}: cannot read slide file ({err.strerror})") from err
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise MicrometsError(f"{path}: is not a regular file (FIFO, socket or device); not opened, as reading "
-                             "one can block forever")
+        raise MicrometsError(f"{what or path}: is not a regular file (FIFO, socket or device); not opened, as "
+                             "reading one can block forever")
     return st
 
 

@@ -84,6 +84,8 @@ def _l0_mpp(param: typer.CallbackParam, value):
 
 #: A slide's level-0 resolution in µm/px: only what a scanner gives (:data:`micromets.slide.PLAUSIBLE_MPP`).
 L0_MPP = _l0_mpp
+
+
 def _model(param: typer.CallbackParam, value):
     from micromets.model import resolve_model_dir
 
@@ -113,6 +115,8 @@ def renamed(value, old_value, name: str, old_name: str, default=None):
                              "name)")
     typer.echo(f"micromets: note: {old_name} is now {name}", err=True)
     return old_value
+
+
 #: Node classes (AJCC 8 / CAMELYON17 labels).
 NODE_CLASS = one_of(*NODE_CLASSES)
 
@@ -177,15 +181,16 @@ def _path_check(test: Callable[[Path, str], Path]) -> Callable:
 
 
 def not_blocking(path: Path, what: str | None = None) -> Path:
-    """Refuse an existing ``path`` that is a FIFO, socket or device: reading one can block forever. A missing path
-    or a folder passes (the command names those in its own words)."""
+    """Refuse an existing ``path`` that is a FIFO, socket or device (:func:`micromets.slide.check_not_special_file`,
+    the one rule for slides and every other input): reading one can block forever. A missing path or a folder
+    passes (the command names those in its own words)."""
     try:
-        mode = os.stat(path).st_mode
+        os.stat(path)
     except OSError:
         return path
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise MicrometsError(f"{what or path}: is not a regular file (FIFO, socket or device); not opened, as "
-                             "reading one can block forever")
+    from micromets.slide import check_not_special_file  # slide imports OpenSlide: only when the option is given
+
+    check_not_special_file(path, what)
     return path
 
 
@@ -205,9 +210,9 @@ def _new_model_name(param: typer.CallbackParam, value):
     if value is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
             raise MicrometsError(f"{option_name(param)} {value!r}: use letters, digits, '.', '_' and '-' only")
-        if value in installed_models():
-            raise MicrometsError(f"{option_name(param)} {value}: a model of that name is installed already "
-                                 f"({installed_models()[value]})")
+        taken = installed_models().get(value)
+        if taken is not None:
+            raise MicrometsError(f"{option_name(param)} {value}: a model of that name is installed already ({taken})")
     return value
 
 
