@@ -286,7 +286,6 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
         if stain == "he":
             from micromets.heatmap import compute_heatmap, compute_heatmap_fast
             from micromets.model import Detector, coarse_model_dir
-
             from micromets.ood import ood_checks
 
             detector = detector or Detector.load()

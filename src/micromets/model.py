@@ -85,7 +85,7 @@ def installed_models() -> dict[str, Path]:
     then those of :func:`user_models_dir` (the folder's name is the model's name on the command line,
     ``--model NAME``; a bundled model's name is never shadowed by a user's)."""
     found: dict[str, Path] = {}
-    for root in (Path(__file__).resolve().parent / "models", user_models_dir()):
+    for root in (default_model_dir().parent, user_models_dir()):
         if root.is_dir():
             for p in sorted(root.iterdir()):
                 if (p / "model.json").is_file() and (p / "model.onnx").is_file():

@@ -8,6 +8,7 @@ import typer
 
 from micromets.cli import validate
 from micromets.cli.app import app
+from micromets.words import counted
 
 
 @app.command("models")
@@ -36,7 +37,7 @@ def models(
         typer.echo(json.dumps(card_of(name), indent=2, ensure_ascii=False))
         return
     installed = installed_models()
-    typer.echo(f"{len(installed)} installed model{'s' if len(installed) != 1 else ''} "
+    typer.echo(f"{counted(len(installed), 'installed model')} "
                f"(micromets models NAME prints a card; --model NAME uses one)", err=True)
     for folder_name, folder in installed.items():
         card = card_of(folder)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 
 from micromets.rules import ajcc8, camelyon17
+from micromets.words import counted
 
 CONVENTIONS = {"ajcc8": "AJCC 8th edition", "camelyon17": "CAMELYON17"}
 STAIN_METHODS = {"he": "H&E", "ihc": "IHC (cytokeratin)"}
@@ -51,11 +52,11 @@ def _in_convention(result: dict, mode: str) -> dict:
 
 def _methods(case: dict, results: dict[str, dict]) -> str:
     stains = [results[s].get("stain", "he") for n in case["nodes"] for s in n["slides"] if s in results]
-    parts = [f"{STAIN_METHODS.get(stain, stain)} ({stains.count(stain)} slide{'s' if stains.count(stain) > 1 else ''})"
+    parts = [f"{STAIN_METHODS.get(stain, stain)} ({counted(stains.count(stain), 'slide')})"
              for stain in dict.fromkeys(stains)]
     n_osna = sum(n.get("osna_copies_per_ul") is not None for n in case["nodes"])
     if n_osna:
-        parts.append(f"OSNA CK19 mRNA ({n_osna} node{'s' if n_osna > 1 else ''})")
+        parts.append(f"OSNA CK19 mRNA ({counted(n_osna, 'node')})")
     return ", ".join(parts) or "none"
 
 
