@@ -105,12 +105,30 @@ def score_images(model, ts: TissueSet, image_ids: list[int], patch_px: int = 96)
             crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in _grid(h, w, patch_px, patch_px // 2)
                               if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05] or
                              [center_crop(rgb, patch_px)])
-        if isinstance(model, nn.Module):
-            out[i] = carcinoma_probability(model, crops)
-        else:
-            model.set_stain_reference(crops)
-            out[i] = model.predict(crops)
+        out[i] = _probability(model, crops, stain_from=crops)
     return out
+
+
+def _probability(model, crops: np.ndarray, stain_from: np.ndarray | None = None) -> np.ndarray:
+    """Carcinoma probability of ``crops`` by a torch module or a :class:`micromets.model.Detector` (its stain
+    vectors estimated from ``stain_from``; None: per predict batch)."""
+    if isinstance(model, nn.Module):
+        return carcinoma_probability(model, crops)
+    model.set_stain_reference(stain_from)
+    return model.predict(crops)
+
+
+def labelled_window_scores(model, ts: TissueSet, labelled: list[int], patch_px: int) -> dict[int, float]:
+    """The carcinoma probability of each annotated carcinoma window in ``labelled`` (its centre crop)."""
+    if not labelled:
+        return {}
+    crops = np.stack([center_crop(window_pixels(ts, k), patch_px) for k in labelled])
+    return dict(zip(labelled, _probability(model, crops)))
+
+
+def is_carcinoma_source(source: str) -> bool:
+    """Whether a source holds carcinoma (its images are judged on finding it) or only normal tissue."""
+    return "carcinoma" in source or source == "c16_tumour"
 
 
 def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5) -> dict:
@@ -122,11 +140,7 @@ def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5) -> dict:
     ids = sorted({w.image for w in ts.windows})
     image_scores = score_images(detector, ts, ids, detector.patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if w.label == CARCINOMA]
-    window_scores = {}
-    if labelled:
-        crops = np.stack([center_crop(window_pixels(ts, k), detector.patch_px) for k in labelled])
-        detector.set_stain_reference(None)
-        window_scores = dict(zip(labelled, detector.predict(crops)))
+    window_scores = labelled_window_scores(detector, ts, labelled, detector.patch_px)
     table = source_report(ts, image_scores, window_scores, threshold)
     c16 = [(int(ts.images[i].source == "c16_tumour"), float(image_scores[i][0])) for i in ids
            if ts.images[i].source.startswith("c16")]
@@ -154,7 +168,7 @@ def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_sco
             r["labelled_carcinoma_found"] += int(score >= threshold)
     out = {}
     for source, r in sorted(rows.items()):
-        carcinoma = "carcinoma" in source or source == "c16_tumour"
+        carcinoma = is_carcinoma_source(source)
         out[source] = {
             "kind": "carcinoma" if carcinoma else "normal", "images": r["images"],
             ("share_images_found" if carcinoma else "share_images_called_tumour"):
@@ -176,7 +190,7 @@ def operating_point(ts: TissueSet, image_scores: dict[int, np.ndarray], window_s
     normal, carcinoma = defaultdict(list), defaultdict(list)
     for i, scores in image_scores.items():
         source = ts.images[i].source
-        if not ("carcinoma" in source or source == "c16_tumour"):
+        if not is_carcinoma_source(source):
             normal[source].append(scores)
     for k, score in window_scores.items():
         carcinoma[ts.images[ts.windows[k].image].source].append(score)
@@ -204,8 +218,7 @@ def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96
     held_images = sorted({w.image for w, k in zip(ts.windows, keep) if not k})
     image_scores = score_images(model, ts, held_images, patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
-    crops = np.stack([center_crop(window_pixels(ts, k), patch_px) for k in labelled]) if labelled else None
-    window_scores = dict(zip(labelled, carcinoma_probability(model, crops))) if labelled else {}
+    window_scores = labelled_window_scores(model, ts, labelled, patch_px)
     c16 = [{"name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
             "probability": float(image_scores[i][0])} for i in held_images if ts.images[i].source.startswith("c16")]
     return {"fold": fold, "seed": seed, "image_scores": image_scores, "window_scores": window_scores,
