@@ -61,6 +61,26 @@ def test_result_records_the_slide_files_sha256(tmp_path):
     assert result["ood"]["flagged"] is False  # a (phantom) lymph node in the reference stain
 
 
+def test_he_deposit_cells_are_tumour_nuclei_inside_the_true_deposit(tmp_path):
+    """Issue 15: demo node 3's 21 'cells' sat on lymphocytes around the tumour cluster and were written nowhere; now
+    the counted tumour nuclei are QuPath detections in cells.geojson, as many as the lesion's n_cells, and lie in
+    the phantom's true deposit (its ground-truth outline, 10 µm of tolerance)."""
+    from micromets.analyze import analyze_slide
+
+    slide = REPO / "demo" / "slides" / "node3.tiff"
+    result = analyze_slide(slide, tmp_path / "out")
+    (lesion,) = result["lesions"]
+    cells = json.loads((tmp_path / "out" / "node3" / "cells.geojson").read_text())["features"]
+    assert len(cells) == lesion["n_cells"] == result["n_cells_total"] >= 5
+    assert {f["properties"]["classification"]["name"] for f in cells} == {"Tumour nucleus"}
+    assert result["model"]["nuclei"]["name"] == "micromets-tumour-nuclei"
+    truth = shapely.union_all([shapely.from_geojson(json.dumps(f["geometry"])) for f in
+                               json.loads(slide.with_suffix(".geojson").read_text())["features"]])
+    xy = np.array([f["geometry"]["coordinates"] for f in cells])
+    inside = shapely.contains_xy(truth.buffer(10.0 / result["l0_mpp"]), xy[:, 0], xy[:, 1])
+    assert inside.mean() >= 0.8, inside
+
+
 def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
     done = micromets("analyze", shared_data / "slides" / "cmu_small_region.svs", "--out", tmp_path)
     assert done.returncode == 0, done.stderr

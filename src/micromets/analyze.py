@@ -48,6 +48,8 @@ CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+#: Surroundings read with a deposit for its cell count (µm): the classifier's field is 16 µm.
+CELL_CONTEXT_UM = 20.0
 #: An iso-line outline less than this across (maximum Feret diameter, µm; about one tumour-cell nucleus) is no
 #: deposit: it is the iso-line closing round a lone heatmap cell that barely reaches the threshold (demo node 3: a
 #: cell at 0.5007 gave a 0.2 µm "candidate" of area 0). Such outlines are dropped before lesions are grouped.
@@ -97,22 +99,33 @@ def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: 
     return patches[np.sort(np.argsort(-haematoxylin, kind="stable")[:n_patches])]
 
 
-def _count_cells_he(slide: Slide, lesion: LesionMeasure) -> int | None:
-    """Nuclei inside an H&E lesion, counted on the haematoxylin channel at CELL_COUNT_MPP."""
-    from micromets.cells import count_nuclei
+def deposit_tumour_nuclei(slide: Slide, outline_l0) -> np.ndarray:
+    """Level-0 (x, y) centres of the tumour nuclei inside an H&E deposit's outline (:mod:`micromets.cells`): its
+    bounding box, with ``CELL_CONTEXT_UM`` of surroundings for the classifier's fields and the stain estimate, read
+    at ``CELL_COUNT_MPP``; a nucleus counts when its centre lies inside the outline."""
+    from micromets.cells import tumour_nuclei
     from skimage.draw import polygon as draw_polygon
 
-    if lesion.diameter_mm > CELL_COUNT_MAX_MM:
-        return None
-    x0, y0, x1, y1 = (int(v) for v in np.round(lesion.geometry_l0.bounds))
+    margin_l0 = CELL_CONTEXT_UM / slide.l0_mpp
+    x0, y0, x1, y1 = np.round(np.asarray(outline_l0.bounds) + [-margin_l0, -margin_l0, margin_l0, margin_l0])
+    x0, y0 = max(0, int(x0)), max(0, int(y0))
+    x1, y1 = min(slide.l0_width, int(x1)), min(slide.l0_height, int(y1))
     rgb = slide.read_at_mpp(x0, y0, max(1, x1 - x0), max(1, y1 - y0), CELL_COUNT_MPP)
     scale = slide.l0_mpp / CELL_COUNT_MPP
     mask = np.zeros(rgb.shape[:2], bool)
-    for part in shapely.get_parts(lesion.geometry_l0):
+    for part in shapely.get_parts(outline_l0):
         ring = np.asarray(part.exterior.coords)
         rr, cc = draw_polygon((ring[:, 1] - y0) * scale, (ring[:, 0] - x0) * scale, mask.shape)
         mask[rr, cc] = True
-    return int(count_nuclei(rgb, CELL_COUNT_MPP, mask))
+    found = tumour_nuclei(rgb, CELL_COUNT_MPP, mask)
+    return (found.xy_px + 0.5) / scale + [x0, y0]
+
+
+def _nuclei_model_info() -> dict:
+    from micromets.cells import model_card
+
+    card = model_card()
+    return {"name": card["name"], "version": card["version"]}
 
 
 def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells: list[int | None],
@@ -180,10 +193,11 @@ def _lesions_asap_xml(path: Path, collection: dict) -> None:
                    groups=["Tumor" if f["properties"]["confirmed"] else "Candidate" for f in features])
 
 
-def _cells_geojson(cells_l0: np.ndarray) -> dict:
-    """QuPath detections: one Point per DAB-positive tumour cell (level-0 px)."""
+def _cells_geojson(cells_l0: np.ndarray, classification: str) -> dict:
+    """QuPath detections: one Point per counted tumour cell (level-0 px): DAB-positive cells of an IHC slide, tumour
+    nuclei of the counted deposits of an H&E slide (those up to ``CELL_COUNT_MAX_MM``)."""
     features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(float(x), 1), round(float(y), 1)]},
-                 "properties": {"objectType": "detection", "classification": {"name": "Cytokeratin+ cell"}}}
+                 "properties": {"objectType": "detection", "classification": {"name": classification}}}
                 for x, y in cells_l0]
     return {"type": "FeatureCollection", "features": features}
 
@@ -317,11 +331,16 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
                                               [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
-            n_cells = [_count_cells_he(slide, m) for m in measures]
+            cells_he = [deposit_tumour_nuclei(slide, m.geometry_l0) if m.diameter_mm <= CELL_COUNT_MAX_MM else None
+                        for m in measures]
+            n_cells = [None if c is None else len(c) for c in cells_he]
             model_info = {"name": detector.name, "version": detector.version}
+            model_info["nuclei"] = _nuclei_model_info()
             if mode == "fast":
                 model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
-            cells_xy = None
+            counted = [c for c in cells_he if c is not None]
+            cells_xy = np.concatenate(counted) if counted else np.zeros((0, 2))
+            cells_class = "Tumour nucleus"
         else:
             from micromets.ihc import analyze_ihc
 
@@ -332,6 +351,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             unconfirmed, dropped = [], []
             measures = measure_lesions([c["geometry_l0"] for c in findings.clusters], slide.l0_mpp, gap_um)
             cells_xy = findings.cells_l0
+            cells_class = "Cytokeratin+ cell"
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
@@ -365,8 +385,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
         }
         overlay = render_overlay(slide, heatmap, records, threshold)
         geojson = {"lesions.geojson": _lesions_geojson(measures, records, slide.l0_mpp, dropped, unconfirmed)}
-        if cells_xy is not None:
-            geojson["cells.geojson"] = _cells_geojson(cells_xy)
-            result["n_cells_total"] = int(len(cells_xy))
+        geojson["cells.geojson"] = _cells_geojson(cells_xy, cells_class)
+        result["n_cells_total"] = int(len(cells_xy))
     _write_outputs(Path(out_dir), folder or slide.slide_id, result, heatmap, overlay, geojson)
     return result

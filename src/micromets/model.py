@@ -81,16 +81,26 @@ def user_models_dir() -> Path:
 
 
 def installed_models() -> dict[str, Path]:
-    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx,
+    """The installed detectors by name: every folder under ``micromets/models`` holding model.json and model.onnx
+    (except helper models, :func:`_is_detector`),
     then those of :func:`user_models_dir` (the folder's name is the model's name on the command line,
     ``--model NAME``; a bundled model's name is never shadowed by a user's)."""
     found: dict[str, Path] = {}
     for root in (default_model_dir().parent, user_models_dir()):
         if root.is_dir():
             for p in sorted(root.iterdir()):
-                if (p / "model.json").is_file() and (p / "model.onnx").is_file():
+                if (p / "model.json").is_file() and (p / "model.onnx").is_file() and _is_detector(p):
                     found.setdefault(p.name, p)
     return found
+
+
+def _is_detector(model_dir: Path) -> bool:
+    """False for a bundled helper model that is no tissue detector (card ``kind``, e.g. the nucleus classifier of
+    the H&E cell count, ``models/nuclei``); an unreadable card is listed (loading it says what is wrong)."""
+    try:
+        return json.loads((model_dir / "model.json").read_text()).get("kind", "detector") == "detector"
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def resolve_model_dir(value: str | Path | None, what: str = "model") -> Path | None:

@@ -41,7 +41,7 @@ def _held_out_report(path: Path) -> dict:
 @app.command("train")
 def train(
     out: Path = typer.Option(..., "--out", "-o", callback=validate.OUT_FOLDER, help="Output model folder: model.onnx + model.json (the card)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="'tissue-classes': the bundled opt-in model src/micromets/models/tissue-classes (issue 14): 7 tissue classes from every source under --data-root (micromets.train.tissue_data; uses --out, --data-root, --steps, --width, --seed, --patch-px, --input-mpp, --name, --version, --held-out; held-out numbers: bench/tissue_heldout.py). 'lymph-node-he': the shipped default's binary recipe, data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="'tissue-classes': the bundled opt-in model src/micromets/models/tissue-classes (issue 14): 7 tissue classes from every source under --data-root (micromets.train.tissue_data; uses --out, --data-root, --steps, --width, --seed, --patch-px, --input-mpp, --name, --version, --held-out; held-out numbers: bench/tissue_heldout.py). 'lymph-node-he': the shipped default's binary recipe, data from --data-root (see micromets.train.recipes). 'coarse-screen': the 2 µm/px screening model of --mode fast (micromets.train.coarse; uses only --out, --data-root, --steps, --width, --seed, --name, --version). 'tumour-nuclei': the nucleus classifier of the H&E tumour-cell count, src/micromets/models/nuclei (micromets.train.nuclei; uses --out, --data-root, --steps, --width, --seed, --name, --version; run from the repository it measures the new model on the hand-counted tiles of bench/data)."),
     data_root: Path = typer.Option(Path("../shared/data"), "--data-root", help="Folder of the real data for --recipe."),
     folder: list[str] = typer.Option([], "--folder", help="Folder-per-class tiles as PATH@MPP (class folders tumor*/normal*; MPP = µm/px of the images). Repeatable."),
     idc: Optional[str] = typer.Option(None, "--idc", help="Breast IDC layout <patient>/<0|1>/*.png as PATH@MPP (≈4 µm/px)."),
@@ -87,6 +87,18 @@ def train(
                             log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
         return
+    if recipe == "tumour-nuclei":
+        from micromets.train.nuclei import train_nuclei
+
+        hand_counts = Path("bench/data/he_tumour_nuclei_hand.json")  # measured when run from the repository
+        hand_counts = hand_counts if hand_counts.is_file() else None
+
+        card = train_nuclei(data_root, out, steps=steps, width=width, seed=seed, name=name, version=version,
+                            command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+                            hand_counts=hand_counts,
+                            log=lambda msg: typer.echo(msg, err=True))
+        typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
+        return
     if recipe == "tissue-classes":
         from micromets.train import tissue_data, tissue_fit
 
@@ -100,7 +112,8 @@ def train(
         return
     if recipe is not None:
         if recipe != "lymph-node-he":
-            raise MicrometsError(f"--recipe {recipe!r}: choose 'lymph-node-he' or 'coarse-screen'")
+            raise MicrometsError(f"--recipe {recipe!r}: choose 'lymph-node-he', 'tissue-classes', 'tumour-nuclei' or "
+                                 "'coarse-screen'")
         if not (data_root / "camelyon16_patches").is_dir():
             raise MicrometsError(f"--data-root {data_root}: no camelyon16_patches folder there")
         samples += recipes.lymph_node_he(data_root, input_mpp, patch_px)
