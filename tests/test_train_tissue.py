@@ -46,6 +46,59 @@ def test_sampling_gives_each_half_half_and_each_source_an_equal_share_of_its_hal
     assert p[~keep].sum() == 0 and p[src == "b"].sum() == pytest.approx(0.5)
 
 
+def _flat(colour, shape=(120, 120)):
+    return np.full((*shape, 3), colour, np.uint8)
+
+
+def test_normal_composite_joins_two_windows_along_a_boundary_or_band():
+    """Every composite has a's shape and shows both windows (each over >= 5 % of the field) and nothing else but
+    the 1 px soft edge; bands stay within BAND_UM; the same generator state gives the same composite."""
+    lymphoid, stroma = _flat((60, 30, 120)), _flat((230, 150, 200), (224, 224))
+    rng = np.random.default_rng(0)
+    widths = []
+    for _ in range(200):
+        c = tf.normal_composite(lymphoid, stroma, rng, mpp=0.5)
+        assert c.shape == lymphoid.shape and c.dtype == np.uint8
+        is_a, is_b = (c == lymphoid[0, 0]).all(-1), (c == stroma[0, 0]).all(-1)
+        assert is_a.mean() >= 0.05 and is_b.mean() >= 0.05
+        assert (is_a | is_b).mean() > 0.9
+        widths.append(is_b.mean())
+    assert min(widths) < 0.3 < 0.6 < max(widths)   # thin bands and half-planes both occur
+    one = tf.normal_composite(lymphoid, stroma, np.random.default_rng(5))
+    np.testing.assert_array_equal(one, tf.normal_composite(lymphoid, stroma, np.random.default_rng(5)))
+
+
+def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
+    """Composites replace about COMPOSITE_SHARE of the normal windows, each = a parenchyma window + a window of a
+    non-parenchyma normal source, labelled ANY_NORMAL; carcinoma windows are never touched; deterministic per seed."""
+    colours = {"c16_tumour": (10, 200, 10), "crc_lymphoid": (60, 30, 120), "c16_normal": (90, 60, 160),
+               "crc_stroma": (230, 150, 200), "crc_fat": (250, 250, 250)}
+    images, windows = [], []
+    for source, label in (("c16_tumour", td.CARCINOMA), ("crc_lymphoid", 0), ("c16_normal", td.ANY_NORMAL),
+                          ("crc_stroma", 1), ("crc_fat", 2)):
+        images.append(Sample(_flat(colours[source]), label, source, source, source))
+        windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 120)
+    p = tf.sampling_weights(ts, np.ones(len(windows), bool))
+    pure = composite = 0
+    for seed in range(20):
+        out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
+        again, labels_again = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
+        assert all((x == y).all() for x, y in zip(out, again)) and (labels == labels_again).all()
+        for rgb, label in zip(out, labels):
+            values = {v for v in colours.values() if (rgb == v).all(-1).mean() >= 0.02}
+            if len(values) == 1:
+                pure += 1
+                continue
+            composite += 1
+            assert label == td.ANY_NORMAL and colours["c16_tumour"] not in values
+            assert len(values & {colours["crc_lymphoid"], colours["c16_normal"]}) == 1
+            assert len(values & {colours["crc_stroma"], colours["crc_fat"]}) == 1
+    assert composite / (pure + composite) == pytest.approx(0.5 * tf.COMPOSITE_SHARE, abs=0.03)
+    out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(0), composite_share=0.0)
+    assert all((rgb == rgb[0, 0]).all() for rgb in out)
+
+
 def test_folds_hold_out_disjoint_whole_groups():
     groups = [g for fold in td.FOLDS.values() for g in fold]
     assert len(groups) == len(set(groups))

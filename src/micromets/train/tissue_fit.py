@@ -6,6 +6,14 @@ a window labelled :data:`~micromets.train.tissue_data.ANY_NORMAL` the cross-entr
 (``-log Σ p_normal classes``). Each batch is half carcinoma, half normal windows; within each half every source
 (:attr:`Sample.source`) has an equal share. Augmentation as the binary recipe (:mod:`micromets.train.augment`).
 
+Normal composites (:func:`normal_composite`): every normal training window of a source is pure tissue of one kind, but
+in a node the capsule, trabeculae and perinodal fat lie *against* the lymphoid parenchyma; a field straddling such
+a border (dense small nuclei beside a pink fibrous band) was never shown as normal and looks like nests in stroma.
+A share :data:`COMPOSITE_SHARE` of the normal half of each batch is therefore a window of node parenchyma
+(:data:`PARENCHYMA`) joined to a window of another normal source (stroma, fat, muscle / vessel, debris, glass, PCam
+hard negative, normal breast) along a straight or gently curved boundary, or crossed by a band of it
+(:data:`BAND_UM`), labelled :data:`~micromets.train.tissue_data.ANY_NORMAL`. Carcinoma windows are never composited.
+
 Held-out protocol (:func:`held_out_report`): for each fold of :data:`~micromets.train.tissue_data.FOLDS` a model is
 trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BACH slide, BreCaHAD, a colorectal
 tile set, a third of the PCam hard negatives, a CAMELYON17 centre) and scores every window of them. Per source:
@@ -34,6 +42,12 @@ from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, 
                                          _stained)
 
 TISSUE_STAIN_JITTER = (0.5, 0.1)
+#: share of the normal half of a batch that is a composite of two normal windows (module docstring)
+COMPOSITE_SHARE = 0.3
+#: normal sources that are node parenchyma: one side of every composite
+PARENCHYMA = ("crc_lymphoid", "c16_normal", "c17_negative")
+#: width of a band of the other tissue laid across the parenchyma (a capsule or trabecula), and the share of bands
+BAND_UM, BAND_SHARE = (10.0, 40.0), 0.4
 
 
 def sampling_weights(ts: TissueSet, keep: np.ndarray) -> np.ndarray:
@@ -63,20 +77,74 @@ def window_pixels(ts: TissueSet, index: int) -> np.ndarray:
     return ts.images[w.image].rgb[w.y:w.y + ts.size, w.x:w.x + ts.size]
 
 
+def normal_composite(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, mpp: float = 0.5) -> np.ndarray:
+    """Window ``a`` (node parenchyma) with part of window ``b`` (another normal tissue) laid over it: a half-plane
+    behind a straight or gently curved boundary through the central half of the window, or (share
+    :data:`BAND_SHARE`) a band :data:`BAND_UM` wide across it. Both uint8 RGB, any sizes; the result has ``a``'s
+    size (``b`` centre-cropped or reflection-padded to it), the boundary softened over ~1 px."""
+    h, w = a.shape[:2]
+    b = center_crop(b, max(h, w))[:h, :w]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0.0, np.pi)
+    normal, along = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+    cy, cx = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
+    t = (yy - cy) * along[0] + (xx - cx) * along[1]
+    bend = rng.uniform(0.0, 0.15) * max(h, w) * np.sin(2 * np.pi * t / (rng.uniform(1.0, 3.0) * max(h, w))
+                                                       + rng.uniform(0, 2 * np.pi))
+    d = (yy - cy) * normal[0] + (xx - cx) * normal[1] + bend  # px from the boundary
+    if rng.random() < BAND_SHARE:
+        d = rng.uniform(*BAND_UM) / (2 * mpp) - np.abs(d)   # inside the band > 0
+    alpha = np.clip(0.5 + d, 0.0, 1.0)[..., None]           # 1: b, 0: a
+    return (a * (1.0 - alpha) + b * alpha + 0.5).astype(np.uint8)
+
+
+def composite_pools(ts: TissueSet, p: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...] | None:
+    """(indices, probabilities) of the parenchyma windows and of the other normal windows, each drawn with its
+    share of ``p`` (equal per source); None when ``p`` leaves either empty."""
+    labels, parenchyma = ts.labels(), np.isin(ts.sources(), PARENCHYMA)
+    pools = []
+    for side in (parenchyma, ~parenchyma):
+        idx = np.flatnonzero((labels != CARCINOMA) & side & (p > 0))
+        if not len(idx):
+            return None
+        pools.append((idx, p[idx] / p[idx].sum()))
+    return tuple(pools)
+
+
+def batch_windows(ts: TissueSet, p: np.ndarray, batch: int, rng: np.random.Generator,
+                  composite_share: float = COMPOSITE_SHARE, pools=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """One training batch before augmentation: ``batch`` windows drawn with ``p``, of which each normal one is
+    replaced with probability ``composite_share`` by a :func:`normal_composite` of a parenchyma window and another
+    normal window (``pools``: :func:`composite_pools`); → (window pixels, labels)."""
+    labels = ts.labels()
+    idx = rng.choice(len(p), size=batch, p=p)
+    out, out_labels = [window_pixels(ts, i) for i in idx], labels[idx].copy()
+    pools = pools if pools is not None else composite_pools(ts, p)
+    if pools is None or composite_share <= 0:
+        return out, out_labels
+    swap = np.flatnonzero((out_labels != CARCINOMA) & (rng.random(batch) < composite_share))
+    (par, p_par), (other, p_other) = pools
+    for k, i, j in zip(swap, rng.choice(par, size=len(swap), p=p_par), rng.choice(other, size=len(swap), p=p_other)):
+        out[k] = normal_composite(window_pixels(ts, i), window_pixels(ts, j), rng, ts.mpp)
+        out_labels[k] = ANY_NORMAL
+    return out, out_labels
+
+
 def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
                  width: int = 16, lr: float = 3e-3, seed: int = 0,
-                 stain_jitter: tuple[float, float] = TISSUE_STAIN_JITTER, log=print) -> PatchNet:
+                 stain_jitter: tuple[float, float] = TISSUE_STAIN_JITTER, composite_share: float = COMPOSITE_SHARE,
+                 log=print) -> PatchNet:
     """Train on the windows where ``keep`` is True (see the module docstring)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     p = sampling_weights(ts, keep)
-    labels = ts.labels()
+    pools = composite_pools(ts, p)
     model = PatchNet(width=width, n_classes=len(CLASSES))
 
     def batches():
-        idx = rng.choice(len(p), size=batch, p=p)
-        crops = augment_batch([window_pixels(ts, i) for i in idx], patch_px, rng, stain_jitter)
-        return to_tensor(crops), torch.from_numpy(labels[idx])
+        windows, labels = batch_windows(ts, p, batch, rng, composite_share, pools)
+        crops = augment_batch(windows, patch_px, rng, stain_jitter)
+        return to_tensor(crops), torch.from_numpy(labels)
 
     return optimise(model, batches, partial_label_loss, steps, lr, log)
 
