@@ -3,6 +3,7 @@ the held-out folds, and a short real training run scored per source and exported
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 pytest.importorskip("torch")
 
@@ -68,9 +69,25 @@ def test_normal_composite_joins_two_windows_along_a_boundary_or_band():
     np.testing.assert_array_equal(one, tf.normal_composite(lymphoid, stroma, np.random.default_rng(5)))
 
 
+def test_node_edge_composites_put_the_outside_window_beyond_the_band_never_touching_the_parenchyma():
+    """With an outside window (glass / fat) some bands have it on their far side: parenchyma | band | outside;
+    the outside pixels never border parenchyma pixels directly (the band lies between them)."""
+    lymphoid, stroma, glass = _flat((60, 30, 120)), _flat((230, 150, 200)), _flat((245, 245, 245), (224, 224))
+    rng = np.random.default_rng(1)
+    edges = 0
+    for _ in range(300):
+        c = tf.normal_composite(lymphoid, stroma, rng, mpp=0.5, c=glass)
+        is_a, is_c = (c == lymphoid[0, 0]).all(-1), (c == glass[0, 0]).all(-1)
+        if is_c.any():
+            edges += 1
+            near_a = ndimage.binary_dilation(is_a, iterations=3)
+            assert not (near_a & is_c).any() and (c == stroma[0, 0]).all(-1).mean() > 0.05
+    assert 0.1 < edges / 300 < 0.4   # BAND_SHARE × EDGE_SHARE = 0.3 of composites, less when a side is cut off
+
+
 def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
     """Composites replace about COMPOSITE_SHARE of the normal windows, each = a parenchyma window + a window of a
-    non-parenchyma normal source, labelled ANY_NORMAL; carcinoma windows are never touched; deterministic per seed."""
+    non-parenchyma normal source (+ fat beyond a band), labelled ANY_NORMAL; carcinoma windows are never touched; deterministic per seed."""
     colours = {"c16_tumour": (10, 200, 10), "crc_lymphoid": (60, 30, 120), "c16_normal": (90, 60, 160),
                "crc_stroma": (230, 150, 200), "crc_fat": (250, 250, 250)}
     images, windows = [], []
@@ -80,7 +97,7 @@ def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
         windows.append(td.Window(len(images) - 1, 0, 0, label))
     ts = td.TissueSet(images, windows, 120)
     p = tf.sampling_weights(ts, np.ones(len(windows), bool))
-    pure = composite = 0
+    pure = composite = with_parenchyma = 0
     for seed in range(20):
         out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
         again, labels_again = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
@@ -92,9 +109,10 @@ def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
                 continue
             composite += 1
             assert label == td.ANY_NORMAL and colours["c16_tumour"] not in values
-            assert len(values & {colours["crc_lymphoid"], colours["c16_normal"]}) == 1
-            assert len(values & {colours["crc_stroma"], colours["crc_fat"]}) == 1
+            with_parenchyma += len(values & {colours["crc_lymphoid"], colours["c16_normal"]}) == 1
+            assert values & {colours["crc_stroma"], colours["crc_fat"]}
     assert composite / (pure + composite) == pytest.approx(0.5 * tf.COMPOSITE_SHARE, abs=0.03)
+    assert with_parenchyma > 0.9 * composite   # (a wide band between it and fat can hide the parenchyma)
     out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(0), composite_share=0.0)
     assert all((rgb == rgb[0, 0]).all() for rgb in out)
 

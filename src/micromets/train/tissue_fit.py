@@ -12,7 +12,9 @@ a border (dense small nuclei beside a pink fibrous band) was never shown as norm
 A share :data:`COMPOSITE_SHARE` of the normal half of each batch is therefore a window of node parenchyma
 (:data:`PARENCHYMA`) joined to a window of another normal source (stroma, fat, muscle / vessel, debris, glass, PCam
 hard negative, normal breast) along a straight or gently curved boundary, or crossed by a band of it
-(:data:`BAND_UM`), labelled :data:`~micromets.train.tissue_data.ANY_NORMAL`. Carcinoma windows are never composited.
+(:data:`BAND_UM`), or (the edge of a node: parenchyma, capsule, then glass or fat) a band with a window of
+:data:`OUTSIDE` beyond it; labelled :data:`~micromets.train.tissue_data.ANY_NORMAL`. Carcinoma windows are never
+composited.
 
 Held-out protocol (:func:`held_out_report`): for each fold of :data:`~micromets.train.tissue_data.FOLDS` a model is
 trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BACH slide, BreCaHAD, a colorectal
@@ -43,11 +45,14 @@ from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, 
 
 TISSUE_STAIN_JITTER = (0.5, 0.1)
 #: share of the normal half of a batch that is a composite of two normal windows (module docstring)
-COMPOSITE_SHARE = 0.3
+COMPOSITE_SHARE = 0.35
 #: normal sources that are node parenchyma: one side of every composite
 PARENCHYMA = ("crc_lymphoid", "c16_normal", "c17_negative")
-#: width of a band of the other tissue laid across the parenchyma (a capsule or trabecula), and the share of bands
-BAND_UM, BAND_SHARE = (10.0, 40.0), 0.4
+#: what lies outside a node's capsule: beyond the band of an edge composite
+OUTSIDE = ("crc_background", "crc_fat")
+#: width of a band of the other tissue laid across the parenchyma (a capsule or trabecula); the share of composites
+#: that are bands, and of those (given an outside window) the share that are node edges
+BAND_UM, BAND_SHARE, EDGE_SHARE = (10.0, 40.0), 0.6, 0.5
 
 
 def sampling_weights(ts: TissueSet, keep: np.ndarray) -> np.ndarray:
@@ -77,11 +82,14 @@ def window_pixels(ts: TissueSet, index: int) -> np.ndarray:
     return ts.images[w.image].rgb[w.y:w.y + ts.size, w.x:w.x + ts.size]
 
 
-def normal_composite(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, mpp: float = 0.5) -> np.ndarray:
+def normal_composite(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, mpp: float = 0.5,
+                     c: np.ndarray | None = None) -> np.ndarray:
     """Window ``a`` (node parenchyma) with part of window ``b`` (another normal tissue) laid over it: a half-plane
     behind a straight or gently curved boundary through the central half of the window, or (share
-    :data:`BAND_SHARE`) a band :data:`BAND_UM` wide across it. Both uint8 RGB, any sizes; the result has ``a``'s
-    size (``b`` centre-cropped or reflection-padded to it), the boundary softened over ~1 px."""
+    :data:`BAND_SHARE`) a band :data:`BAND_UM` wide across it; given ``c`` (glass or fat), a share
+    :data:`EDGE_SHARE` of the bands have ``c`` beyond them (a node's edge: parenchyma, capsule, outside). All uint8
+    RGB, any sizes; the result has ``a``'s size (the others centre-cropped or reflection-padded to it), each
+    boundary softened over ~1 px."""
     h, w = a.shape[:2]
     b = center_crop(b, max(h, w))[:h, :w]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -92,30 +100,37 @@ def normal_composite(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, mpp
     bend = rng.uniform(0.0, 0.15) * max(h, w) * np.sin(2 * np.pi * t / (rng.uniform(1.0, 3.0) * max(h, w))
                                                        + rng.uniform(0, 2 * np.pi))
     d = (yy - cy) * normal[0] + (xx - cx) * normal[1] + bend  # px from the boundary
-    if rng.random() < BAND_SHARE:
-        d = rng.uniform(*BAND_UM) / (2 * mpp) - np.abs(d)   # inside the band > 0
-    alpha = np.clip(0.5 + d, 0.0, 1.0)[..., None]           # 1: b, 0: a
-    return (a * (1.0 - alpha) + b * alpha + 0.5).astype(np.uint8)
+    if rng.random() >= BAND_SHARE:
+        alpha = np.clip(0.5 + d, 0.0, 1.0)[..., None]       # 1: b, 0: a
+        return (a * (1.0 - alpha) + b * alpha + 0.5).astype(np.uint8)
+    half_px = rng.uniform(*BAND_UM) / (2 * mpp)
+    edge = c is not None and rng.random() < EDGE_SHARE
+    alpha = np.clip(0.5 + half_px - np.abs(d), 0.0, 1.0)[..., None]  # 1: inside the band
+    beyond = a
+    if edge:
+        beyond_alpha = np.clip(0.5 + d - half_px, 0.0, 1.0)[..., None]  # 1: past the band, away from a
+        beyond = a * (1.0 - beyond_alpha) + center_crop(c, max(h, w))[:h, :w] * beyond_alpha
+    return (beyond * (1.0 - alpha) + b * alpha + 0.5).astype(np.uint8)
 
 
 def composite_pools(ts: TissueSet, p: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...] | None:
-    """(indices, probabilities) of the parenchyma windows and of the other normal windows, each drawn with its
-    share of ``p`` (equal per source); None when ``p`` leaves either empty."""
-    labels, parenchyma = ts.labels(), np.isin(ts.sources(), PARENCHYMA)
+    """(indices, probabilities) of the parenchyma windows, of the other normal windows and of the :data:`OUTSIDE`
+    windows, each drawn with its share of ``p`` (equal per source); None when ``p`` leaves either of the first two
+    empty (the third may be empty)."""
+    sources = ts.sources()
+    normal, parenchyma = (ts.labels() != CARCINOMA) & (p > 0), np.isin(sources, PARENCHYMA)
     pools = []
-    for side in (parenchyma, ~parenchyma):
-        idx = np.flatnonzero((labels != CARCINOMA) & side & (p > 0))
-        if not len(idx):
-            return None
-        pools.append((idx, p[idx] / p[idx].sum()))
-    return tuple(pools)
+    for side in (parenchyma, ~parenchyma, np.isin(sources, OUTSIDE)):
+        idx = np.flatnonzero(normal & side)
+        pools.append((idx, p[idx] / p[idx].sum() if len(idx) else idx))
+    return tuple(pools) if len(pools[0][0]) and len(pools[1][0]) else None
 
 
 def batch_windows(ts: TissueSet, p: np.ndarray, batch: int, rng: np.random.Generator,
                   composite_share: float = COMPOSITE_SHARE, pools=None) -> tuple[list[np.ndarray], np.ndarray]:
     """One training batch before augmentation: ``batch`` windows drawn with ``p``, of which each normal one is
-    replaced with probability ``composite_share`` by a :func:`normal_composite` of a parenchyma window and another
-    normal window (``pools``: :func:`composite_pools`); → (window pixels, labels)."""
+    replaced with probability ``composite_share`` by a :func:`normal_composite` of a parenchyma window, another
+    normal window and an outside window (``pools``: :func:`composite_pools`); → (window pixels, labels)."""
     labels = ts.labels()
     idx = rng.choice(len(p), size=batch, p=p)
     out, out_labels = [window_pixels(ts, i) for i in idx], labels[idx].copy()
@@ -123,9 +138,12 @@ def batch_windows(ts: TissueSet, p: np.ndarray, batch: int, rng: np.random.Gener
     if pools is None or composite_share <= 0:
         return out, out_labels
     swap = np.flatnonzero((out_labels != CARCINOMA) & (rng.random(batch) < composite_share))
-    (par, p_par), (other, p_other) = pools
-    for k, i, j in zip(swap, rng.choice(par, size=len(swap), p=p_par), rng.choice(other, size=len(swap), p=p_other)):
-        out[k] = normal_composite(window_pixels(ts, i), window_pixels(ts, j), rng, ts.mpp)
+    (par, p_par), (other, p_other), (outside, p_outside) = pools
+    first, second = rng.choice(par, size=len(swap), p=p_par), rng.choice(other, size=len(swap), p=p_other)
+    third = rng.choice(outside, size=len(swap), p=p_outside) if len(outside) else [None] * len(swap)
+    for k, i, j, m in zip(swap, first, second, third):
+        out[k] = normal_composite(window_pixels(ts, i), window_pixels(ts, j), rng, ts.mpp,
+                                  None if m is None else window_pixels(ts, m))
         out_labels[k] = ANY_NORMAL
     return out, out_labels
 
@@ -424,6 +442,12 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
                                      f"{TISSUE_STAIN_JITTER[0]}, vectors σ {TISSUE_STAIN_JITTER[1]}), brightness "
                                      "±8 %, contrast ±15 %, blur p 0.3",
                      "sampling": "half carcinoma, half normal windows; equal share per source within each half",
+                     "normal_composites": f"{COMPOSITE_SHARE:.0%} of the normal windows: node parenchyma "
+                                          f"({', '.join(PARENCHYMA)}) joined to another normal source along a "
+                                          f"straight or curved boundary, or crossed by a {BAND_UM[0]:.0f}-"
+                                          f"{BAND_UM[1]:.0f} µm band of it ({BAND_SHARE:.0%}; of these "
+                                          f"{EDGE_SHARE:.0%} with {' or '.join(OUTSIDE)} beyond the band); "
+                                          "any-normal label",
                      "n_windows": len(ts.windows), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         "metrics": {"held_out": held_out} if held_out else {},
         "date": dt.date.today().isoformat(), "command": command, "licence": WEIGHTS_LICENCE,
