@@ -123,6 +123,22 @@ def test_folds_hold_out_disjoint_whole_groups():
     assert {"c16:tumor_001", "c16:tumor_004", "c16:tumor_064"} <= set(groups)
 
 
+def test_held_out_report_of_one_fold_scores_only_that_folds_sources():
+    rng = np.random.default_rng(0)
+    images, windows = [], []
+    for group, source, label in (("c16:tumor_001", "c16_tumour", td.CARCINOMA), ("crc:kather2016", "crc_stroma", 1),
+                                 ("crc:crc_val_he_7k", "crc_lymphoid", 0), ("monuseg:TCGA-AR-A1AK",
+                                                                              "monuseg_carcinoma", td.CARCINOMA)):
+        for _ in range(3):
+            images.append(Sample(rng.integers(0, 200, (120, 120, 3), dtype=np.uint8), label, group, source, group))
+            windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 120)
+    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], log=lambda m: None)
+    assert list(report["folds"]) == ["fold1"]
+    assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
+    assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
+
+
 def _normalised(path, mpp, source, label, group):
     return normalise_by_group([Sample(resample(read_rgb(path), mpp, 0.5), label, group, source, str(path))])[0]
 
