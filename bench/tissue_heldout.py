@@ -1,6 +1,7 @@
 """Held-out protocol of the tissue-class detector (issue 14): whole sources held out, per source, over seeds.
 
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --seeds 0,1 --steps 1200 [--data-root ../shared/data]
+        [--folds fold1]   # one fold only: its sources' numbers, a third of the time
 
 Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
 
@@ -38,8 +39,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--folds", help="comma-separated folds of tissue_data.FOLDS (default: all three)")
     ap.add_argument("--model", help="score this exported model directory instead of training")
     args = ap.parse_args()
+    unknown = sorted(set(args.folds.split(",")) - set(tissue_data.FOLDS)) if args.folds else []
+    if unknown:
+        ap.error(f"--folds: no fold {', '.join(unknown)} (folds: {', '.join(tissue_data.FOLDS)})")
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     ts = tissue_data.build(args.data_root)
@@ -58,6 +63,7 @@ def main() -> None:
         print(f"\nwrote {out}")
         return
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
+                                        folds=args.folds.split(",") if args.folds else None,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(__file__).parent / "results" / f"tissue-heldout-{stamp}.json"

@@ -3,6 +3,7 @@ the held-out folds, and a short real training run scored per source and exported
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 pytest.importorskip("torch")
 
@@ -46,10 +47,96 @@ def test_sampling_gives_each_half_half_and_each_source_an_equal_share_of_its_hal
     assert p[~keep].sum() == 0 and p[src == "b"].sum() == pytest.approx(0.5)
 
 
+def _flat(colour, shape=(120, 120)):
+    return np.full((*shape, 3), colour, np.uint8)
+
+
+def test_normal_composite_joins_two_windows_along_a_boundary_or_band():
+    """Every composite has a's shape and shows both windows (each over >= 5 % of the field) and nothing else but
+    the 1 px soft edge; bands stay within BAND_UM; the same generator state gives the same composite."""
+    lymphoid, stroma = _flat((60, 30, 120)), _flat((230, 150, 200), (224, 224))
+    rng = np.random.default_rng(0)
+    widths = []
+    for _ in range(200):
+        c = tf.normal_composite(lymphoid, stroma, rng, mpp=0.5)
+        assert c.shape == lymphoid.shape and c.dtype == np.uint8
+        is_a, is_b = (c == lymphoid[0, 0]).all(-1), (c == stroma[0, 0]).all(-1)
+        assert is_a.mean() >= 0.05 and is_b.mean() >= 0.05
+        assert (is_a | is_b).mean() > 0.9
+        widths.append(is_b.mean())
+    assert min(widths) < 0.3 < 0.6 < max(widths)   # thin bands and half-planes both occur
+    one = tf.normal_composite(lymphoid, stroma, np.random.default_rng(5))
+    np.testing.assert_array_equal(one, tf.normal_composite(lymphoid, stroma, np.random.default_rng(5)))
+
+
+def test_node_edge_composites_put_the_outside_window_beyond_the_band_never_touching_the_parenchyma():
+    """With an outside window (glass / fat) some bands have it on their far side: parenchyma | band | outside;
+    the outside pixels never border parenchyma pixels directly (the band lies between them)."""
+    lymphoid, stroma, glass = _flat((60, 30, 120)), _flat((230, 150, 200)), _flat((245, 245, 245), (224, 224))
+    rng = np.random.default_rng(1)
+    edges = 0
+    for _ in range(300):
+        c = tf.normal_composite(lymphoid, stroma, rng, mpp=0.5, c=glass)
+        is_a, is_c = (c == lymphoid[0, 0]).all(-1), (c == glass[0, 0]).all(-1)
+        if is_c.any():
+            edges += 1
+            near_a = ndimage.binary_dilation(is_a, iterations=3)
+            assert not (near_a & is_c).any() and (c == stroma[0, 0]).all(-1).mean() > 0.05
+    assert 0.1 < edges / 300 < 0.4   # BAND_SHARE × EDGE_SHARE = 0.3 of composites, less when a side is cut off
+
+
+def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
+    """Composites replace about COMPOSITE_SHARE of the normal windows, each = a parenchyma window + a window of a
+    non-parenchyma normal source (+ fat beyond a band), labelled ANY_NORMAL; carcinoma windows are never touched; deterministic per seed."""
+    colours = {"c16_tumour": (10, 200, 10), "crc_lymphoid": (60, 30, 120), "c16_normal": (90, 60, 160),
+               "crc_stroma": (230, 150, 200), "crc_fat": (250, 250, 250)}
+    images, windows = [], []
+    for source, label in (("c16_tumour", td.CARCINOMA), ("crc_lymphoid", 0), ("c16_normal", td.ANY_NORMAL),
+                          ("crc_stroma", 1), ("crc_fat", 2)):
+        images.append(Sample(_flat(colours[source]), label, source, source, source))
+        windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 120)
+    p = tf.sampling_weights(ts, np.ones(len(windows), bool))
+    pure = composite = with_parenchyma = 0
+    for seed in range(20):
+        out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
+        again, labels_again = tf.batch_windows(ts, p, 64, np.random.default_rng(seed))
+        assert all((x == y).all() for x, y in zip(out, again)) and (labels == labels_again).all()
+        for rgb, label in zip(out, labels):
+            values = {v for v in colours.values() if (rgb == v).all(-1).mean() >= 0.02}
+            if len(values) == 1:
+                pure += 1
+                continue
+            composite += 1
+            assert label == td.ANY_NORMAL and colours["c16_tumour"] not in values
+            with_parenchyma += len(values & {colours["crc_lymphoid"], colours["c16_normal"]}) == 1
+            assert values & {colours["crc_stroma"], colours["crc_fat"]}
+    assert composite / (pure + composite) == pytest.approx(0.5 * tf.COMPOSITE_SHARE, abs=0.03)
+    assert with_parenchyma > 0.9 * composite   # (a wide band between it and fat can hide the parenchyma)
+    out, labels = tf.batch_windows(ts, p, 64, np.random.default_rng(0), composite_share=0.0)
+    assert all((rgb == rgb[0, 0]).all() for rgb in out)
+
+
 def test_folds_hold_out_disjoint_whole_groups():
     groups = [g for fold in td.FOLDS.values() for g in fold]
     assert len(groups) == len(set(groups))
     assert {"c16:tumor_001", "c16:tumor_004", "c16:tumor_064"} <= set(groups)
+
+
+def test_held_out_report_of_one_fold_scores_only_that_folds_sources():
+    rng = np.random.default_rng(0)
+    images, windows = [], []
+    for group, source, label in (("c16:tumor_001", "c16_tumour", td.CARCINOMA), ("crc:kather2016", "crc_stroma", 1),
+                                 ("crc:crc_val_he_7k", "crc_lymphoid", 0), ("monuseg:TCGA-AR-A1AK",
+                                                                              "monuseg_carcinoma", td.CARCINOMA)):
+        for _ in range(3):
+            images.append(Sample(rng.integers(0, 200, (120, 120, 3), dtype=np.uint8), label, group, source, group))
+            windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 120)
+    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], log=lambda m: None)
+    assert list(report["folds"]) == ["fold1"]
+    assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
+    assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
 
 
 def _normalised(path, mpp, source, label, group):

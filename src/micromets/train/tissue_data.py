@@ -106,6 +106,7 @@ class TissueSet:
     images: list[Sample]
     windows: list[Window]
     size: int                         # window side in px (1.25 × patch: room for crop augmentation)
+    mpp: float = 0.5                  # µm/px of every image
     meta: dict = field(default_factory=dict)
 
     def groups(self) -> np.ndarray:
@@ -263,4 +264,4 @@ def build(root: str | Path, patch_px: int = 96, target_mpp: float = 0.5) -> Tiss
     """Load, stain-normalise per group and window every source (window = 1.25 × ``patch_px``)."""
     images = normalise_by_group(load_images(root, target_mpp))
     size = int(round(1.25 * patch_px))
-    return TissueSet(images, label_windows(images, size, target_mpp), size)
+    return TissueSet(images, label_windows(images, size, target_mpp), size, target_mpp)
