@@ -90,7 +90,7 @@ def test_resume_rename_change_force_and_collisions(tmp_path, slides, shared_data
         folder = Path(row["out_dir"])
         assert folder.parent == out and folder.name == Path(row["path"]).stem
         assert {p.name for p in folder.iterdir()} == {"result.json", "heatmap.npy", "heatmap.tif", "heatmap.png",
-                                                   "lesions.geojson", "lesions.xml"}
+                                                   "lesions.geojson", "lesions.xml", "cells.geojson"}
         result = json.loads((folder / "result.json").read_text())
         assert row["max_probability"] == pytest.approx(float(np.load(folder / "heatmap.npy").max()))
         assert result["node_class"] == row["node_class"]

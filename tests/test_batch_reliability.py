@@ -190,7 +190,7 @@ def test_read_only_and_full_disks_stop_cleanly(tmpfs, good_slides):
         assert store.integrity_ok()
         for row in store.slides(status="done"):
             assert {p.name for p in Path(row["out_dir"]).iterdir()} == {
-                "result.json", "heatmap.npy", "heatmap.tif", "heatmap.png", "lesions.geojson", "lesions.xml"}
+                "result.json", "heatmap.npy", "heatmap.tif", "heatmap.png", "lesions.geojson", "lesions.xml", "cells.geojson"}
     after = run_batch(good_slides, out)  # space back: the batch completes
     assert after.n_failed == 0 and after.n_done + after.n_skipped == len(good_slides)
 
@@ -274,7 +274,7 @@ def _check_exactly_one_complete_result(slides: list[Path], out: Path) -> None:
     for row in rows:
         folder = Path(row["out_dir"])
         assert {p.name for p in folder.iterdir()} == {"result.json", "heatmap.npy", "heatmap.tif", "heatmap.png",
-                                                   "lesions.geojson", "lesions.xml"}
+                                                   "lesions.geojson", "lesions.xml", "cells.geojson"}
     assert not any((out / ".staging").iterdir())
 
 

@@ -258,6 +258,11 @@ def test_model_section_is_plain_language_from_the_card(written):
     assert escape(card["training_data"][0]["name"]) in text
     assert 'id="model-failures"' in text
     assert "held_out_predictions" not in text and "held_out confusion" not in text
+    # issue 15: how far an H&E cell count can be trusted, measured against hand counts (the nucleus card)
+    from micromets.cells import model_card
+
+    recall = model_card()["metrics"]["hand_counts"]["summary"]["recall"]
+    assert "a lower bound: on 90 tumour nuclei marked by hand" in text and f"it counted {recall:.0%} of them" in text
 
 
 # ---------------------------------------------------------------- synoptic block (CAP breast, regional nodes)

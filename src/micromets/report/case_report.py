@@ -217,6 +217,26 @@ def model_sentences(card: dict) -> dict[str, str]:
     return {"trained_on": trained, "held_out": held_text, "failure_modes": failure_text}
 
 
+def cell_count_sentence() -> str:
+    """How the H&E tumour-cell counts were made and how far to trust them, from the nucleus classifier's card
+    (:mod:`micromets.cells`; its ``metrics.hand_counts``, :mod:`micromets.evaluation.hand_counts`)."""
+    from micromets.cells import model_card
+
+    try:
+        card = model_card()
+    except (OSError, ValueError):
+        return "The nucleus classifier's card could not be read."
+    text = f"H&E cell counts are tumour nuclei found by {card['name']} {card['version']}"
+    summary = (((card.get("metrics") or {}).get("hand_counts")) or {}).get("summary")
+    if not summary:
+        return text + "; its card gives no measured error."
+    return (f"{text}, a lower bound: on {summary['tumour_tiles_hand']} tumour nuclei marked by hand on lymph-node "
+            f"tissue it never trained on, it counted {summary['recall']:.0%} of them, and "
+            f"{summary['precision']:.0%} of what it counted was a marked one; lymph-node tiles without tumour gave "
+            f"{summary['lymph_node_tiles_counted_mean']:.1f} tumour nuclei per 62 µm tile. IHC counts are "
+            "cytokeratin-positive cells.")
+
+
 def incomplete(case: dict, nodes: list[NodeView]) -> list[str]:
     """Why the case is provisional, one line each: slides that failed in `micromets case` and slide results that
     cannot be read now (empty: the case is complete)."""
@@ -262,7 +282,7 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
         nodes=nodes,
         results=results,
         card=card,
-        model_text=model_sentences(card) if card else None,
+        model_text=model_sentences(card) | {"cell_count": cell_count_sentence()} if card else None,
         software_version=__version__,
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         research_use=RESEARCH_USE,
