@@ -99,22 +99,30 @@ def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: 
     return patches[np.sort(np.argsort(-haematoxylin, kind="stable")[:n_patches])]
 
 
-def deposit_tumour_nuclei(slide: Slide, outline_l0) -> np.ndarray:
-    """Level-0 (x, y) centres of the tumour nuclei inside an H&E deposit's outline (:mod:`micromets.cells`): its
-    bounding box, with ``CELL_CONTEXT_UM`` of surroundings for the classifier's fields and the stain estimate, read
-    at ``CELL_COUNT_MPP``; a nucleus counts when its centre lies inside the outline."""
+def outline_rings_l0(geometry_l0) -> list[list[list[float]]]:
+    """A lesion's outline as recorded in ``result.json`` (``l0_outline``): the exterior ring of each part, level-0
+    pixels rounded to 0.1 px. Cells are counted inside exactly these rings, so a recount from the record (the viewer)
+    finds the same cells."""
+    return [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(geometry_l0)]
+
+
+def deposit_tumour_nuclei(slide: Slide, rings_l0: list) -> np.ndarray:
+    """Level-0 (x, y) centres of the tumour nuclei inside an H&E deposit's outline (:func:`outline_rings_l0`;
+    :mod:`micromets.cells`): its bounding box, with ``CELL_CONTEXT_UM`` of surroundings for the classifier's fields
+    and the stain estimate, read at ``CELL_COUNT_MPP``; a nucleus counts when its centre lies inside a ring."""
     from micromets.cells import tumour_nuclei
     from skimage.draw import polygon as draw_polygon
 
+    rings = [np.asarray(ring, dtype=np.float64) for ring in rings_l0]
+    points = np.concatenate(rings)
     margin_l0 = CELL_CONTEXT_UM / slide.l0_mpp
-    x0, y0, x1, y1 = np.round(np.asarray(outline_l0.bounds) + [-margin_l0, -margin_l0, margin_l0, margin_l0])
-    x0, y0 = max(0, int(x0)), max(0, int(y0))
-    x1, y1 = min(slide.l0_width, int(x1)), min(slide.l0_height, int(y1))
+    x0, y0 = np.floor(points.min(axis=0) - margin_l0).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + margin_l0).astype(int)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(slide.l0_width, x1), min(slide.l0_height, y1)
     rgb = slide.read_at_mpp(x0, y0, max(1, x1 - x0), max(1, y1 - y0), CELL_COUNT_MPP)
     scale = slide.l0_mpp / CELL_COUNT_MPP
     mask = np.zeros(rgb.shape[:2], bool)
-    for part in shapely.get_parts(outline_l0):
-        ring = np.asarray(part.exterior.coords)
+    for ring in rings:
         rr, cc = draw_polygon((ring[:, 1] - y0) * scale, (ring[:, 0] - x0) * scale, mask.shape)
         mask[rr, cc] = True
     found = tumour_nuclei(rgb, CELL_COUNT_MPP, mask)
@@ -135,7 +143,7 @@ def _lesion_records(measures: list[LesionMeasure], max_prob: np.ndarray, n_cells
     records = []
     for k, (m, p, cells) in enumerate(zip(measures, max_prob, n_cells)):
         i = first_id + k
-        outline = [np.round(np.asarray(part.exterior.coords), 1).tolist() for part in shapely.get_parts(m.geometry_l0)]
+        outline = outline_rings_l0(m.geometry_l0)
         records.append({
             "id": i, "l0_outline": outline, "diameter_mm": round(m.diameter_mm, 6), "area_mm2": round(m.area_mm2, 5),
             "ellipse_major_mm": round(m.ellipse_major_mm, 4), "max_probability": round(float(p), 4),
@@ -331,8 +339,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
                                               [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
-            cells_he = [deposit_tumour_nuclei(slide, m.geometry_l0) if m.diameter_mm <= CELL_COUNT_MAX_MM else None
-                        for m in measures]
+            cells_he = [deposit_tumour_nuclei(slide, outline_rings_l0(m.geometry_l0))
+                        if m.diameter_mm <= CELL_COUNT_MAX_MM else None for m in measures]
             n_cells = [None if c is None else len(c) for c in cells_he]
             model_info = {"name": detector.name, "version": detector.version}
             model_info["nuclei"] = _nuclei_model_info()
