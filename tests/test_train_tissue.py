@@ -10,9 +10,10 @@ pytest.importorskip("torch")
 import torch  # noqa: E402
 
 from micromets.model import Detector  # noqa: E402
+from micromets.tiles import resample  # noqa: E402
 from micromets.train import tissue_data as td  # noqa: E402
 from micromets.train import tissue_fit as tf  # noqa: E402
-from micromets.train.data import Sample, read_rgb, resample  # noqa: E402
+from micromets.train.data import Sample, read_rgb  # noqa: E402
 from micromets.train.fit import base_card, export_onnx, normalise_by_group  # noqa: E402
 
 

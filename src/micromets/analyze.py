@@ -342,8 +342,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             cells_he = [deposit_tumour_nuclei(slide, outline_rings_l0(m.geometry_l0))
                         if m.diameter_mm <= CELL_COUNT_MAX_MM else None for m in measures]
             n_cells = [None if c is None else len(c) for c in cells_he]
-            model_info = {"name": detector.name, "version": detector.version}
-            model_info["nuclei"] = _nuclei_model_info()
+            model_info = {"name": detector.name, "version": detector.version, "nuclei": _nuclei_model_info()}
             if mode == "fast":
                 model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
             counted = [c for c in cells_he if c is not None]

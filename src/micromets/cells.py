@@ -38,6 +38,7 @@ from skimage.morphology import disk, h_maxima, opening, remove_small_holes, remo
 from skimage.segmentation import watershed
 
 from micromets.errors import MicrometsError
+from micromets.tiles import resample
 
 SMOOTH_UM = 0.75
 NEIGHBOURHOOD_UM = 16.0
@@ -59,21 +60,19 @@ def nuclei_model_dir() -> Path:
 
 @dataclass
 class Candidates:
-    """Every nucleus found in an image: ``labels`` (int32 image, 0 = none), centroids ``xy_px`` (N, 2) as (x, y)
-    in the image's pixels, and areas ``area_um2`` (N,)."""
+    """Every nucleus found in an image: centroids ``xy_px`` (N, 2) as (x, y) in the image's pixels, and areas
+    ``area_um2`` (N,)."""
 
-    labels: np.ndarray
     xy_px: np.ndarray
     area_um2: np.ndarray
 
 
 @dataclass
 class TumourNuclei:
-    """The tumour nuclei of an image: centres ``xy_px`` (M, 2) as (x, y) in the caller's pixels, their classifier
-    ``probability`` (M,), and ``n_candidates``, the nuclei of any kind looked at."""
+    """The tumour nuclei of an image: centres ``xy_px`` (M, 2) as (x, y) in the caller's pixels, and
+    ``n_candidates``, the nuclei of any kind looked at."""
 
     xy_px: np.ndarray
-    probability: np.ndarray
     n_candidates: int
 
     def __len__(self) -> int:
@@ -109,16 +108,7 @@ def nucleus_candidates(rgb: np.ndarray, mpp: float, mask: np.ndarray | None = No
     area = np.array([r.area for r in regions], dtype=np.float64) * mpp**2
     inside = mask[np.clip(np.round(xy[:, 1]).astype(int), 0, mask.shape[0] - 1),
                   np.clip(np.round(xy[:, 0]).astype(int), 0, mask.shape[1] - 1)] if len(xy) else np.zeros(0, bool)
-    return Candidates(labels, xy[inside], area[inside])
-
-
-def _resample(rgb: np.ndarray, scale: float) -> np.ndarray:
-    if abs(scale - 1.0) < 1e-3:
-        return rgb
-    from PIL import Image
-
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    return Candidates(xy[inside], area[inside])
 
 
 def patches_at(rgb: np.ndarray, xy_px: np.ndarray, patch_px: int) -> np.ndarray:
@@ -149,16 +139,16 @@ def tumour_nuclei(rgb: np.ndarray, mpp: float, mask: np.ndarray | None = None,
     rgb, mask = _check(rgb, mpp, mask)
     classifier = Detector.load(model_dir or nuclei_model_dir(), threads=1)
     scale = mpp / classifier.input_mpp
-    small = _resample(rgb, scale)
-    small_mask = _resample(mask.astype(np.uint8) * 255, scale) > 127
+    small = resample(rgb, mpp, classifier.input_mpp)
+    small_mask = resample(mask.astype(np.uint8) * 255, mpp, classifier.input_mpp) > 127
     classifier.set_stain_reference(small)
     cands = nucleus_candidates(classifier.normalise(small), classifier.input_mpp, small_mask)
     if len(cands.xy_px) == 0:
-        return TumourNuclei(np.zeros((0, 2)), np.zeros(0, np.float32), 0)
+        return TumourNuclei(np.zeros((0, 2)), 0)
     p = classifier.predict(patches_at(small, cands.xy_px, classifier.patch_px))
     tumour = np.flatnonzero(p >= float(classifier.card.get("threshold", 0.5)))
     kept = tumour[merge_close(cands.xy_px[tumour] * classifier.input_mpp, p[tumour])] if len(tumour) else tumour
-    return TumourNuclei((cands.xy_px[kept] + 0.5) / scale - 0.5, p[kept], len(cands.xy_px))
+    return TumourNuclei((cands.xy_px[kept] + 0.5) / scale - 0.5, len(cands.xy_px))
 
 
 def count_tumour_nuclei(rgb: np.ndarray, mpp: float, mask: np.ndarray | None = None,

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from micromets.errors import MicrometsError
 from micromets.slide import Slide
 from micromets.tissue import TissueMask
 
@@ -125,3 +126,18 @@ def iter_patch_blocks(slide: Slide, grid: TileGrid, patch_px: int, patch_mpp: fl
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def resample(image: np.ndarray, src_mpp: float, dst_mpp: float) -> np.ndarray:
+    """Resample a uint8 image (RGB or one channel) from ``src_mpp`` to ``dst_mpp`` µm/px (Lanczos, antialiased when
+    shrinking); unchanged when the two differ by less than 0.1 %."""
+    from PIL import Image
+
+    if src_mpp <= 0 or dst_mpp <= 0:
+        raise MicrometsError(f"resolution must be > 0 µm/px, got {src_mpp} → {dst_mpp}")
+    scale = src_mpp / dst_mpp
+    if abs(scale - 1.0) < 1e-3:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))

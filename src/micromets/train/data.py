@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from micromets.errors import MicrometsError
+from micromets.tiles import resample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PCAM_MPP = 0.972  # CAMELYON16 level 2: 0.243 µm/px × 4
@@ -66,18 +67,6 @@ def read_rgb(path: Path) -> np.ndarray:
                              f"({err})") from None
     except (OSError, ValueError) as err:
         raise MicrometsError(f"{path}: cannot read image ({err})") from None
-
-
-def resample(rgb: np.ndarray, src_mpp: float, dst_mpp: float) -> np.ndarray:
-    """Resample uint8 RGB from ``src_mpp`` to ``dst_mpp`` µm/px (Lanczos, antialiased when shrinking)."""
-    if src_mpp <= 0 or dst_mpp <= 0:
-        raise MicrometsError(f"resolution must be > 0 µm/px, got {src_mpp} → {dst_mpp}")
-    scale = src_mpp / dst_mpp
-    if abs(scale - 1.0) < 1e-3:
-        return rgb
-    h, w = rgb.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
 
 
 def cut(sample: Sample, size_px: int) -> list[Sample]:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from micromets.train.data import Sample, cut, load_folder_per_class, load_prefixed_tiles, read_rgb, resample
+from micromets.tiles import resample
+from micromets.train.data import Sample, cut, load_folder_per_class, load_prefixed_tiles, read_rgb
 
 C16_MPP = 0.243
 C17_MPP = 0.24

@@ -45,7 +45,8 @@ import numpy as np
 from scipy import ndimage
 
 from micromets import normalise
-from micromets.train.data import Sample, read_rgb, resample
+from micromets.tiles import resample
+from micromets.train.data import Sample, read_rgb
 from micromets.train.fit import normalise_by_group
 
 CLASSES = ["lymphoid", "stroma", "fat", "muscle_vessel", "debris_blood", "background", "carcinoma"]
