@@ -153,3 +153,29 @@ def test_confirmation_windows_are_anchored_on_the_heatmap_grid(fast_and_thorough
     assert own.h_tissue.sum() == len(cells) and dense.h_tissue[tuple(cells.T)].all()
     np.testing.assert_allclose(own.h_prob[tuple(cells.T)], h_prob[tuple(cells.T)], atol=1e-3)
     assert (dense.h_prob[tuple(hot.T)] >= 0.5).all()
+
+
+def test_local_heatmap_windows_are_centred_on_its_cells(fast_and_thorough):
+    """At a stride of one heatmap cell over a box on the heatmap's grid, the local map's windows are the heatmap's
+    own patches (same probabilities); at a finer stride its cells are smaller and the deposit stays hot."""
+    from micromets.analyze import stain_sample
+    from micromets.heatmap import local_heatmap
+    from micromets.model import Detector
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    out, _, thorough = fast_and_thorough
+    h_prob = np.load(out / "thorough" / "node2" / "heatmap.npy")
+    r, c = np.argwhere(h_prob >= 0.9)[0]
+    detector = Detector.load()
+    with open_slide(NODE2) as slide:
+        detector.set_stain_reference(stain_sample(slide, tissue_mask(slide), detector.input_mpp, detector.patch_px))
+        cell_um = thorough["heatmap"]["cell_um"]
+        l0_cell = cell_um / slide.l0_mpp
+        box = ((c - 1) * l0_cell, (r - 1) * l0_cell, (c + 2) * l0_cell, (r + 2) * l0_cell)
+        same = local_heatmap(slide, detector, box, cell_um)
+        fine = local_heatmap(slide, detector, box, cell_um / 6)
+    assert same.h_prob.shape == (3, 3) and same.l0_origin == box[:2]
+    np.testing.assert_allclose(same.h_prob, h_prob[r - 1:r + 2, c - 1:c + 2], atol=1e-3)
+    assert fine.h_prob.shape == (18, 18) and fine.cell_um == pytest.approx(cell_um / 6)
+    assert fine.h_prob[6:12, 6:12].mean() >= 0.5  # the hot cell, seen by windows shifted around its centre

@@ -48,6 +48,9 @@ CONFIRM_TOP_CELLS = 3
 #: Cells are counted in lesions up to this size (mm). The count decides the class only at <= 0.2 mm (AJCC 8:
 #: > 200 cells makes a micrometastasis); up to 0.5 mm it is reported for the reader; larger lesions get None.
 CELL_COUNT_MAX_MM = 0.5
+#: Lesions up to ``CELL_COUNT_MAX_MM`` are outlined again from windows at this stride (µm; 16 px at 0.5 µm/px)
+#: instead of the heatmap's one window per cell (:func:`refined_outline`).
+REFINE_STRIDE_UM = 8.0
 #: Surroundings read with a deposit for its cell count (µm): the classifier's field is 16 µm.
 CELL_CONTEXT_UM = 20.0
 #: An iso-line outline less than this across (maximum Feret diameter, µm; about one tumour-cell nucleus) is no
@@ -177,6 +180,29 @@ def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[Lesion
     return max_value_inside(scores, geoms)
 
 
+def refined_outline(slide: Slide, detector, heatmap: Heatmap, lesion: LesionMeasure, threshold: float,
+                    stride_um: float = REFINE_STRIDE_UM) -> LesionMeasure:
+    """A small lesion outlined again on its pixels: the iso-line at ``threshold`` of the detector re-run with
+    windows every ``stride_um`` (:func:`micromets.heatmap.local_heatmap`) over the lesion's box and one heatmap cell
+    around it, keeping the parts that touch the heatmap's outline (measured as one lesion). The heatmap places an
+    edge only to within a cell (48 µm for the bundled model, a third of an ITC cluster): its iso-line cuts off
+    tumour cells and takes in lymphocytes (issue 15, demo node 3). Returns ``lesion`` unchanged where the fine
+    iso-line finds nothing there."""
+    from micromets.heatmap import local_heatmap
+
+    margin_l0 = heatmap.l0_cell
+    x0, y0, x1, y1 = lesion.geometry_l0.bounds
+    box = (max(0.0, x0 - margin_l0), max(0.0, y0 - margin_l0),
+           min(float(slide.l0_width), x1 + margin_l0), min(float(slide.l0_height), y1 + margin_l0))
+    fine = local_heatmap(slide, detector, box, stride_um)
+    parts = [o for o in drop_specks(heatmap_outlines_l0(fine, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
+             if o.intersects(lesion.geometry_l0)]
+    if not parts:
+        return lesion
+    span_um = math.hypot(box[2] - box[0], box[3] - box[1]) * slide.l0_mpp  # every part within it: one lesion
+    return measure_lesions([shapely.union_all(parts)], slide.l0_mpp, span_um)[0]
+
+
 CANDIDATE_CLASS = "Candidate (unconfirmed)"
 
 
@@ -284,7 +310,9 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     confirmed (:func:`confirmation`): one of its 3 highest cells, re-scored as the mean of the 9 windows shifted
     by half a cell, must reach ``confirm_threshold`` (default: the card's ``confirm_threshold``, else the seed
     threshold; 0 turns the confirmation off). Each lesion's ``confirmed_probability`` is recorded; the lesions
-    that fail are listed in ``unconfirmed_lesions`` (for review; they count for no class).
+    that fail are listed in ``unconfirmed_lesions`` (for review; they count for no class). A confirmed lesion up
+    to ``CELL_COUNT_MAX_MM`` is then outlined again on its pixels (:func:`refined_outline`) and its tumour nuclei
+    are counted inside that outline (:func:`deposit_tumour_nuclei`).
     """
     if mode not in MODES:
         raise MicrometsError(f"unknown mode {mode!r} (expected {' or '.join(MODES)})")
@@ -339,6 +367,12 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
                                               [None] * len(dropped), scores[~keep], first_id=int(keep.sum()) + 1)
                 measures, confirmed = [m for m, k in zip(measures, keep) if k], scores[keep]
+            max_prob = max_value_inside(heatmap, [m.geometry_l0 for m in measures])  # before refinement
+            measures = [refined_outline(slide, detector, heatmap, m, threshold)
+                        if m.diameter_mm <= CELL_COUNT_MAX_MM else m for m in measures]
+            order = np.argsort([-m.diameter_mm for m in measures], kind="stable")  # largest first, as measured
+            measures, max_prob = [measures[i] for i in order], max_prob[order]
+            confirmed = None if confirmed is None else confirmed[order]
             cells_he = [deposit_tumour_nuclei(slide, outline_rings_l0(m.geometry_l0))
                         if m.diameter_mm <= CELL_COUNT_MAX_MM else None for m in measures]
             n_cells = [None if c is None else len(c) for c in cells_he]
@@ -362,9 +396,9 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             n_cells = [int(shapely.contains_xy(m.geometry_l0, cells_xy[:, 0], cells_xy[:, 1]).sum())
                        if len(cells_xy) else 0 for m in measures]
             model_info = {"name": "ihc-dab-cells", "version": __version__}
+            max_prob = max_value_inside(heatmap, [m.geometry_l0 for m in measures])
             ood = None  # the checks are measured on H&E only (micromets.ood)
-        records = _lesion_records(measures, max_value_inside(heatmap, [m.geometry_l0 for m in measures]), n_cells,
-                                  confirmed)
+        records = _lesion_records(measures, max_prob, n_cells, confirmed)
         largest = max((r["diameter_mm"] for r in records), default=None)
         classes = [r["class"] for r in records]
         slide_class = max(classes, key=NODE_CLASSES.index, default="negative")

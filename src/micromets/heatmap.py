@@ -12,7 +12,8 @@ Two modes (``analyze --mode``):
   every positive region. A deposit the screen misses is lost: fast mode can miss ITC.
 
 :func:`confirmation_scores` re-scores chosen cells densely (the 3 × 3 windows shifted by half a cell), the
-evidence a lesion must show to be kept (``micromets.analyze``).
+evidence a lesion must show to be kept (``micromets.analyze``). :func:`local_heatmap` scores a small region again
+with windows at a fine stride, whose iso-line outlines a small deposit (``micromets.analyze``).
 """
 
 from __future__ import annotations
@@ -210,3 +211,29 @@ def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, s
         grown = ndimage.binary_dilation(h_prob >= grow_threshold, structure=np.ones((3, 3), bool))
         h_todo = grown & tissue_grid.h_tissue & ~h_done
     return Heatmap(h_prob, tissue_grid.h_tissue, cell_um, slide.l0_mpp), timing
+
+
+def local_heatmap(slide: Slide, detector: Detector, l0_box: tuple[float, float, float, float], stride_um: float,
+                  chunk_rows: int = 8) -> Heatmap:
+    """The detector's tumour probability over the level-0 box ``(x0, y0, x1, y1)`` on a grid of ``stride_um``
+    (rounded to whole pixels at the model's µm/px): cell ``(r, c)`` holds the probability of the model window
+    centred on its centre. The window still sees ``cell_um`` of tissue; only the positions are finer, so the
+    iso-line of this map places a deposit's edge to within a stride instead of a whole window (the heatmap's own
+    cells are one window each). One read of the box with half a window of surroundings (:meth:`Slide.read_window`),
+    scored ``chunk_rows`` rows of windows at a time, so memory stays bounded whatever the box.
+    """
+    p = detector.patch_px
+    stride_px = max(1, round(stride_um / detector.input_mpp))
+    k = detector.input_mpp / slide.l0_mpp  # level-0 px per model px
+    x0, y0, x1, y1 = l0_box
+    cols, rows = (max(1, int(np.ceil(side / (stride_px * k) - 1e-6))) for side in (x1 - x0, y1 - y0))
+    before_l0 = (p - stride_px) / 2 * k  # a window's origin lies this far before its cell's origin
+    img = slide.read_window(x0 - before_l0, y0 - before_l0, (cols - 1) * stride_px + p, (rows - 1) * stride_px + p,
+                            detector.input_mpp)
+    h_prob = np.zeros((rows, cols), np.float32)
+    for r0 in range(0, rows, chunk_rows):
+        band = range(r0, min(rows, r0 + chunk_rows))
+        windows = np.stack([img[r * stride_px:r * stride_px + p, c * stride_px:c * stride_px + p]
+                            for r in band for c in range(cols)])
+        h_prob[band.start:band.stop] = detector.predict(windows).reshape(len(band), cols)
+    return Heatmap(h_prob, np.ones_like(h_prob, bool), stride_px * detector.input_mpp, slide.l0_mpp, (x0, y0))
