@@ -118,6 +118,48 @@ def test_batches_composite_normal_windows_only_parenchyma_with_another_source():
     assert all((rgb == rgb[0, 0]).all() for rgb in out)
 
 
+class _GreenIsCarcinoma(torch.nn.Module):
+    """A fixed scorer for the mining test: carcinoma logit = mean green channel (normalised input), others 0."""
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), len(td.CLASSES))
+        logits[:, td.CARCINOMA] = 4 * x[:, 1].mean(dim=(1, 2))
+        return logits
+
+
+def test_mining_keeps_the_most_carcinoma_like_normals_with_their_labels_and_later_batches_draw_them():
+    """Hard normals: the normal windows (and fresh composites) the model scores highest, never a carcinoma window,
+    each with its own label (composites ANY_NORMAL); then about HARD_SHARE of a batch's normal windows come from
+    them, and the model is back in training mode."""
+    colours = {"c16_tumour": (10, 250, 10), "crc_lymphoid": (60, 30, 120), "crc_stroma": (200, 200, 180),
+               "crc_fat": (250, 90, 250)}
+    images, windows = [], []
+    for source, label in (("c16_tumour", td.CARCINOMA), ("crc_lymphoid", 0), ("crc_stroma", 1), ("crc_fat", 2)):
+        for _ in range(10):
+            images.append(Sample(_flat(colours[source]), label, source, source, source))
+            windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 120)
+    p = tf.sampling_weights(ts, np.ones(len(windows), bool))
+    pools = tf.composite_pools(ts, p)
+    model = _GreenIsCarcinoma().train()
+    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=10)
+    assert model.training and len(pixels) == len(labels) == 10
+    assert all((rgb == colours["crc_stroma"]).all(-1).mean() > 0.99 for rgb in pixels)  # the greenest normals
+    assert set(labels) == {1}
+    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=25)
+    assert (labels == td.ANY_NORMAL).sum() > 0  # composites with stroma in them come next
+    assert not any((rgb == colours["c16_tumour"]).all(-1).any() for rgb in pixels)
+    hard = ([_flat((1, 2, 3))] * 5, np.full(5, 4))
+    drawn = normal = 0
+    for seed in range(20):
+        out, out_labels = tf.batch_windows(ts, p, 64, np.random.default_rng(seed), composite_share=0.0, hard=hard)
+        is_hard = np.array([(rgb == (1, 2, 3)).all() for rgb in out])
+        assert (out_labels[is_hard] == 4).all()
+        drawn += is_hard.sum()
+        normal += (out_labels != td.CARCINOMA).sum()
+    assert drawn / normal == pytest.approx(tf.HARD_SHARE, abs=0.04)
+
+
 def test_folds_hold_out_disjoint_whole_groups():
     groups = [g for fold in td.FOLDS.values() for g in fold]
     assert len(groups) == len(set(groups))

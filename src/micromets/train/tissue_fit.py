@@ -16,6 +16,12 @@ hard negative, normal breast) along a straight or gently curved boundary, or cro
 :data:`OUTSIDE` beyond it; labelled :data:`~micromets.train.tissue_data.ANY_NORMAL`. Carcinoma windows are never
 composited.
 
+Hard normals (:func:`mine_hard_normals`): halfway through training (:data:`MINE_AT`), the model scores every normal
+training window and a fresh set of composites, and the :data:`HARD_TOP` it finds most carcinoma-like (a dense
+stroma, a germinal centre, a capsule edge) become a pool from which a share :data:`HARD_SHARE` of the normal half
+of every later batch is drawn (bootstrapping, Sung & Poggio 1998; the hard-negative mining of the CAMELYON16
+winners, Wang et al. 2016). Their labels stay what they were.
+
 Held-out protocol (:func:`held_out_report`): for each fold of :data:`~micromets.train.tissue_data.FOLDS` a model is
 trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BACH slide, BreCaHAD, a colorectal
 tile set, a third of the PCam hard negatives, a CAMELYON17 centre) and scores every window of them. Per source:
@@ -53,6 +59,9 @@ OUTSIDE = ("crc_background", "crc_fat")
 #: width of a band of the other tissue laid across the parenchyma (a capsule or trabecula); the share of composites
 #: that are bands, and of those (given an outside window) the share that are node edges
 BAND_UM, BAND_SHARE, EDGE_SHARE = (10.0, 40.0), 0.6, 0.5
+#: hard normals: mined once this share of the steps is done, from every normal window and MINE_COMPOSITES fresh
+#: composites; the HARD_TOP most carcinoma-like are kept and make HARD_SHARE of the normal half of later batches
+MINE_AT, MINE_COMPOSITES, HARD_TOP, HARD_SHARE = 0.5, 4000, 2000, 0.25
 
 
 def sampling_weights(ts: TissueSet, keep: np.ndarray) -> np.ndarray:
@@ -126,41 +135,82 @@ def composite_pools(ts: TissueSet, p: np.ndarray) -> tuple[tuple[np.ndarray, np.
     return tuple(pools) if len(pools[0][0]) and len(pools[1][0]) else None
 
 
+def composites(ts: TissueSet, pools, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` :func:`normal_composite` windows from ``pools`` (:func:`composite_pools`)."""
+    (par, p_par), (other, p_other), (outside, p_outside) = pools
+    first, second = rng.choice(par, size=n, p=p_par), rng.choice(other, size=n, p=p_other)
+    third = rng.choice(outside, size=n, p=p_outside) if len(outside) else [None] * n
+    return [normal_composite(window_pixels(ts, i), window_pixels(ts, j), rng, ts.mpp,
+                             None if m is None else window_pixels(ts, m)) for i, j, m in zip(first, second, third)]
+
+
 def batch_windows(ts: TissueSet, p: np.ndarray, batch: int, rng: np.random.Generator,
-                  composite_share: float = COMPOSITE_SHARE, pools=None) -> tuple[list[np.ndarray], np.ndarray]:
+                  composite_share: float = COMPOSITE_SHARE, pools=None,
+                  hard: tuple[list[np.ndarray], np.ndarray] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """One training batch before augmentation: ``batch`` windows drawn with ``p``, of which each normal one is
     replaced with probability ``composite_share`` by a :func:`normal_composite` of a parenchyma window, another
-    normal window and an outside window (``pools``: :func:`composite_pools`); → (window pixels, labels)."""
+    normal window and an outside window (``pools``: :func:`composite_pools`), and then, given ``hard`` (the
+    (pixels, labels) of :func:`mine_hard_normals`), with probability :data:`HARD_SHARE` by one of those;
+    → (window pixels, labels)."""
     labels = ts.labels()
     idx = rng.choice(len(p), size=batch, p=p)
     out, out_labels = [window_pixels(ts, i) for i in idx], labels[idx].copy()
+    normal = out_labels != CARCINOMA
     pools = pools if pools is not None else composite_pools(ts, p)
-    if pools is None or composite_share <= 0:
-        return out, out_labels
-    swap = np.flatnonzero((out_labels != CARCINOMA) & (rng.random(batch) < composite_share))
-    (par, p_par), (other, p_other), (outside, p_outside) = pools
-    first, second = rng.choice(par, size=len(swap), p=p_par), rng.choice(other, size=len(swap), p=p_other)
-    third = rng.choice(outside, size=len(swap), p=p_outside) if len(outside) else [None] * len(swap)
-    for k, i, j, m in zip(swap, first, second, third):
-        out[k] = normal_composite(window_pixels(ts, i), window_pixels(ts, j), rng, ts.mpp,
-                                  None if m is None else window_pixels(ts, m))
-        out_labels[k] = ANY_NORMAL
+    if pools is not None and composite_share > 0:
+        swap = np.flatnonzero(normal & (rng.random(batch) < composite_share))
+        for k, window in zip(swap, composites(ts, pools, len(swap), rng)):
+            out[k], out_labels[k] = window, ANY_NORMAL
+    if hard is not None and len(hard[1]):
+        swap = np.flatnonzero(normal & (rng.random(batch) < HARD_SHARE))
+        for k, j in zip(swap, rng.integers(0, len(hard[1]), size=len(swap))):
+            out[k], out_labels[k] = hard[0][j], hard[1][j]
     return out, out_labels
+
+
+def mine_hard_normals(model: nn.Module, ts: TissueSet, p: np.ndarray, pools, rng: np.random.Generator,
+                      patch_px: int = 96, n_composites: int = MINE_COMPOSITES,
+                      top: int = HARD_TOP) -> tuple[list[np.ndarray], np.ndarray]:
+    """The ``top`` most carcinoma-like normal training windows (those ``p`` draws) and ``n_composites`` fresh
+    composites, by ``model``'s carcinoma probability of their centre crop: (window pixels, labels), composites
+    labelled ANY_NORMAL. ``model`` is left in training mode."""
+    labels = ts.labels()
+    normal = np.flatnonzero((labels != CARCINOMA) & (p > 0))
+    pixels = [window_pixels(ts, i) for i in normal]
+    window_labels = list(labels[normal])
+    if pools is not None and n_composites:
+        pixels += composites(ts, pools, n_composites, rng)
+        window_labels += [ANY_NORMAL] * n_composites
+    model.eval()
+    score = np.concatenate([carcinoma_probability(model, np.stack([center_crop(w, patch_px)
+                                                                   for w in pixels[i:i + 1024]]))
+                            for i in range(0, len(pixels), 1024)])
+    model.train()
+    keep = np.argsort(-score, kind="stable")[:top]
+    return [pixels[i] for i in keep], np.asarray(window_labels)[keep]
 
 
 def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
                  width: int = 16, lr: float = 3e-3, seed: int = 0,
                  stain_jitter: tuple[float, float] = TISSUE_STAIN_JITTER, composite_share: float = COMPOSITE_SHARE,
-                 log=print) -> PatchNet:
-    """Train on the windows where ``keep`` is True (see the module docstring)."""
+                 mine_at: float | None = MINE_AT, log=print) -> PatchNet:
+    """Train on the windows where ``keep`` is True (see the module docstring); ``mine_at`` None: no hard normals."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     p = sampling_weights(ts, keep)
     pools = composite_pools(ts, p)
     model = PatchNet(width=width, n_classes=len(CLASSES))
+    mine_step = None if mine_at is None else int(mine_at * steps)
+    state = {"step": 0, "hard": None}
 
     def batches():
-        windows, labels = batch_windows(ts, p, batch, rng, composite_share, pools)
+        if state["step"] == mine_step:
+            t0 = time.perf_counter()
+            state["hard"] = mine_hard_normals(model, ts, p, pools, rng, patch_px)
+            log(f"  step {mine_step}: mined {len(state['hard'][1])} hard normals "
+                f"({int((state['hard'][1] == ANY_NORMAL).sum())} composites; {time.perf_counter() - t0:.0f} s)")
+        state["step"] += 1
+        windows, labels = batch_windows(ts, p, batch, rng, composite_share, pools, state["hard"])
         crops = augment_batch(windows, patch_px, rng, stain_jitter)
         return to_tensor(crops), torch.from_numpy(labels)
 
@@ -453,6 +503,9 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
                                           f"{BAND_UM[1]:.0f} µm band of it ({BAND_SHARE:.0%}; of these "
                                           f"{EDGE_SHARE:.0%} with {' or '.join(OUTSIDE)} beyond the band); "
                                           "any-normal label",
+                     "hard_normals": f"mined at {MINE_AT:.0%} of the steps: the {HARD_TOP} most carcinoma-like of "
+                                     f"all normal windows and {MINE_COMPOSITES} fresh composites, then "
+                                     f"{HARD_SHARE:.0%} of the normal windows of every batch (labels kept)",
                      "n_windows": len(ts.windows), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         "metrics": {"held_out": held_out} if held_out else {},
         "date": dt.date.today().isoformat(), "command": command, "licence": WEIGHTS_LICENCE,
