@@ -1,7 +1,7 @@
 """INT8 static quantisation of the shipped fine detector, calibrated and checked on real tissue (issue 8).
 
-    # the shipped default: the float 0.2.0 model (its card's command, --out /tmp/float-0.2.0), then
-    PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model /tmp/float-0.2.0 --out src/micromets/models/default
+    # a shipped model: the float model (its card's command, --out DIR), e.g. the default 0.4.1 from the float 0.4.0
+    PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model build/models/tissue-0.4.0 --out src/micromets/models/default
     PYTHONPATH=src .venv/bin/python bench/quantise.py --float-model /tmp/float-0.2.0 --out /tmp/grid \
         --methods minmax,entropy,percentile --keep-float none,first,first+last --weights s8,s8-7bit,u8  # every variant
 

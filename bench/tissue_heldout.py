@@ -5,7 +5,7 @@
 
 Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
 
-    PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --model src/micromets/models/default
+    PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --model src/micromets/models/cnn-ln
 
 scores one exported model on the same windows of every source, without training (a shipped model is held out
 only from the sources its card does not list), and writes bench/results/tissue-fixed-<UTC>.json.

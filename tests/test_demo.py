@@ -48,16 +48,22 @@ def test_demo_stage_and_the_true_deposits(demo_output):
 
 
 def test_the_false_cell_of_node1_is_in_the_heatmap_but_not_confirmed(demo_output):
-    """The confirmation is what makes node 1 negative: its heatmap has a cell >= 0.5 (the detector's false
-    positive), and the result records the confirmation threshold it had to pass."""
+    """The confirmation is what makes node 1 negative: its heatmap has cells >= 0.5 (the detector's false
+    positives), and the result records the confirmation threshold (the model card's) they failed."""
     import numpy as np
+
+    from micromets.analyze import lesion_thresholds
+    from micromets.model import default_model_dir
 
     folder = demo_output / "demo_patient" / "node1"
     result = json.loads((folder / "result.json").read_text())
+    card = json.loads((default_model_dir() / "model.json").read_text())
     assert np.load(folder / "heatmap.npy").max() >= 0.5
-    assert result["confirm_threshold"] == 0.5 and result["lesions"] == [] and result["node_class"] == "negative"
-    [candidate] = result["unconfirmed_lesions"]  # kept for review, counted for nothing
-    assert candidate["diameter_mm"] < 0.1 and candidate["max_probability"] >= 0.5 > candidate["confirmed_probability"]
+    assert result["confirm_threshold"] == lesion_thresholds(card)[2] == 0.5 and result["lesions"] == []
+    assert result["node_class"] == "negative"
+    candidates = result["unconfirmed_lesions"]  # kept for review, counted for nothing
+    assert candidates and all(c["diameter_mm"] < 0.1 and c["max_probability"] >= 0.5
+                              and c["confirmed_probability"] < result["confirm_threshold"] for c in candidates)
 
 
 def test_without_confirmation_node1_gets_the_false_itc(tmp_path):
@@ -65,7 +71,8 @@ def test_without_confirmation_node1_gets_the_false_itc(tmp_path):
 
     raw = analyze_slide(REPO / "demo" / "slides" / "node1.tiff", tmp_path, stain="he", confirm_threshold=0.0)
     assert raw["confirm_threshold"] == 0.0 and raw["node_class"] == "itc" and raw["unconfirmed_lesions"] == []
-    assert [les["diameter_mm"] < 0.1 and "confirmed_probability" not in les for les in raw["lesions"]] == [True]
+    assert raw["lesions"] and all(les["diameter_mm"] < 0.1 and "confirmed_probability" not in les
+                                  for les in raw["lesions"])
 
 
 def test_demo_command_runs_from_any_folder_and_reports_where_the_report_is(tmp_path):

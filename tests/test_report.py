@@ -251,10 +251,10 @@ def test_model_section_is_plain_language_from_the_card(written):
     html, pdf, case = written
     text = html.read_text()
     card = Detector.load().card
-    conf = card["metrics"]["held_out"]["confusion"]
-    n_t = conf["tp"] + conf["fn"]
-    assert f"called {conf['tp']} of {n_t} tumour patches tumour" in text
-    assert f"sensitivity {conf['tp'] / n_t:.0%}" in text
+    summary = card["metrics"]["held_out"]["summary"]  # whole sources held out, over seeds
+    assert f"area under the ROC curve {summary['c16_patches']['auc']['mean']:.2f}" in text
+    assert f"pcam hard negative {summary['pcam_hard_negative']['share_windows_at_or_above']['mean']:.0%}" in text
+    assert f"brecahad carcinoma {summary['brecahad_carcinoma']['labelled_window_sensitivity']['mean']:.0%}" in text
     assert escape(card["training_data"][0]["name"]) in text
     assert 'id="model-failures"' in text
     assert "held_out_predictions" not in text and "held_out confusion" not in text
@@ -263,6 +263,18 @@ def test_model_section_is_plain_language_from_the_card(written):
 
     recall = model_card()["metrics"]["hand_counts"]["summary"]["recall"]
     assert "a lower bound: on 90 tumour nuclei marked by hand" in text and f"it counted {recall:.0%} of them" in text
+
+
+def test_model_sentences_read_a_binary_card_by_its_confusion():
+    """A card with one held-out confusion (the binary cnn-ln model) is told in counts and rates."""
+    from micromets.model import installed_models
+    from micromets.report.case_report import model_sentences
+
+    card = json.loads((installed_models()["cnn-ln"] / "model.json").read_text())
+    conf = card["metrics"]["held_out"]["confusion"]
+    n_t = conf["tp"] + conf["fn"]
+    text = model_sentences(card)["held_out"]
+    assert f"called {conf['tp']} of {n_t} tumour patches tumour (sensitivity {conf['tp'] / n_t:.0%})" in text
 
 
 # ---------------------------------------------------------------- synoptic block (CAP breast, regional nodes)

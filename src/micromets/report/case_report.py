@@ -208,6 +208,8 @@ def model_sentences(card: dict) -> dict[str, str]:
         if held.get("auc") is not None:
             held_text += f"; area under the ROC curve {held['auc']:.2f} (1.0 is perfect, 0.5 is chance)"
         held_text += "."
+    elif held.get("summary"):
+        held_text = held_out_by_source_sentence(held)
     else:
         held_text = "The model card gives no held-out result."
     failures = card.get("known_failure_modes") or []
@@ -215,6 +217,31 @@ def model_sentences(card: dict) -> dict[str, str]:
         "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
         "measured.")
     return {"trained_on": trained, "held_out": held_text, "failure_modes": failure_text}
+
+
+def held_out_by_source_sentence(held: dict) -> str:
+    """A per-source held-out report (``bench/tissue_heldout.py``: whole sources held out, mean over seeds) in
+    words: the lymph-node patch AUC, the share of annotated carcinoma fields found per carcinoma source, the share of
+    fields called tumour per normal source, at the report's threshold."""
+    summary, seeds = held["summary"], held.get("seeds") or []
+    name = lambda source: source.replace("_", " ")  # noqa: E731
+    mean = lambda s, key: s[key]["mean"] if isinstance(s.get(key), dict) else None  # noqa: E731
+    parts = []
+    auc = mean(summary.get("c16_patches", {}), "auc")
+    if auc is not None:
+        parts.append(f"on CAMELYON16 lymph-node patches of a slide it never trained on, area under the ROC curve "
+                     f"{auc:.2f} (1.0 is perfect, 0.5 is chance)")
+    found = [f"{name(k)} {mean(s, 'labelled_window_sensitivity'):.0%}" for k, s in summary.items()
+             if mean(s, "labelled_window_sensitivity") is not None]
+    if found:
+        parts.append("annotated carcinoma fields found: " + ", ".join(found))
+    called = [f"{name(k)} {mean(s, 'share_windows_at_or_above'):.0%}" for k, s in summary.items()
+              if mean(s, "share_windows_at_or_above") is not None and mean(s, "labelled_window_sensitivity") is None
+              and "carcinoma" not in k and "tumour" not in k]
+    if called:
+        parts.append("normal fields called tumour: " + ", ".join(called))
+    return (f"Whole sources held out (never trained on), mean of {len(seeds)} training seeds, at threshold "
+            f"{held.get('threshold', 0.5):g}: " + "; ".join(parts) + ".")
 
 
 def cell_count_sentence() -> str:
