@@ -14,6 +14,7 @@ from micromets.measure import (
     hull_vertices,
     mask_to_polygons_l0,
     max_feret,
+    measure_lesion,
     measure_lesions,
     rasterize_l0,
     repair,
@@ -73,6 +74,19 @@ def test_gap_boundary_is_inclusive():
     assert joined[0].area_mm2 == pytest.approx(2 * 100 * 100 * mpp**2 / 1e6)
     assert len(measure_lesions([left, beyond], mpp)) == 2
     assert len(measure_lesions([left, at_gap], mpp, gap_um=0)) == 2
+
+
+def test_measure_lesion_takes_every_outline_as_one_lesion_however_far_apart():
+    """Outlines known to be one deposit are measured together, as measure_lesions measures a group."""
+    mpp = 0.25
+    left, far = shapely.box(0, 0, 100, 100), shapely.box(4000, 0, 4100, 100)  # 975 µm apart
+    lesion = measure_lesion([left, far], mpp)
+    assert lesion.n_members == 2 and lesion.diameter_mm == pytest.approx(math.hypot(4100, 100) * mpp / 1000)
+    assert lesion == measure_lesions([left, far], mpp, gap_um=1000)[0]
+    with pytest.raises(MicrometsError):
+        measure_lesion([], mpp)
+    with pytest.raises(MicrometsError):
+        measure_lesion([left], 0.0)
 
 
 def test_grouping_is_transitive_and_sorted():

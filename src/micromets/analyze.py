@@ -28,7 +28,7 @@ from micromets.errors import MicrometsError
 from micromets.annotations import geojson_dict, write_asap_xml
 from micromets.heatmap import Heatmap
 from micromets.lesions import drop_specks, heatmap_outlines_l0, max_value_inside, top_cells_inside
-from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesions
+from micromets.measure import DEFAULT_GAP_UM, LesionMeasure, measure_lesion, measure_lesions
 from micromets.overlay import write_heatmap_tiff
 from micromets.rules import NODE_CLASSES
 from micromets.rules.ajcc8 import node_class
@@ -199,8 +199,7 @@ def refined_outline(slide: Slide, detector, heatmap: Heatmap, lesion: LesionMeas
              if o.intersects(lesion.geometry_l0)]
     if not parts:
         return lesion
-    span_um = math.hypot(box[2] - box[0], box[3] - box[1]) * slide.l0_mpp  # every part within it: one lesion
-    return measure_lesions([shapely.union_all(parts)], slide.l0_mpp, span_um)[0]
+    return measure_lesion([shapely.union_all(parts)], slide.l0_mpp)
 
 
 CANDIDATE_CLASS = "Candidate (unconfirmed)"

@@ -220,31 +220,46 @@ def measure_lesions(geoms_l0: Iterable, l0_mpp: float, gap_um: float = DEFAULT_G
     -------
     list of LesionMeasure, largest maximum Feret diameter first.
     """
-    if not (isinstance(l0_mpp, (int, float)) and math.isfinite(l0_mpp) and l0_mpp > 0):
-        raise MicrometsError(f"l0_mpp must be a positive number of µm per pixel, got {l0_mpp!r}")
+    _check_l0_mpp(l0_mpp)
     if not (math.isfinite(gap_um) and gap_um >= 0):
         raise MicrometsError(f"gap_um must be >= 0 µm, got {gap_um!r}")
     parts, repaired, source = _polygon_parts(geoms_l0)
     labels = group_by_gap(parts, gap_um / l0_mpp)
-    mm_per_px = l0_mpp / 1000.0
-    lesions = []
-    for label in np.unique(labels):
-        members = labels == label
-        geometry = shapely.union_all(parts[members])
-        hull = hull_vertices(geometry)
-        diameter_px, a, b = max_feret(hull)
-        lesions.append(
-            LesionMeasure(
-                geometry_l0=geometry,
-                n_members=len(np.unique(source[members])),
-                diameter_mm=diameter_px * mm_per_px,
-                area_mm2=geometry.area * mm_per_px**2,
-                ellipse_major_mm=ellipse_major_axis(geometry) * mm_per_px,
-                repaired=bool(repaired[members].any()),
-                feret_l0=(tuple(map(float, hull[a])), tuple(map(float, hull[b]))),
-            )
-        )
+    lesions = [_measure(parts[members], repaired[members], source[members], l0_mpp)
+               for members in (labels == label for label in np.unique(labels))]
     return sorted(lesions, key=lambda lesion: lesion.diameter_mm, reverse=True)
+
+
+def measure_lesion(geoms_l0: Iterable, l0_mpp: float) -> LesionMeasure:
+    """All of ``geoms_l0`` (as :func:`measure_lesions` takes them, at least one) measured as one lesion, however far
+    apart they lie: for outlines already known to be one deposit (the parts of a refined outline)."""
+    _check_l0_mpp(l0_mpp)
+    parts, repaired, source = _polygon_parts(geoms_l0)
+    if len(parts) == 0:
+        raise MicrometsError("a lesion needs at least one outline")
+    return _measure(parts, repaired, source, l0_mpp)
+
+
+def _check_l0_mpp(l0_mpp: float) -> None:
+    if not (isinstance(l0_mpp, (int, float)) and math.isfinite(l0_mpp) and l0_mpp > 0):
+        raise MicrometsError(f"l0_mpp must be a positive number of µm per pixel, got {l0_mpp!r}")
+
+
+def _measure(parts: np.ndarray, repaired: np.ndarray, source: np.ndarray, l0_mpp: float) -> LesionMeasure:
+    """One lesion of polygon ``parts`` (with their repaired flags and input indices, :func:`_polygon_parts`)."""
+    mm_per_px = l0_mpp / 1000.0
+    geometry = shapely.union_all(parts)
+    hull = hull_vertices(geometry)
+    diameter_px, a, b = max_feret(hull)
+    return LesionMeasure(
+        geometry_l0=geometry,
+        n_members=len(np.unique(source)),
+        diameter_mm=diameter_px * mm_per_px,
+        area_mm2=geometry.area * mm_per_px**2,
+        ellipse_major_mm=ellipse_major_axis(geometry) * mm_per_px,
+        repaired=bool(repaired.any()),
+        feret_l0=(tuple(map(float, hull[a])), tuple(map(float, hull[b]))),
+    )
 
 
 def mask_to_polygons_l0(

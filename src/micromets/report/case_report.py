@@ -236,8 +236,7 @@ def held_out_by_source_sentence(held: dict) -> str:
     if found:
         parts.append("annotated carcinoma fields found: " + ", ".join(found))
     called = [f"{name(k)} {mean(s, 'share_windows_at_or_above'):.0%}" for k, s in summary.items()
-              if mean(s, "share_windows_at_or_above") is not None and mean(s, "labelled_window_sensitivity") is None
-              and "carcinoma" not in k and "tumour" not in k]
+              if mean(s, "share_images_called_tumour") is not None]  # the normal sources' number
     if called:
         parts.append("normal fields called tumour: " + ", ".join(called))
     return (f"Whole sources held out (never trained on), mean of {len(seeds)} training seeds, at threshold "
