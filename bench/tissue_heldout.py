@@ -9,6 +9,13 @@ Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and pri
 
 scores one exported model on the same windows of every source, without training (a shipped model is held out
 only from the sources its card does not list), and writes bench/results/tissue-fixed-<UTC>.json.
+
+    PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --export-fold fold1 --out bench/work/models/fold1
+        [--seed 0 --steps 1200]
+
+trains one model of the same recipe without the fold's groups (tissue_fit.export_tissue_model with ``fold``) and
+exports it (ONNX + model.json naming them in ``held_out_groups``): fold1 never sees BACH A03, the model for
+bench/breast_normal_slide.py.
 """
 
 import argparse
@@ -20,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from micromets.cli.validate import writable_folder
+from micromets.errors import MicrometsError
 from micromets.train import tissue_data, tissue_fit
 
 
@@ -33,6 +42,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def check_args(args) -> None:
+    """Refuse unknown folds and an unwritable --out before any data is read (MicrometsError, one line)."""
+    named = (args.folds.split(",") if args.folds else []) + ([args.export_fold] if args.export_fold else [])
+    unknown = sorted(set(named) - set(tissue_data.FOLDS))
+    if unknown:
+        raise MicrometsError(f"no fold {', '.join(unknown)} (folds: {', '.join(tissue_data.FOLDS)})")
+    if args.export_fold:
+        if args.model or args.folds:
+            raise MicrometsError("--export-fold trains one model: not with --model or --folds")
+        if args.out is None:
+            raise MicrometsError("--export-fold needs --out (the model folder to write)")
+        writable_folder(args.out, f"--out {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default="../shared/data")
@@ -41,14 +64,28 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--folds", help="comma-separated folds of tissue_data.FOLDS (default: all three)")
     ap.add_argument("--model", help="score this exported model directory instead of training")
+    ap.add_argument("--export-fold", help="train one model without this fold's groups and export it to --out")
+    ap.add_argument("--out", type=Path, help="--export-fold: the model folder to write")
+    ap.add_argument("--seed", type=int, default=0, help="--export-fold: the training seed")
     args = ap.parse_args()
-    unknown = sorted(set(args.folds.split(",")) - set(tissue_data.FOLDS)) if args.folds else []
-    if unknown:
-        ap.error(f"--folds: no fold {', '.join(unknown)} (folds: {', '.join(tissue_data.FOLDS)})")
+    try:
+        check_args(args)
+    except MicrometsError as err:
+        print(f"tissue_heldout.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     ts = tissue_data.build(args.data_root)
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    if args.export_fold:
+        card = tissue_fit.export_tissue_model(
+            ts, args.out, args.data_root, steps=args.steps, seed=args.seed, width=args.width,
+            name=f"micromets-tissue-{args.export_fold}", version="0.4.0",
+            command="bench/tissue_heldout.py " + " ".join(sys.argv[1:]), fold=args.export_fold,
+            log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(f"wrote {args.out / 'model.onnx'} and model.json (held out: {', '.join(card['held_out_groups'])}; "
+              f"{card['training']['wall_s']:.0f} s)")
+        return
     if args.model:
         from micromets.model import Detector
 

@@ -277,3 +277,20 @@ def test_train_refuses_a_held_out_file_that_is_not_a_report_before_training(tmp_
                           str(tmp_path / "m"), "--held-out", str(bad)], capture_output=True, text=True)
     assert run.returncode == 2 and "not a bench/tissue_heldout.py result" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
+def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
+    """bench/tissue_heldout.py --export-fold: an unknown fold is one line on stderr and exit 2, nothing written
+    (checked before the data is read: the run takes seconds, no training)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "bench" / "tissue_heldout.py"), "--export-fold", "fold9",
+                          "--out", str(tmp_path / "m"), "--data-root", str(tmp_path / "no-data")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "tissue_heldout.py: error: no fold fold9 (folds: fold1, fold2, fold3)"]
+    assert not (tmp_path / "m").exists()

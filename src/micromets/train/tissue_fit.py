@@ -473,16 +473,19 @@ def failure_modes(held_out: dict | None, unseen: dict, threshold: float = 0.5) -
 
 def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: int, width: int = 16,
                         patch_px: int = 96, input_mpp: float = 0.5, name: str = "micromets-tissue",
-                        version: str = "0.3.0", command: str = "", held_out: dict | None = None, log=print) -> dict:
-    """Fit on every source, export ONNX + card (classes, tumour index, data, licence, held-out report)."""
+                        version: str = "0.3.0", command: str = "", held_out: dict | None = None,
+                        fold: str | None = None, log=print) -> dict:
+    """Fit on every source, export ONNX + card (classes, tumour index, data, licence, held-out report).
+    ``fold``: fit without that fold's groups of FOLDS (the keep mask of :func:`run_fold`), named in the card's
+    ``held_out_groups``: a model to try on tissue of those sources that it never saw."""
     import datetime as dt
 
     from micromets.model import Detector
     from micromets.train.fit import base_card, export_onnx
 
     t0 = time.perf_counter()
-    model = train_tissue(ts, np.ones(len(ts.windows), bool), patch_px=patch_px, steps=steps, width=width,
-                         seed=seed, log=log)
+    keep = fold_keep(ts, fold) if fold else np.ones(len(ts.windows), bool)
+    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed, log=log)
     card = base_card(name, version, input_mpp, patch_px, width)
     card.update({
         "classes": CLASSES, "tumour_class_index": CARCINOMA,
@@ -506,7 +509,8 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
                      "hard_normals": f"mined at {MINE_AT:.0%} of the steps: the {HARD_TOP} most carcinoma-like of "
                                      f"all normal windows and {MINE_COMPOSITES} fresh composites, then "
                                      f"{HARD_SHARE:.0%} of the normal windows of every batch (labels kept)",
-                     "n_windows": len(ts.windows), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
+                     "n_windows": int(keep.sum()), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
+        **({"held_out_groups": sorted(FOLDS[fold]), "held_out_fold": fold} if fold else {}),
         "metrics": {"held_out": held_out} if held_out else {},
         "date": dt.date.today().isoformat(), "command": command, "licence": WEIGHTS_LICENCE,
     })
