@@ -41,3 +41,15 @@ def test_mosaic_is_a_pyramidal_slide_with_the_tiles_in_reading_order_and_its_mpp
 
 def test_grid_is_square_ish_and_holds_every_tile():
     assert bns.grid_shape(128) == (11, 12) and bns.grid_shape(1) == (1, 1) and bns.grid_shape(9) == (3, 3)
+
+
+def test_per_tile_puts_each_call_in_the_tile_under_it():
+    """Two 100 px tiles side by side, 50 px heatmap cells: the cells >= threshold are counted in the tile under
+    their centres, a lesion in every tile its outline touches; tiles without calls are not listed."""
+    meta = {"l0_tile_px": [100, 100], "l0_origins": {"a.jpg": [0, 0], "b.jpg": [100, 0], "c.jpg": [200, 0]}}
+    h_prob = np.array([[0.1, 0.2, 0.9, 0.5, 0.0, 0.49], [0.0, 0.0, 0.7, 0.0, 0.0, 0.0]], np.float32)
+    result = {"l0_mpp": 0.5, "heatmap": {"cell_um": 25.0, "l0_origin": [0.0, 0.0]},
+              "lesions": [{"id": 1, "l0_outline": [[[90, 10], [110, 10], [110, 30], [90, 30], [90, 10]]]}]}
+    assert bns.per_tile(result, h_prob, 0.5, meta) == [
+        {"tile": "b.jpg", "cells_at_or_above": 3, "lesions": [1]},
+        {"tile": "a.jpg", "cells_at_or_above": 0, "lesions": [1]}]
