@@ -290,7 +290,8 @@ def main() -> None:
     try:
         model = check_args(args)
         exclude = tuple(name for name in args.exclude.split(",") if name)
-        slide, meta = build_slide(args.data_root, args.work, exclude, log=lambda m: print(m, file=sys.stderr, flush=True))
+        slide, meta = build_slide(args.data_root, args.work, exclude,
+                                  log=lambda m: print(m, file=sys.stderr, flush=True))
         stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%SZ}"
         result, folder, wall_s = run_analyze(slide, model, slide.parent / "runs" / stamp)
     except MicrometsError as err:
