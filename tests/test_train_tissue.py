@@ -127,10 +127,11 @@ class _GreenIsCarcinoma(torch.nn.Module):
         return logits
 
 
-def test_mining_keeps_the_most_carcinoma_like_normals_with_their_labels_and_later_batches_draw_them():
-    """Hard normals: the normal windows (and fresh composites) the model scores highest, never a carcinoma window,
-    each with its own label (composites ANY_NORMAL); then about HARD_SHARE of a batch's normal windows come from
-    them, and the model is back in training mode."""
+def test_mining_keeps_the_most_carcinoma_like_normals_of_every_source_with_their_labels_and_later_batches_draw_them():
+    """Hard normals: the normal windows (and fresh composites) the model scores highest, an equal quota per normal
+    source and for the composites (a source too small for its quota leaves it to the others), never a carcinoma
+    window, each with its own label (composites ANY_NORMAL); then about HARD_SHARE of a batch's normal windows
+    come from them, and the model is back in training mode."""
     colours = {"c16_tumour": (10, 250, 10), "crc_lymphoid": (60, 30, 120), "crc_stroma": (200, 200, 180),
                "crc_fat": (250, 90, 250)}
     images, windows = [], []
@@ -142,12 +143,14 @@ def test_mining_keeps_the_most_carcinoma_like_normals_with_their_labels_and_late
     p = tf.sampling_weights(ts, np.ones(len(windows), bool))
     pools = tf.composite_pools(ts, p)
     model = _GreenIsCarcinoma().train()
-    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=10)
-    assert model.training and len(pixels) == len(labels) == 10
-    assert all((rgb == colours["crc_stroma"]).all(-1).mean() > 0.99 for rgb in pixels)  # the greenest normals
-    assert set(labels) == {1}
-    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=25)
-    assert (labels == td.ANY_NORMAL).sum() > 0  # composites with stroma in them come next
+    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=12)
+    assert model.training and len(pixels) == len(labels) == 12
+    assert sorted(labels.tolist()) == [td.ANY_NORMAL] * 3 + [0] * 3 + [1] * 3 + [2] * 3  # 3 from each
+    assert all((rgb == colours["crc_stroma"]).all(-1).mean() > 0.99 for rgb in pixels[:3])  # greenest first
+    for source, label in (("crc_lymphoid", 0), ("crc_fat", 2)):  # the pure windows are that source's
+        assert all((rgb == colours[source]).all(-1).all() for rgb, lab in zip(pixels, labels) if lab == label)
+    pixels, labels = tf.mine_hard_normals(model, ts, p, pools, np.random.default_rng(0), n_composites=30, top=45)
+    assert [(labels == k).sum() for k in (0, 1, 2, td.ANY_NORMAL)] == [10, 10, 10, 15]  # quota 11 > 10 windows
     assert not any((rgb == colours["c16_tumour"]).all(-1).any() for rgb in pixels)
     hard = ([_flat((1, 2, 3))] * 5, np.full(5, 4))
     drawn = normal = 0
@@ -180,6 +183,17 @@ def test_held_out_report_of_one_fold_scores_only_that_folds_sources():
     assert list(report["folds"]) == ["fold1"]
     assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
     assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
+    assert "ensemble" not in report  # one seed: nothing to average
+
+
+def test_averaged_scores_are_the_mean_probability_of_the_models_window_by_window():
+    """The seeds' models averaged: a window one seed calls 0.9 and the other 0.3 is at 0.6, so at 0.5 it is
+    called tumour; every kind of held-out score is averaged the same way."""
+    runs = [({7: np.array([0.9, 0.2])}, {3: 0.8}, {7: {"label": 1, "probability": 0.9}}),
+            ({7: np.array([0.3, 0.4])}, {3: 0.2}, {7: {"label": 1, "probability": 0.3}})]
+    images, windows, c16 = tf.averaged_scores(runs)
+    assert images[7] == pytest.approx([0.6, 0.3]) and windows[3] == pytest.approx(0.5)
+    assert c16[7] == {"label": 1, "probability": pytest.approx(0.6)}
 
 
 def _normalised(path, mpp, source, label, group):

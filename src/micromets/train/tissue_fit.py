@@ -18,7 +18,8 @@ composited.
 
 Hard normals (:func:`mine_hard_normals`): halfway through training (:data:`MINE_AT`), the model scores every normal
 training window and a fresh set of composites, and the :data:`HARD_TOP` it finds most carcinoma-like (a dense
-stroma, a germinal centre, a capsule edge) become a pool from which a share :data:`HARD_SHARE` of the normal half
+stroma, a germinal centre, a capsule edge), an equal quota from each normal source and from the composites, become
+a pool from which a share :data:`HARD_SHARE` of the normal half
 of every later batch is drawn (bootstrapping, Sung & Poggio 1998; the hard-negative mining of the CAMELYON16
 winners, Wang et al. 2016). Their labels stay what they were.
 
@@ -171,23 +172,45 @@ def batch_windows(ts: TissueSet, p: np.ndarray, batch: int, rng: np.random.Gener
 def mine_hard_normals(model: nn.Module, ts: TissueSet, p: np.ndarray, pools, rng: np.random.Generator,
                       patch_px: int = 96, n_composites: int = MINE_COMPOSITES,
                       top: int = HARD_TOP) -> tuple[list[np.ndarray], np.ndarray]:
-    """The ``top`` most carcinoma-like normal training windows (those ``p`` draws) and ``n_composites`` fresh
-    composites, by ``model``'s carcinoma probability of their centre crop: (window pixels, labels), composites
-    labelled ANY_NORMAL. ``model`` is left in training mode."""
-    labels = ts.labels()
+    """The most carcinoma-like normal training windows (those ``p`` draws) and ``n_composites`` fresh composites,
+    by ``model``'s carcinoma probability of their centre crop: ``top`` in all, an equal quota from each normal
+    source and from the composites (a quota a source cannot fill goes to the others), so that a source with few
+    windows (colorectal stroma: ~20 tiles) is not crowded out by thousands of composites; → (window pixels,
+    labels), composites labelled ANY_NORMAL. ``model`` is left in training mode."""
+    labels, sources = ts.labels(), ts.sources()
     normal = np.flatnonzero((labels != CARCINOMA) & (p > 0))
     pixels = [window_pixels(ts, i) for i in normal]
-    window_labels = list(labels[normal])
+    window_labels, groups = list(labels[normal]), list(sources[normal])
     if pools is not None and n_composites:
         pixels += composites(ts, pools, n_composites, rng)
         window_labels += [ANY_NORMAL] * n_composites
+        groups += ["composite"] * n_composites
     model.eval()
     score = np.concatenate([carcinoma_probability(model, np.stack([center_crop(w, patch_px)
                                                                    for w in pixels[i:i + 1024]]))
                             for i in range(0, len(pixels), 1024)])
     model.train()
-    keep = np.argsort(-score, kind="stable")[:top]
+    keep = _quota_top(score, np.asarray(groups), top)
     return [pixels[i] for i in keep], np.asarray(window_labels)[keep]
+
+
+def _quota_top(score: np.ndarray, groups: np.ndarray, top: int) -> np.ndarray:
+    """Indices of the ``top`` highest ``score``, at most an equal quota per group; the quota of a group with fewer
+    items is shared among the others (water-filling), highest score first."""
+    ranked = {g: np.flatnonzero(groups == g)[np.argsort(-score[groups == g], kind="stable")] for g in np.unique(groups)}
+    sizes = {g: len(r) for g, r in ranked.items()}
+    quota, left = dict.fromkeys(ranked, 0), min(top, len(score))
+    while left:
+        open_groups = [g for g in ranked if quota[g] < sizes[g]]
+        share = max(1, left // len(open_groups))
+        for g in open_groups:
+            take = min(share, sizes[g] - quota[g], left)
+            quota[g] += take
+            left -= take
+            if not left:
+                break
+    keep = np.concatenate([ranked[g][:quota[g]] for g in ranked])
+    return keep[np.argsort(-score[keep], kind="stable")]
 
 
 def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
@@ -207,8 +230,8 @@ def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int
         if state["step"] == mine_step:
             t0 = time.perf_counter()
             state["hard"] = mine_hard_normals(model, ts, p, pools, rng, patch_px)
-            log(f"  step {mine_step}: mined {len(state['hard'][1])} hard normals "
-                f"({int((state['hard'][1] == ANY_NORMAL).sum())} composites; {time.perf_counter() - t0:.0f} s)")
+            log(f"  step {mine_step}: mined {len(state['hard'][1])} hard normals, an equal quota per normal source "
+                f"and the composites ({time.perf_counter() - t0:.0f} s)")
         state["step"] += 1
         windows, labels = batch_windows(ts, p, batch, rng, composite_share, pools, state["hard"])
         crops = augment_batch(windows, patch_px, rng, stain_jitter)
@@ -355,7 +378,7 @@ def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96
     image_scores = score_images(model, ts, held_images, patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
     window_scores = labelled_window_scores(model, ts, labelled, patch_px)
-    c16 = [{"name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
+    c16 = [{"image": i, "name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
             "probability": float(image_scores[i][0])} for i in held_images if ts.images[i].source.startswith("c16")]
     return {"fold": fold, "seed": seed, "image_scores": image_scores, "window_scores": window_scores,
             "c16": c16, "model": model}
@@ -365,28 +388,25 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
                     threshold: float = 0.5, folds: list[str] | None = None, log=print) -> dict:
     """Every fold × seed (module docstring); per seed the per-source table and the pooled CAMELYON16 AUC, then
     mean ± sd over seeds of every number. ``folds``: only these folds of FOLDS (a quicker check: each source is
-    held out in one fold, so its numbers are the full protocol's; the AUC needs both CAMELYON16 classes)."""
-    from sklearn.metrics import roc_auc_score
-
+    held out in one fold, so its numbers are the full protocol's; the AUC needs both CAMELYON16 classes). With more
+    than one seed, ``ensemble`` holds the same table for the seeds' models averaged (mean probability per window).
+    """
     folds = list(folds or FOLDS)
-    per_seed = {}
+    per_seed, scores = {}, {}
     for seed in seeds:
-        image_scores, window_scores, c16 = {}, {}, []
+        image_scores, window_scores, c16 = {}, {}, {}
         for fold in folds:
             log(f"seed {seed}, {fold}: hold out {', '.join(sorted(FOLDS[fold]))}")
             r = run_fold(ts, fold, seed, steps, patch_px, width, log=log)
             image_scores.update(r["image_scores"])
             window_scores.update(r["window_scores"])
-            c16 += r["c16"]
-        table = source_report(ts, image_scores, window_scores, threshold)
-        table["operating_point"] = operating_point(ts, image_scores, window_scores)
-        y = np.array([row["label"] for row in c16])
-        p = np.array([row["probability"] for row in c16])
-        if len(set(y.tolist())) == 2:
-            table["c16_patches"] = {"kind": "both", "images": int(len(y)),
-                                    "auc": round(float(roc_auc_score(y, p)), 4)}
-        per_seed[str(seed)] = table
-        log(f"seed {seed}: {table}")
+            c16.update({row["image"]: row for row in r["c16"]})
+        scores[seed] = (image_scores, window_scores, c16)
+        per_seed[str(seed)] = _held_out_table(ts, image_scores, window_scores, c16, threshold)
+        log(f"seed {seed}: {per_seed[str(seed)]}")
+    ensemble = None
+    if len(seeds) > 1:  # the seeds' models averaged
+        ensemble = _held_out_table(ts, *averaged_scores([scores[s] for s in seeds]), threshold)
     summary: dict = {}
     for source in per_seed[str(seeds[0])]:
         for key, value in per_seed[str(seeds[0])][source].items():
@@ -399,7 +419,34 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
                         "every window of a held-out image scored (stride half a patch); CAMELYON16 AUC pooled over "
                         "the folds",
             "folds": {k: sorted(FOLDS[k]) for k in folds}, "threshold": threshold, "seeds": seeds,
-            "steps": steps, "summary": summary, "per_seed": per_seed}
+            "steps": steps, "summary": summary, "per_seed": per_seed,
+            **({"ensemble": {"members": seeds, "combination": "mean carcinoma probability of the seeds' models",
+                             "table": ensemble}} if ensemble else {})}
+
+
+def averaged_scores(runs: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:
+    """The held-out scores of several models averaged (an ensemble: the mean of their carcinoma probabilities),
+    window by window: each run is (image → window probabilities, labelled window → probability, CAMELYON16 image
+    → {label, probability}) over the same windows."""
+    first = runs[0]
+    return ({i: np.mean([r[0][i] for r in runs], axis=0) for i in first[0]},
+            {k: float(np.mean([r[1][k] for r in runs])) for k in first[1]},
+            {i: {**row, "probability": float(np.mean([r[2][i]["probability"] for r in runs]))}
+             for i, row in first[2].items()})
+
+
+def _held_out_table(ts: TissueSet, image_scores: dict, window_scores: dict, c16: dict, threshold: float) -> dict:
+    """The per-source table of one set of held-out scores, with its operating point and the pooled CAMELYON16
+    AUC (``c16``: image index → {label, probability})."""
+    from sklearn.metrics import roc_auc_score
+
+    table = source_report(ts, image_scores, window_scores, threshold)
+    table["operating_point"] = operating_point(ts, image_scores, window_scores)
+    y = np.array([row["label"] for row in c16.values()])
+    p = np.array([row["probability"] for row in c16.values()])
+    if len(set(y.tolist())) == 2:
+        table["c16_patches"] = {"kind": "both", "images": int(len(y)), "auc": round(float(roc_auc_score(y, p)), 4)}
+    return table
 
 
 TRAINING_DATA = [
@@ -507,7 +554,8 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
                                           f"{EDGE_SHARE:.0%} with {' or '.join(OUTSIDE)} beyond the band); "
                                           "any-normal label",
                      "hard_normals": f"mined at {MINE_AT:.0%} of the steps: the {HARD_TOP} most carcinoma-like of "
-                                     f"all normal windows and {MINE_COMPOSITES} fresh composites, then "
+                                     f"all normal windows and {MINE_COMPOSITES} fresh composites, an equal quota "
+                                     "from each normal source and from the composites, then "
                                      f"{HARD_SHARE:.0%} of the normal windows of every batch (labels kept)",
                      "n_windows": int(keep.sum()), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         **({"held_out_groups": sorted(FOLDS[fold]), "held_out_fold": fold} if fold else {}),
