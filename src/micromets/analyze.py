@@ -166,18 +166,28 @@ def lesion_thresholds(card: dict, threshold: float | None = None) -> tuple[float
     return threshold, seed, float(card.get("confirm_threshold", seed))
 
 
-def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[LesionMeasure],
+def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[LesionMeasure], verify_from: float,
                  top_cells: int = CONFIRM_TOP_CELLS) -> np.ndarray:
     """Each lesion's confirmation score: the highest, over the ``top_cells`` highest heatmap cells inside it, of
     the mean probability of the 9 half-cell-shifted windows (:func:`micromets.heatmap.confirmation_scores`).
+    Where the detector has a verifier (:attr:`micromets.model.Detector.verifier`, the shipped default's seed
+    ensemble), a lesion whose score reaches ``verify_from`` (the heatmap threshold: below it the detector does not
+    call the lesion's best fields tumour at all) is scored again, the same way, by the verifier, and that is its
+    score: a cascade, so the verifier's extra networks run only on the few lesions the detector still calls.
 
     A lesion is the group of deposits within the gap, so a macrometastasis that the heatmap breaks into pieces
     is confirmed (or not) as a whole by its strongest cells, and keeps all of its pieces."""
     from micromets.heatmap import confirmation_scores
 
     geoms = [m.geometry_l0 for m in measures]
-    scores = confirmation_scores(slide, detector, heatmap, top_cells_inside(heatmap, geoms, top_cells))
-    return max_value_inside(scores, geoms)
+    cells = top_cells_inside(heatmap, geoms, top_cells)
+    scores = max_value_inside(confirmation_scores(slide, detector, heatmap, cells), geoms)
+    passed = np.flatnonzero(scores >= verify_from)
+    if detector.verifier is not None and len(passed):
+        kept = [geoms[k] for k in passed]
+        again = confirmation_scores(slide, detector.verifier, heatmap, top_cells_inside(heatmap, kept, top_cells))
+        scores[passed] = max_value_inside(again, kept)
+    return scores
 
 
 def refined_outline(slide: Slide, detector, heatmap: Heatmap, lesion: LesionMeasure, threshold: float,
@@ -360,7 +370,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             confirmed, unconfirmed, dropped = None, [], []
             if confirm_threshold > 0 and measures:
-                scores = confirmation(slide, detector, heatmap, measures)
+                scores = confirmation(slide, detector, heatmap, measures, threshold)
                 keep = scores >= confirm_threshold
                 dropped = [m for m, k in zip(measures, keep) if not k]
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
@@ -376,6 +386,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                         if m.diameter_mm <= CELL_COUNT_MAX_MM else None for m in measures]
             n_cells = [None if c is None else len(c) for c in cells_he]
             model_info = {"name": detector.name, "version": detector.version, "nuclei": _nuclei_model_info()}
+            if detector.verifier is not None:
+                model_info["verifier"] = {"members": detector.card["verifier"].get("members", [])}
             if mode == "fast":
                 model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
             counted = [c for c in cells_he if c is not None]

@@ -19,6 +19,11 @@ Families (``card["family"]``): ``cnn`` takes the scaled pixels (``card["input"]`
 (``card["input"]["layout"] = "features"``) takes the nuclear features of :mod:`micromets.morphometry`, computed
 here in numpy, and its ONNX graph is the classifier (feature scaling inside the graph).
 
+Verifier (``card["verifier"]``, optional): a second ONNX graph in the same folder (``file``, output
+``probabilities``), in the shipped default the seed ensemble of :mod:`micromets.train.ensemble`. It sees the same
+normalised patches (the same per-slide stain estimate) through :attr:`Detector.verifier`, a :class:`Detector` of
+its own; :func:`micromets.analyze.confirmation` confirms again with it the lesions the detector confirms.
+
 Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
 is below ``min_fraction`` is background and gets probability 0 without being shown to the network.
 """
@@ -147,6 +152,21 @@ def held_out_headline(card: dict) -> str | None:
     return None
 
 
+def _session(ort, onnx_path: Path):
+    """An onnxruntime CPU session of ``onnx_path``, single-threaded (see :meth:`Detector.load`)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = ORT_LOG_SEVERITY
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for broken files
+        raise MicrometsError(f"{onnx_path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
+
+
 class Detector:
     """An ONNX tumour-patch classifier with its card; see the module docstring."""
 
@@ -177,6 +197,8 @@ class Detector:
         self.batch_size: int = int(batch_size if batch_size is not None else card.get("batch_size", 128))
         self.threads = max(1, int(threads))
         self._pool = None  # ThreadPoolExecutor of `threads` workers, made on first use
+        #: the card's verifier graph as a Detector of its own (None: no verifier); see the module docstring
+        self.verifier: Detector | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, threads: int = 2, batch_size: int | None = None) -> "Detector":
@@ -203,18 +225,18 @@ class Detector:
             raise MicrometsError(f"{card_path}: model card lacks {', '.join(missing)}")
         if card["output"] not in OUTPUTS:
             raise MicrometsError(f"{card_path}: output must be {', '.join(map(repr, OUTPUTS))}, not {card['output']!r}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = ORT_LOG_SEVERITY
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for broken files
-            raise MicrometsError(f"{onnx_path}: onnxruntime cannot load it ({str(err).splitlines()[0]})") from None
-        return cls(folder, card, session, threads, batch_size)
+        detector = cls(folder, card, _session(ort, onnx_path), threads, batch_size)
+        verifier = card.get("verifier")
+        if verifier:
+            if not isinstance(verifier, dict) or verifier.get("output") not in OUTPUTS or "file" not in verifier:
+                raise MicrometsError(f"{card_path}: verifier needs a file and an output ({', '.join(OUTPUTS)})")
+            path = folder / verifier["file"]
+            if not path.is_file():
+                raise MicrometsError(f"{card_path}: verifier file {path} is missing")
+            v_card = {**card, "output": verifier["output"], "name": f"{card['name']} verifier"}
+            v_card.pop("verifier")
+            detector.verifier = cls(folder, v_card, _session(ort, path), threads, batch_size)
+        return detector
 
     @property
     def cell_um(self) -> float:
@@ -235,9 +257,11 @@ class Detector:
         """
         if rgb_tissue_sample is None:
             self._slide_lut = None
-            return
-        source_he = normalise.macenko_stain_matrix(rgb_tissue_sample, beta=self._tissue_beta)
-        self._slide_lut = normalise.stain_lut(normalise.stain_transform(source_he, self._target_he))
+        else:
+            source_he = normalise.macenko_stain_matrix(rgb_tissue_sample, beta=self._tissue_beta)
+            self._slide_lut = normalise.stain_lut(normalise.stain_transform(source_he, self._target_he))
+        if self.verifier is not None:
+            self.verifier._slide_lut = self._slide_lut
 
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
         """The stain-normalised uint8 RGB batch the network sees (card's method; per-slide estimate if set)."""

@@ -1,0 +1,106 @@
+"""The seed ensemble (micromets.train.ensemble) and the verifier of a detector: one ONNX graph averaging its
+members' softmax, loaded beside the detector, and the lesion confirmation that asks it (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from micromets.errors import MicrometsError
+from micromets.model import Detector, default_model_dir
+from micromets.train.ensemble import VERIFIER_FILE, ensemble_onnx
+from micromets.train.fit import export_onnx
+from micromets.train.net import PatchNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _member(folder: Path, seed: int, n_classes: int = 7, normal_bias: float | None = None) -> Path:
+    """A small real PatchNet exported to ONNX (random weights of ``seed``; ``normal_bias``: a classifier that calls
+    every patch class 0, by that margin)."""
+    torch.manual_seed(seed)
+    net = PatchNet(width=4, n_classes=n_classes)
+    if normal_bias is not None:
+        linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            linear.weight.zero_()
+            linear.bias.zero_()
+            linear.bias[0] = normal_bias
+    export_onnx(net, folder, {"name": f"m{seed}"}, 96, seed)
+    return folder / "model.onnx"
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_ensemble_graph_outputs_the_mean_softmax_of_its_members(tmp_path):
+    members = [_member(tmp_path / f"m{s}", s) for s in range(3)]
+    path = ensemble_onnx(members, tmp_path / "ens.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 3, 96, 96)).astype(np.float32)
+    got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    each = [_softmax(ort.InferenceSession(str(m)).run(None, {"input": x})[0]) for m in members]
+    assert got.shape == (5, 7)
+    np.testing.assert_allclose(got, np.mean(each, axis=0), atol=1e-6)
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # the members differ, so the mean is not one of them
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_onnx(members[:1], tmp_path / "one.onnx")
+
+
+def _with_verifier(tmp_path: Path, members: list[Path]) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    ensemble_onnx(members, folder / VERIFIER_FILE)
+    card = json.loads((folder / "model.json").read_text())
+    card["verifier"] = {"file": VERIFIER_FILE, "output": "probabilities", "members": [m.parent.name for m in members]}
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_verifier_sees_the_patches_the_detector_sees(tmp_path, shared_data):
+    """The default's own graph twice as a verifier scores real patches as the detector does, with the slide's
+    stain estimate (set once on the detector) and with the per-batch one."""
+    detector = Detector.load(_with_verifier(tmp_path, [default_model_dir() / "model.onnx"] * 2))
+    tiles = sorted((shared_data / "camelyon16_patches").rglob("*.png"))[:6]
+    from micromets.train.data import read_rgb
+
+    patches = np.concatenate([detector.windows(read_rgb(t), 0.243)[:2] for t in tiles])
+    np.testing.assert_allclose(detector.verifier.predict(patches), detector.predict(patches), atol=1e-5)
+    detector.set_stain_reference(patches[:4])
+    np.testing.assert_allclose(detector.verifier.predict(patches), detector.predict(patches), atol=1e-5)
+    assert detector.verifier.verifier is None
+
+
+def test_a_verifier_that_calls_everything_normal_leaves_the_demo_itc_unconfirmed(tmp_path):
+    """The cascade decides: demo node 3's ITC, confirmed by the detector alone, is scored again by the verifier
+    (here members that call every patch normal) and fails; the run records the verifier and the candidate."""
+    from micromets.analyze import analyze_slide
+
+    slide = REPO / "demo" / "slides" / "node3.tiff"
+    folder = _with_verifier(tmp_path, [_member(tmp_path / f"n{s}", s, normal_bias=8.0) for s in range(2)])
+    plain = analyze_slide(slide, tmp_path / "plain")
+    verified = analyze_slide(slide, tmp_path / "verified", detector=Detector.load(folder))
+    assert plain["node_class"] == "itc" and "verifier" not in plain["model"]
+    assert verified["node_class"] == "negative" and verified["n_lesions"] == 0
+    assert verified["model"]["verifier"] == {"members": ["n0", "n1"]}
+    itc = max(verified["unconfirmed_lesions"], key=lambda r: r["diameter_mm"])
+    assert itc["confirmed_probability"] < 0.01
+
+
+def test_a_card_naming_a_missing_or_malformed_verifier_is_refused(tmp_path):
+    folder = _with_verifier(tmp_path, [default_model_dir() / "model.onnx"] * 2)
+    (folder / VERIFIER_FILE).unlink()
+    with pytest.raises(MicrometsError, match="verifier file .* is missing"):
+        Detector.load(folder)
+    card = json.loads((folder / "model.json").read_text())
+    card["verifier"] = {"file": VERIFIER_FILE, "output": "logits?"}
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(MicrometsError, match="verifier needs a file and an output"):
+        Detector.load(folder)
