@@ -104,3 +104,22 @@ def test_a_card_naming_a_missing_or_malformed_verifier_is_refused(tmp_path):
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(MicrometsError, match="verifier needs a file and an output"):
         Detector.load(folder)
+
+
+def test_bench_verifier_script_writes_the_graph_and_the_card_entry(tmp_path):
+    """bench/verifier.py's add_verifier: the graph, the card's members, and the check that it averages them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verifier_script", REPO / "bench" / "verifier.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    into = tmp_path / "model"
+    shutil.copytree(default_model_dir(), into)
+    entry = script.add_verifier(into, [default_model_dir(), default_model_dir()])
+    assert (into / VERIFIER_FILE).is_file() and entry["check_max_abs_diff"] < 1e-4
+    assert [m["name"] for m in entry["members"]] == ["micromets-tissue"] * 2
+    assert Detector.load(into).verifier is not None
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "src" / "micromets" / "models" / "cnn-ln", other)
+    with pytest.raises(MicrometsError, match="classes or patch size differ"):
+        script.add_verifier(into, [default_model_dir(), other])
