@@ -277,6 +277,25 @@ def test_model_sentences_read_a_binary_card_by_its_confusion():
     assert f"called {conf['tp']} of {n_t} tumour patches tumour (sensitivity {conf['tp'] / n_t:.0%})" in text
 
 
+def test_model_sentences_tell_the_verifier_and_its_own_held_out_numbers():
+    """A card with a seed-ensemble verifier says so in words, with the ensemble's held-out table when it has one;
+    a card without a verifier says nothing of it."""
+    from micromets.report.case_report import model_sentences
+
+    held = {"summary": {"c16_patches": {"auc": {"mean": 0.98}}}, "seeds": [0, 1, 2], "threshold": 0.5,
+            "ensemble": {"members": [0, 1, 2], "table": {
+                "c16_patches": {"kind": "both", "auc": 0.991},
+                "pcam_hard_negative": {"kind": "normal", "share_images_called_tumour": 0.1,
+                                       "share_windows_at_or_above": 0.083},
+                "bach_carcinoma": {"kind": "carcinoma", "share_images_found": 1.0,
+                                   "share_windows_at_or_above": 0.2}}}}
+    card = {"metrics": {"held_out": held}, "verifier": {"members": [{"seed": 0}, {"seed": 1}, {"seed": 2}]}}
+    text = model_sentences(card)["held_out"]
+    assert "confirmed again by the average of 3 models of the same recipe trained with seeds 0, 1, 2" in text
+    assert "CAMELYON16 patch AUC 0.99; normal fields called tumour: pcam hard negative 8%." in text
+    assert "average" not in model_sentences({"metrics": {"held_out": held}})["held_out"]
+
+
 # ---------------------------------------------------------------- synoptic block (CAP breast, regional nodes)
 
 

@@ -212,6 +212,8 @@ def model_sentences(card: dict) -> dict[str, str]:
         held_text = held_out_by_source_sentence(held)
     else:
         held_text = "The model card gives no held-out result."
+    if card.get("verifier"):
+        held_text += " " + verifier_sentence(card["verifier"], held.get("ensemble"), held.get("threshold", 0.5))
     failures = card.get("known_failure_modes") or []
     failure_text = " ".join(failures) if failures else (
         "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
@@ -241,6 +243,27 @@ def held_out_by_source_sentence(held: dict) -> str:
         parts.append("normal fields called tumour: " + ", ".join(called))
     return (f"Whole sources held out (never trained on), mean of {len(seeds)} training seeds, at threshold "
             f"{held.get('threshold', 0.5):g}: " + "; ".join(parts) + ".")
+
+
+def verifier_sentence(verifier: dict, ensemble: dict | None, threshold: float) -> str:
+    """The card's verifier (:mod:`micromets.train.ensemble`) in words, with its own held-out numbers (the
+    ``ensemble`` table of ``bench/tissue_heldout.py``) where the card has them."""
+    members = verifier.get("members") or []
+    seeds = [str(m.get("seed")) for m in members if m.get("seed") is not None]
+    text = (f"Every lesion it calls is confirmed again by the average of {len(members)} models of the same recipe"
+            f"{' trained with seeds ' + ', '.join(seeds) if seeds else ''}, and counts only if that average "
+            "agrees")
+    table = (ensemble or {}).get("table") or {}
+    parts = []
+    if "c16_patches" in table:
+        parts.append(f"CAMELYON16 patch AUC {table['c16_patches']['auc']:.2f}")
+    called = [f"{k.replace('_', ' ')} {v['share_windows_at_or_above']:.0%}" for k, v in table.items()
+              if "share_images_called_tumour" in v]
+    if called:
+        parts.append("normal fields called tumour: " + ", ".join(called))
+    if parts:
+        text += f"; held out, that average gives (threshold {threshold:g}) " + "; ".join(parts)
+    return text + "."
 
 
 def cell_count_sentence() -> str:
