@@ -1,12 +1,16 @@
 """Add a seed-ensemble verifier to a model folder (issue 14; micromets.train.ensemble).
 
     PYTHONPATH=src .venv/bin/python bench/verifier.py --into src/micromets/models/default \
-        --members build/models/tissue-0.5.0-int8-s0,build/models/tissue-0.5.0-int8-s1,build/models/tissue-0.5.0-int8-s2
+        --members build/models/tissue-0.5.1,build/models/tissue-0.5.1-s1,build/models/tissue-0.5.1-s2 \
+        --confirm-at-operating-point
 
 Writes ``INTO/verifier.onnx``, one graph averaging the members' softmax, and the card's ``verifier`` entry (file,
-output, members with their name, version, seed, training command and quantisation). The members are model
-folders of the same recipe and classes trained with different seeds (``micromets train --seed S``), usually the
-INT8 graphs of ``bench/quantise.py``. Checks, on random input, that the graph's output is the mean of the
+output, members with their name, version, seed, training command and quantisation). With ``--confirm-at-operating-
+point`` the card's ``confirm_threshold`` becomes the averaged models' held-out operating point (the card's
+``metrics.held_out.ensemble.table.operating_point``, from ``bench/tissue_heldout.py`` with the members' seeds): the
+lowest threshold at which the sources they never saw average at most 5 % of their fields called tumour, since the
+verifier's score is what a lesion is confirmed by. The members are model folders of the same recipe and classes
+trained with different seeds (``micromets train --seed S``), usually the INT8 graphs of ``bench/quantise.py``. Checks, on random input, that the graph's output is the mean of the
 members' probabilities (max |Δp| recorded in the card).
 """
 
@@ -24,7 +28,7 @@ from micromets.model import Detector
 from micromets.train.ensemble import VERIFIER_FILE, ensemble_onnx
 
 
-def add_verifier(into: Path, members: list[Path]) -> dict:
+def add_verifier(into: Path, members: list[Path], confirm_at_operating_point: bool = False) -> dict:
     detectors = [Detector.load(m) for m in members]
     primary = Detector.load(into)
     for d in detectors:
@@ -47,6 +51,15 @@ def add_verifier(into: Path, members: list[Path]) -> dict:
     if diff > 1e-4:
         raise RuntimeError(f"verifier differs from the members' mean by {diff:.2e}")
     card["verifier"]["check_max_abs_diff"] = round(diff, 8)
+    if confirm_at_operating_point:
+        ensemble = ((card.get("metrics") or {}).get("held_out") or {}).get("ensemble") or {}
+        seeds = sorted(m["seed"] for m in card["verifier"]["members"])
+        if sorted(ensemble.get("members") or []) != seeds:
+            raise MicrometsError(f"{into}: the card's held-out ensemble ({ensemble.get('members')}) is not of the "
+                                 f"members' seeds {seeds}")
+        card["confirm_threshold"] = ensemble["table"]["operating_point"]["threshold"]
+        card["verifier"]["confirm_threshold_from"] = ("metrics.held_out.ensemble.table.operating_point: the "
+                                                      "averaged members, held out by whole source")
     (into / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return card["verifier"]
 
@@ -55,12 +68,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--into", type=Path, required=True, help="the model folder that gets the verifier")
     ap.add_argument("--members", required=True, help="comma-separated model folders (>= 2)")
+    ap.add_argument("--confirm-at-operating-point", action="store_true",
+                    help="set the card's confirm_threshold to the averaged members' held-out operating point")
     args = ap.parse_args()
     members = [Path(m) for m in args.members.split(",") if m]
     try:
         if len(members) < 2:
             raise MicrometsError("--members: at least two model folders")
-        verifier = add_verifier(args.into, members)
+        verifier = add_verifier(args.into, members, args.confirm_at_operating_point)
     except MicrometsError as err:
         print(f"verifier.py: error: {err}", file=sys.stderr)
         sys.exit(2)

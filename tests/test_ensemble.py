@@ -123,3 +123,27 @@ def test_bench_verifier_script_writes_the_graph_and_the_card_entry(tmp_path):
     shutil.copytree(REPO / "src" / "micromets" / "models" / "cnn-ln", other)
     with pytest.raises(MicrometsError, match="classes or patch size differ"):
         script.add_verifier(into, [default_model_dir(), other])
+
+
+def test_bench_verifier_sets_the_confirmation_at_the_averaged_members_operating_point(tmp_path):
+    """--confirm-at-operating-point: confirm_threshold = the held-out operating point of the averaged members, and
+    only when the card's held-out ensemble is of the members' own seeds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verifier_script", REPO / "bench" / "verifier.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    into = tmp_path / "model"
+    shutil.copytree(default_model_dir(), into)
+    card = json.loads((into / "model.json").read_text())
+    seed = card["training"]["seed"]
+    card["metrics"]["held_out"]["ensemble"] = {"members": [seed, seed],
+                                               "table": {"operating_point": {"threshold": 0.73}}}
+    (into / "model.json").write_text(json.dumps(card))
+    script.add_verifier(into, [default_model_dir(), default_model_dir()], confirm_at_operating_point=True)
+    card = json.loads((into / "model.json").read_text())
+    assert card["confirm_threshold"] == 0.73 and "operating_point" in card["verifier"]["confirm_threshold_from"]
+    card["metrics"]["held_out"]["ensemble"]["members"] = [0, 1, 2]
+    (into / "model.json").write_text(json.dumps(card))
+    with pytest.raises(MicrometsError, match="not of the members' seeds"):
+        script.add_verifier(into, [default_model_dir(), default_model_dir()], confirm_at_operating_point=True)
