@@ -85,7 +85,7 @@ def test_small_he_deposit_is_outlined_on_its_pixels_not_on_heatmap_cells(tmp_pat
     """Issue 15: the heatmap's iso-line placed demo node 3's edge only to within a 48 µm cell (a third of the
     cluster cut off, a rim of lymphocytes taken in); the outline refined with windows every 8 µm fits the phantom's
     true deposit better (intersection over union; the heatmap's own iso-line against the refined one: 0.68 / 0.72
-    with the v0.2.1 detector, 0.72 / 0.74 with the default 0.4.1)."""
+    with the v0.2.1 detector, 0.72 / 0.74 with the 0.4.1 default)."""
     from micromets.analyze import analyze_slide
     from micromets.heatmap import Heatmap
     from micromets.lesions import heatmap_outlines_l0
