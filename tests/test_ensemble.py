@@ -59,7 +59,8 @@ def _with_verifier(tmp_path: Path, members: list[Path]) -> Path:
     shutil.copytree(default_model_dir(), folder)
     ensemble_onnx(members, folder / VERIFIER_FILE)
     card = json.loads((folder / "model.json").read_text())
-    card["verifier"] = {"file": VERIFIER_FILE, "output": "probabilities", "members": [m.parent.name for m in members]}
+    card["verifier"] = {"file": VERIFIER_FILE, "output": "probabilities",
+                        "members": [{"name": m.parent.name, "version": "0", "seed": k} for k, m in enumerate(members)]}
     (folder / "model.json").write_text(json.dumps(card))
     return folder
 
@@ -85,11 +86,16 @@ def test_a_verifier_that_calls_everything_normal_leaves_the_demo_itc_unconfirmed
 
     slide = REPO / "demo" / "slides" / "node3.tiff"
     folder = _with_verifier(tmp_path, [_member(tmp_path / f"n{s}", s, normal_bias=8.0) for s in range(2)])
-    plain = analyze_slide(slide, tmp_path / "plain")
+    alone = tmp_path / "alone"  # the default detector without its verifier
+    shutil.copytree(default_model_dir(), alone)
+    card = json.loads((alone / "model.json").read_text())
+    del card["verifier"]
+    (alone / "model.json").write_text(json.dumps(card))
+    plain = analyze_slide(slide, tmp_path / "plain", detector=Detector.load(alone))
     verified = analyze_slide(slide, tmp_path / "verified", detector=Detector.load(folder))
     assert plain["node_class"] == "itc" and "verifier" not in plain["model"]
     assert verified["node_class"] == "negative" and verified["n_lesions"] == 0
-    assert verified["model"]["verifier"] == {"members": ["n0", "n1"]}
+    assert [m["name"] for m in verified["model"]["verifier"]["members"]] == ["n0", "n1"]
     itc = max(verified["unconfirmed_lesions"], key=lambda r: r["diameter_mm"])
     assert itc["confirmed_probability"] < 0.01
 
@@ -147,3 +153,14 @@ def test_bench_verifier_sets_the_confirmation_at_the_averaged_members_operating_
     (into / "model.json").write_text(json.dumps(card))
     with pytest.raises(MicrometsError, match="not of the members' seeds"):
         script.add_verifier(into, [default_model_dir(), default_model_dir()], confirm_at_operating_point=True)
+
+
+def test_the_shipped_default_confirms_with_its_seed_ensemble_at_its_held_out_operating_point():
+    """The default's card: a verifier of seeds 0, 1, 2 of its recipe, and lesions confirmed at the operating point
+    the held-out run measured for exactly those seeds averaged (not a number tuned on the bench)."""
+    card = json.loads((default_model_dir() / "model.json").read_text())
+    held = card["metrics"]["held_out"]
+    assert sorted(m["seed"] for m in card["verifier"]["members"]) == held["ensemble"]["members"] == [0, 1, 2]
+    assert card["confirm_threshold"] == held["ensemble"]["table"]["operating_point"]["threshold"]
+    assert held["ensemble"]["table"]["operating_point"]["normal_window_share"] <= 0.05
+    assert Detector.load().verifier is not None

@@ -392,7 +392,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             n_cells = [None if c is None else len(c) for c in cells_he]
             model_info = {"name": detector.name, "version": detector.version, "nuclei": _nuclei_model_info()}
             if detector.verifier is not None:
-                model_info["verifier"] = {"members": detector.card["verifier"].get("members", [])}
+                model_info["verifier"] = {"members": [{k: m.get(k) for k in ("name", "version", "seed")}
+                                                      for m in detector.card["verifier"].get("members", [])]}
             if mode == "fast":
                 model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
             counted = [c for c in cells_he if c is not None]
