@@ -289,9 +289,13 @@ def test_model_sentences_tell_the_verifier_and_its_own_held_out_numbers():
                                        "share_windows_at_or_above": 0.083},
                 "bach_carcinoma": {"kind": "carcinoma", "share_images_found": 1.0,
                                    "share_windows_at_or_above": 0.2}}}}
-    card = {"metrics": {"held_out": held}, "verifier": {"members": [{"seed": 0}, {"seed": 1}, {"seed": 2}]}}
+    held["ensemble"]["table"]["operating_point"] = {"threshold": 0.73, "normal_window_share": 0.043}
+    card = {"metrics": {"held_out": held}, "verifier": {"members": [{"seed": 0}, {"seed": 1}, {"seed": 2}]},
+            "confirm_threshold": 0.73}
     text = model_sentences(card)["held_out"]
-    assert "confirmed again by the average of 3 models of the same recipe trained with seeds 0, 1, 2" in text
+    assert ("confirmed again by the average of 3 models of the same recipe trained with seeds 0, 1, 2, and counts "
+            "only if that average reaches 0.73, the threshold at which tissue of sources it never saw averaged 4% of "
+            "normal fields called tumour") in text
     assert "CAMELYON16 patch AUC 0.99; normal fields called tumour: pcam hard negative 8%." in text
     assert "average" not in model_sentences({"metrics": {"held_out": held}})["held_out"]
 

@@ -213,7 +213,8 @@ def model_sentences(card: dict) -> dict[str, str]:
     else:
         held_text = "The model card gives no held-out result."
     if card.get("verifier"):
-        held_text += " " + verifier_sentence(card["verifier"], held.get("ensemble"), held.get("threshold", 0.5))
+        held_text += " " + verifier_sentence(card["verifier"], held.get("ensemble"), held.get("threshold", 0.5),
+                                             card.get("confirm_threshold"))
     failures = card.get("known_failure_modes") or []
     failure_text = " ".join(failures) if failures else (
         "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
@@ -245,15 +246,21 @@ def held_out_by_source_sentence(held: dict) -> str:
             f"{held.get('threshold', 0.5):g}: " + "; ".join(parts) + ".")
 
 
-def verifier_sentence(verifier: dict, ensemble: dict | None, threshold: float) -> str:
-    """The card's verifier (:mod:`micromets.train.ensemble`) in words, with its own held-out numbers (the
-    ``ensemble`` table of ``bench/tissue_heldout.py``) where the card has them."""
+def verifier_sentence(verifier: dict, ensemble: dict | None, threshold: float,
+                      confirm_threshold: float | None = None) -> str:
+    """The card's verifier (:mod:`micromets.train.ensemble`) in words: the threshold its average must reach (the
+    card's ``confirm_threshold``) and its own held-out numbers (the ``ensemble`` table of
+    ``bench/tissue_heldout.py``) where the card has them."""
     members = verifier.get("members") or []
     seeds = [str(m.get("seed")) for m in members if m.get("seed") is not None]
     text = (f"Every lesion it calls is confirmed again by the average of {len(members)} models of the same recipe"
             f"{' trained with seeds ' + ', '.join(seeds) if seeds else ''}, and counts only if that average "
-            "agrees")
+            + (f"reaches {confirm_threshold:g}" if confirm_threshold is not None else "agrees"))
     table = (ensemble or {}).get("table") or {}
+    point = table.get("operating_point") or {}
+    if confirm_threshold is not None and point.get("threshold") == confirm_threshold:
+        text += (f", the threshold at which tissue of sources it never saw averaged "
+                 f"{point['normal_window_share']:.0%} of normal fields called tumour")
     parts = []
     if "c16_patches" in table:
         parts.append(f"CAMELYON16 patch AUC {table['c16_patches']['auc']:.2f}")
