@@ -42,10 +42,12 @@ def test_lesions_and_candidates_round_trip_through_qupath_geojson_and_asap_xml(t
     for geom, (want, _) in zip(read_back, expected):  # GeoJSON keeps the holes too
         assert _exteriors(geom).symmetric_difference(want).area <= 0.1 * want.length  # result.json rounds to 0.1 px
 
-    asap = read_asap_xml(folder / "lesions.xml")
+    asap = read_asap_xml(folder / "lesions.xml")  # one annotation per part (ASAP keeps exterior rings), same name
+    parts = [(shapely.Polygon(ring), "Tumor" if ok else "Candidate", f"{'lesion' if ok else 'candidate'} {r['id']}")
+             for records, ok in ((lesions, True), (candidates, False)) for r in records for ring in r["l0_outline"]]
     groups = [a.get("PartOfGroup") for a in ET.parse(folder / "lesions.xml").getroot().iter("Annotation")]
-    assert groups == ["Tumor" if ok else "Candidate" for _, ok in expected]
-    assert asap.tumour_names == ([f"lesion {r['id']}" for r in lesions] + [f"candidate {r['id']}" for r in candidates])
-    assert len(asap.tumour) == len(expected)  # one part per lesion here; ASAP keeps exterior rings
-    for geom, (want, _) in zip(asap.tumour, expected):
+    assert groups == [group for _, group, _ in parts]
+    assert asap.tumour_names == [name for _, _, name in parts]
+    assert len(asap.tumour) == len(parts)
+    for geom, (want, _, _) in zip(asap.tumour, parts):
         assert _exteriors(geom).symmetric_difference(want).area <= 0.1 * want.length

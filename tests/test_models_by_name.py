@@ -74,7 +74,7 @@ def test_models_lists_every_installed_model_with_its_card():
     assert "input: 0.5 µm/px, 96 px patches" in tissue and "licence: research use only" in tissue
     assert "AUC 0.986 ± 0.006" in tissue  # its held-out headline, from the card
     assert "(the default)" in blocks["default"] and "2.0 µm/px, 32 px" in run.stdout.split("coarse:")[1]
-    assert "micromets-tissue 0.4" in blocks["default"] and "micromets-cnn-ln 0.2.1" in blocks["cnn-ln"]
+    assert "micromets-tissue 0.5" in blocks["default"] and "micromets-cnn-ln 0.2.1" in blocks["cnn-ln"]
     assert "installed models" in run.stderr and "installed models" not in run.stdout
 
 
