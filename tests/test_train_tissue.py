@@ -308,3 +308,23 @@ def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
     assert run.stderr.strip().splitlines() == [
         "tissue_heldout.py: error: no fold fold9 (folds: fold1, fold2, fold3)"]
     assert not (tmp_path / "m").exists()
+
+
+def test_a_fixed_model_report_gives_the_camelyon16_auc_of_its_patches_as_the_held_out_run_does():
+    """fixed_model_report and held_out_report share c16_patch_scores / c16_auc: the pooled AUC of the CAMELYON16
+    patches (label: tumour source), present only when both classes are."""
+    from micromets.model import Detector
+
+    rng = np.random.default_rng(0)
+    images, windows = [], []
+    for source, label in (("c16_tumour", td.CARCINOMA), ("c16_normal", td.ANY_NORMAL), ("crc_stroma", 1)):
+        for _ in range(2):
+            images.append(Sample(rng.integers(0, 200, (96, 96, 3), dtype=np.uint8), label, "g", source, source))
+            windows.append(td.Window(len(images) - 1, 0, 0, label))
+    ts = td.TissueSet(images, windows, 96)
+    report = tf.fixed_model_report(Detector.load(), ts)
+    assert report["table"]["c16_patches"]["images"] == 4 and 0.0 <= report["table"]["c16_patches"]["auc"] <= 1.0
+    rows = tf.c16_patch_scores(ts, {i: np.array([0.1 * i]) for i in range(6)}, range(6))
+    assert [r["label"] for r in rows.values()] == [1, 1, 0, 0]
+    assert tf.c16_auc(rows)["c16_patches"]["auc"] == 0.0  # the tumour patches score lowest here
+    assert tf.c16_auc({i: rows[i] for i in (0, 1)}) == {}  # one class: no AUC

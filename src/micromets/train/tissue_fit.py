@@ -294,17 +294,12 @@ def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5) -> dict:
     """Every source of ``ts`` scored by one exported model (no training): the same per-source numbers as
     :func:`held_out_report`, for comparing a shipped model with the recipe. Sources the model trained on are
     not held out for it: its card's ``training_data`` says which."""
-    from sklearn.metrics import roc_auc_score
-
     ids = sorted({w.image for w in ts.windows})
     image_scores = score_images(detector, ts, ids, detector.patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if w.label == CARCINOMA]
     window_scores = labelled_window_scores(detector, ts, labelled, detector.patch_px)
     table = source_report(ts, image_scores, window_scores, threshold)
-    c16 = [(int(ts.images[i].source == "c16_tumour"), float(image_scores[i][0])) for i in ids
-           if ts.images[i].source.startswith("c16")]
-    y, p = np.array(c16).T
-    table["c16_patches"] = {"kind": "both", "images": len(c16), "auc": round(float(roc_auc_score(y, p)), 4)}
+    table.update(c16_auc(c16_patch_scores(ts, image_scores, ids)))
     return {"model": f"{detector.name} {detector.card.get('version', '')}", "threshold": threshold,
             "trained_on": [d.get("path") for d in detector.card.get("training_data", [])], "table": table}
 
@@ -378,10 +373,27 @@ def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96
     image_scores = score_images(model, ts, held_images, patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
     window_scores = labelled_window_scores(model, ts, labelled, patch_px)
-    c16 = [{"image": i, "name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
-            "probability": float(image_scores[i][0])} for i in held_images if ts.images[i].source.startswith("c16")]
     return {"fold": fold, "seed": seed, "image_scores": image_scores, "window_scores": window_scores,
-            "c16": c16, "model": model}
+            "c16": c16_patch_scores(ts, image_scores, held_images), "model": model}
+
+
+def c16_patch_scores(ts: TissueSet, image_scores: dict[int, np.ndarray], ids) -> dict[int, dict]:
+    """The CAMELYON16 patches among images ``ids``: image index → {name, label (1 tumour), probability (its
+    centre window)}."""
+    return {i: {"name": ts.images[i].name, "label": int(ts.images[i].source == "c16_tumour"),
+                "probability": float(image_scores[i][0])} for i in ids if ts.images[i].source.startswith("c16")}
+
+
+def c16_auc(c16: dict[int, dict]) -> dict:
+    """``{"c16_patches": {kind, images, auc}}`` of :func:`c16_patch_scores` rows; empty unless both classes are
+    there."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([row["label"] for row in c16.values()])
+    p = np.array([row["probability"] for row in c16.values()])
+    if len(set(y.tolist())) != 2:
+        return {}
+    return {"c16_patches": {"kind": "both", "images": int(len(y)), "auc": round(float(roc_auc_score(y, p)), 4)}}
 
 
 def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int = 96, width: int = 16,
@@ -400,7 +412,7 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
             r = run_fold(ts, fold, seed, steps, patch_px, width, log=log)
             image_scores.update(r["image_scores"])
             window_scores.update(r["window_scores"])
-            c16.update({row["image"]: row for row in r["c16"]})
+            c16.update(r["c16"])
         scores[seed] = (image_scores, window_scores, c16)
         per_seed[str(seed)] = _held_out_table(ts, image_scores, window_scores, c16, threshold)
         log(f"seed {seed}: {per_seed[str(seed)]}")
@@ -437,15 +449,10 @@ def averaged_scores(runs: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, di
 
 def _held_out_table(ts: TissueSet, image_scores: dict, window_scores: dict, c16: dict, threshold: float) -> dict:
     """The per-source table of one set of held-out scores, with its operating point and the pooled CAMELYON16
-    AUC (``c16``: image index → {label, probability})."""
-    from sklearn.metrics import roc_auc_score
-
+    AUC (``c16``: :func:`c16_patch_scores`)."""
     table = source_report(ts, image_scores, window_scores, threshold)
     table["operating_point"] = operating_point(ts, image_scores, window_scores)
-    y = np.array([row["label"] for row in c16.values()])
-    p = np.array([row["probability"] for row in c16.values()])
-    if len(set(y.tolist())) == 2:
-        table["c16_patches"] = {"kind": "both", "images": int(len(y)), "auc": round(float(roc_auc_score(y, p)), 4)}
+    table.update(c16_auc(c16))
     return table
 
 
