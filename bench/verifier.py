@@ -24,44 +24,46 @@ from pathlib import Path
 import numpy as np
 
 from micromets.errors import MicrometsError
-from micromets.model import Detector
+from micromets.model import Detector, import_onnxruntime
 from micromets.train.ensemble import VERIFIER_FILE, ensemble_onnx
 
 
 def add_verifier(into: Path, members: list[Path], confirm_at_operating_point: bool = False) -> dict:
+    """Write ``into/verifier.onnx`` and the card's ``verifier`` entry (module docstring); everything is checked
+    before anything is written."""
     detectors = [Detector.load(m) for m in members]
     primary = Detector.load(into)
     for d in detectors:
         if d.card["classes"] != primary.card["classes"] or d.patch_px != primary.patch_px:
             raise MicrometsError(f"{d.model_dir}: classes or patch size differ from {into}")
-    path = ensemble_onnx([m / "model.onnx" for m in members], into / VERIFIER_FILE)
     card = json.loads((into / "model.json").read_text())
-    card["verifier"] = {
-        "file": path.name, "output": "probabilities",
+    entry = {
+        "file": VERIFIER_FILE, "output": "probabilities",
         "combination": "mean softmax of the members (micromets.train.ensemble); confirms again the lesions the "
                        "detector's confirmation calls (micromets.analyze.confirmation)",
         "members": [{"name": d.name, "version": d.version, "seed": d.card.get("training", {}).get("seed"),
                      "command": d.card.get("command"), "quantisation": "quantisation" in d.card}
                     for d in detectors]}
-    (into / "model.json").write_text(json.dumps(card, indent=2) + "\n")
-    rng = np.random.default_rng(0)
-    patches = rng.integers(0, 255, (32, primary.patch_px, primary.patch_px, 3), dtype=np.uint8)
-    verifier = Detector.load(into).verifier
-    diff = float(np.abs(verifier.predict(patches) - np.mean([d.predict(patches) for d in detectors], axis=0)).max())
-    if diff > 1e-4:
-        raise RuntimeError(f"verifier differs from the members' mean by {diff:.2e}")
-    card["verifier"]["check_max_abs_diff"] = round(diff, 8)
     if confirm_at_operating_point:
         ensemble = ((card.get("metrics") or {}).get("held_out") or {}).get("ensemble") or {}
-        seeds = sorted(m["seed"] for m in card["verifier"]["members"])
+        seeds = sorted(m["seed"] for m in entry["members"])
         if sorted(ensemble.get("members") or []) != seeds:
             raise MicrometsError(f"{into}: the card's held-out ensemble ({ensemble.get('members')}) is not of the "
                                  f"members' seeds {seeds}")
         card["confirm_threshold"] = ensemble["table"]["operating_point"]["threshold"]
-        card["verifier"]["confirm_threshold_from"] = ("metrics.held_out.ensemble.table.operating_point: the "
-                                                      "averaged members, held out by whole source")
+        entry["confirm_threshold_from"] = ("metrics.held_out.ensemble.table.operating_point: the averaged members, "
+                                           "held out by whole source")
+    ensemble_onnx([m / "model.onnx" for m in members], into / VERIFIER_FILE)
+    session = import_onnxruntime().InferenceSession(str(into / VERIFIER_FILE), providers=["CPUExecutionProvider"])
+    verifier = Detector(into, {**primary.card, "output": entry["output"]}, session, primary.threads, primary.batch_size)
+    patches = np.random.default_rng(0).integers(0, 255, (32, primary.patch_px, primary.patch_px, 3), dtype=np.uint8)
+    diff = float(np.abs(verifier.predict(patches) - np.mean([d.predict(patches) for d in detectors], axis=0)).max())
+    if diff > 1e-4:
+        raise RuntimeError(f"verifier differs from the members' mean by {diff:.2e}")
+    entry["check_max_abs_diff"] = round(diff, 8)
+    card["verifier"] = entry
     (into / "model.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card["verifier"]
+    return entry
 
 
 def main() -> None:

@@ -150,9 +150,12 @@ def test_bench_verifier_sets_the_confirmation_at_the_averaged_members_operating_
     card = json.loads((into / "model.json").read_text())
     assert card["confirm_threshold"] == 0.73 and "operating_point" in card["verifier"]["confirm_threshold_from"]
     card["metrics"]["held_out"]["ensemble"]["members"] = [0, 1, 2]
+    del card["verifier"]
     (into / "model.json").write_text(json.dumps(card))
+    (into / VERIFIER_FILE).unlink()
     with pytest.raises(MicrometsError, match="not of the members' seeds"):
         script.add_verifier(into, [default_model_dir(), default_model_dir()], confirm_at_operating_point=True)
+    assert json.loads((into / "model.json").read_text()) == card and not (into / VERIFIER_FILE).exists()  # refused
 
 
 def test_the_shipped_default_confirms_with_its_seed_ensemble_at_its_held_out_operating_point():
