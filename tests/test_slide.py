@@ -171,3 +171,37 @@ def test_demo_pyramid_reads_directly_at_every_level():
         np.testing.assert_array_equal(slide.read_region(1000, 800, 1, 300, 200),
                                       _openslide_rgb(path, 1000, 800, 1, 300, 200))
     assert window.shape == (150, 200, 3)
+
+
+def test_a_tile_read_by_several_threads_at_once_is_decoded_once():
+    """The heatmap's reader threads work on neighbouring blocks that share tiles: a tile asked for while another
+    thread decodes it waits for that decode instead of decoding it again (and every thread gets its pixels)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import REPO
+
+    with open_slide(REPO / "demo" / "slides" / "node1.tiff") as slide:
+        assert slide.direct_levels  # checks each level against OpenSlide once, decoding a middle tile
+        direct = slide._direct
+        decoded, real_decode = [], direct._decode
+
+        def slow_decode(level, t_index):  # the real decode, slowed so that the threads overlap
+            decoded.append((level, t_index))
+            time.sleep(0.2)
+            return real_decode(level, t_index)
+
+        direct._decode = slow_decode
+        start = threading.Barrier(6)
+
+        def read(_):
+            start.wait()
+            return slide.read_region(0, 0, 0, 64, 64)
+
+        with ThreadPoolExecutor(6) as pool:
+            reads = list(pool.map(read, range(6)))
+        direct._decode = real_decode
+        assert decoded == [(0, 0)]
+        for rgb in reads:
+            np.testing.assert_array_equal(rgb, _openslide_rgb(REPO / "demo" / "slides" / "node1.tiff", 0, 0, 0, 64, 64))

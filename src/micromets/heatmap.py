@@ -96,14 +96,17 @@ def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.nd
     batch_size = batch_size or detector.batch_size * detector.threads
     pending_rc: list[np.ndarray] = []
     pending_px: list[np.ndarray] = []
+    n_pending = 0
 
     def flush() -> None:
+        nonlocal n_pending
         if not pending_rc:
             return
         h_rc = np.concatenate(pending_rc)
         patches = np.concatenate(pending_px)
         pending_rc.clear()
         pending_px.clear()
+        n_pending = 0
         start = time.perf_counter()
         h_prob[h_rc[:, 0], h_rc[:, 1]] = detector.predict(patches)
         timing.inference_s += time.perf_counter() - start
@@ -121,7 +124,8 @@ def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.nd
         timing.read_s += block.read_s
         pending_rc.append(block.h_rc)
         pending_px.append(block.patches)
-        if sum(len(p) for p in pending_rc) >= batch_size:
+        n_pending += len(block.h_rc)
+        if n_pending >= batch_size:
             flush()
     flush()
 

@@ -109,15 +109,21 @@ def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: 
 
 
 def iter_patch_blocks(slide: Slide, grid: TileGrid, patch_px: int, patch_mpp: float,
-                      block_cells: int = 8, readers: int = 2, prefetch: int = 4) -> Iterator[PatchBlock]:
-    """Yield the tissue patches block by block, read ahead by ``readers`` threads (at most ``prefetch`` blocks
-    held in memory), in a fixed order; ``readers = 0`` reads each block in the calling thread when it is asked
-    for (no overlap with inference, but one thread in all: a batch worker that owns one core)."""
+                      block_cells: int = 8, readers: int = 2, prefetch_cells: int = 1024) -> Iterator[PatchBlock]:
+    """Yield the tissue patches block by block, read ahead by ``readers`` threads, in a fixed order; ``readers = 0``
+    reads each block in the calling thread when it is asked for (no overlap with inference, but one thread in all:
+    a batch worker that owns one core).
+
+    The blocks read ahead hold at most ``prefetch_cells`` cells (at least 4 blocks), so the readers keep working
+    while the caller runs a batch through the network, whatever the block size (``--mode fast`` reads 2 × 2-cell
+    blocks: 4 blocks ahead left the readers idle during inference, and inference idle during reading).
+    """
     starts = blocks_with_tissue(grid, block_cells)
     if readers == 0:
         for h_r0, h_c0 in starts:
             yield read_block(slide, grid, h_r0, h_c0, block_cells, patch_px, patch_mpp)
         return
+    prefetch = max(4, prefetch_cells // block_cells ** 2)
     with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="micromets-read") as pool:
         pending: deque = deque()
         for h_r0, h_c0 in starts:
