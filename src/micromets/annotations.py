@@ -40,6 +40,7 @@ from defusedxml.ElementTree import parse as safe_parse
 from shapely.geometry.base import BaseGeometry
 
 from micromets.errors import MicrometsError
+from micromets.jsonfile import read_json
 from micromets.measure import repair
 
 FORMATS = ("asap", "geojson", "camelyon16-json")
@@ -183,20 +184,6 @@ def write_asap_xml(path: str | Path, tumour, exclusion=(), names=None, group: st
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def _load_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle, parse_constant=lambda c: float("nan"))
-    except json.JSONDecodeError as err:
-        raise MicrometsError(f"{path}: malformed JSON: {err.msg} at line {err.lineno}") from None
-    except UnicodeDecodeError:
-        raise MicrometsError(f"{path}: not a UTF-8 text file") from None
-    except RecursionError:
-        raise MicrometsError(f"{path}: JSON nested too deeply to be an annotation file") from None
-    except OSError as err:
-        raise MicrometsError(f"{path}: cannot read: {err.strerror or err}") from None
-
-
 def _geojson_polygon(coords, where: str, path: Path) -> BaseGeometry | None:
     if not isinstance(coords, list) or not coords:
         raise MicrometsError(f"{path}: {where}: a Polygon needs a non-empty list of rings")
@@ -216,7 +203,7 @@ def _is_exclusion(properties: dict) -> bool:
 def read_geojson(path: str | Path) -> Annotations:
     """Read QuPath GeoJSON (see the module docstring)."""
     path = Path(path)
-    data = _load_json(path)
+    data = read_json(path, parse_constant=lambda c: float("nan"))
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         features = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
@@ -285,7 +272,7 @@ def write_geojson(path: str | Path, geoms, properties: list[dict] | None = None,
 def read_camelyon16_json(path: str | Path) -> Annotations:
     """Read the CAMELYON16 polygon JSON (``positive`` tumour, ``negative`` exclusion)."""
     path = Path(path)
-    data = _load_json(path)
+    data = read_json(path, parse_constant=lambda c: float("nan"))
     if not isinstance(data, dict) or not isinstance(data.get("positive", []), list) \
             or not isinstance(data.get("negative", []), list) or not ({"positive", "negative"} & data.keys()):
         raise MicrometsError(f"{path}: expected {{'positive': [...], 'negative': [...]}} (CAMELYON16 polygon JSON)")
@@ -316,7 +303,7 @@ def guess_format(path: str | Path) -> str:
     if suffix == ".geojson":
         return "geojson"
     if suffix == ".json":
-        data = _load_json(path)
+        data = read_json(path, parse_constant=lambda c: float("nan"))
         return "camelyon16-json" if isinstance(data, dict) and {"positive", "negative"} & data.keys() else "geojson"
     raise MicrometsError(f"{path}: cannot tell the annotation format from the suffix; give --format")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import shapely
 
 from micromets.errors import MicrometsError
+from micromets.jsonfile import read_json
 from micromets.rules import NODE_CLASSES, node_class_rank
 from micromets.rules.ajcc8 import node_class
 from micromets.sizes import format_mm
@@ -61,11 +62,7 @@ def _slide_results(patient_dir: Path, case: dict) -> dict[str, dict]:
     out = {}
     for node in case["nodes"]:
         for slide_id in node["slides"]:
-            path = patient_dir / slide_id / "result.json"
-            try:
-                out[slide_id] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                raise MicrometsError(f"{path}: missing or unreadable") from None
+            out[slide_id] = read_json(patient_dir / slide_id / "result.json", "micromets.slide-result/1")
     return out
 
 
@@ -147,7 +144,7 @@ def validate(event: dict, results: dict[str, dict], events: list[dict]) -> dict:
 def append(patient_dir: str | Path, event: dict) -> dict:
     """Check ``event`` against the case and append it to the audit log (with seq and time); returns it."""
     patient_dir = Path(patient_dir)
-    case = json.loads((patient_dir / "case.json").read_text())
+    case = read_json(patient_dir / "case.json", "micromets.case/1")
     results = _slide_results(patient_dir, case)
     with _LOCK:
         events = read_log(patient_dir)
@@ -201,7 +198,7 @@ def decided_slide_results(patient_dir: str | Path) -> tuple[dict, dict[str, dict
     """The case, each slide's result with the decisions applied (:func:`decided_result`; the proposed result
     when nobody reviewed it), each slide's finding rows, and the audit log."""
     patient_dir = Path(patient_dir)
-    case = json.loads((patient_dir / "case.json").read_text())
+    case = read_json(patient_dir / "case.json", "micromets.case/1")
     results = _slide_results(patient_dir, case)
     events = read_log(patient_dir)
     drawn = _drawn(events)

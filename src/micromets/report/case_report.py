@@ -17,7 +17,6 @@ software version, date, input file hashes and the research-use statement.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from micromets import __version__
 from micromets.errors import MicrometsError
+from micromets.jsonfile import read_json
 from micromets.ood import WARNING as OOD_WARNING
 from micromets.report import figures
 from micromets.report.pdf import html_to_pdf
@@ -90,20 +90,6 @@ class NodeView:
     size_plot_svg: str
 
 
-def _read_json(path: Path, schema: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MicrometsError(f"{path}: not found") from None
-    except (OSError, ValueError) as err:
-        raise MicrometsError(f"{path}: unreadable JSON ({err})") from None
-    except RecursionError:
-        raise MicrometsError(f"{path}: unreadable JSON (nested too deeply)") from None
-    if not isinstance(data, dict) or data.get("schema") != schema:
-        raise MicrometsError(f"{path}: not a {schema} file")
-    return data
-
-
 def _lesion_bbox_l0(lesion: dict) -> tuple[float, float, float, float]:
     pts = np.concatenate([np.asarray(ring, dtype=np.float64).reshape(-1, 2) for ring in lesion["l0_outline"]])
     return pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
@@ -154,7 +140,7 @@ def _slide_pictures(view: SlideView, slide_dir: Path) -> None:
 def _slide_view(patient_dir: Path, slide_id: str) -> SlideView:
     slide_dir = patient_dir / slide_id
     try:
-        result = _read_json(slide_dir / "result.json", "micromets.slide-result/1")
+        result = read_json(slide_dir / "result.json", "micromets.slide-result/1")
     except MicrometsError as err:
         return SlideView(slide_id, None, error=str(err))
     view = SlideView(slide_id, result, lesions=sorted(result["lesions"], key=lambda les: -les["diameter_mm"]))
@@ -316,7 +302,7 @@ def render_report_html(patient_dir: str | Path) -> str:
 
 def _render(patient_dir: Path) -> tuple[str, list[str]]:
     """The report's HTML and the reasons it is provisional (see :func:`incomplete`)."""
-    case = _read_json(patient_dir / "case.json", "micromets.case/1")
+    case = read_json(patient_dir / "case.json", "micromets.case/1")
     nodes = [_node_view(patient_dir, node) for node in case["nodes"]]
     problems = incomplete(case, nodes)
     results = [s.result for n in nodes for s in n.slides if s.result is not None]

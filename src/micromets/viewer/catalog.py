@@ -11,13 +11,13 @@ outside ``[A-Za-z0-9_.-]`` → ``_`` (``p1/node1`` → ``p1~node1``); duplicates
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from micromets.errors import MicrometsError
+from micromets.jsonfile import JsonFileError, read_json
 from micromets.sizes import format_mm
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -55,15 +55,11 @@ def _load(catalog: Catalog, path: Path, schema: str) -> dict | None:
     """The object in ``path`` when it is a ``schema`` file, else None: a file that cannot be read, is not JSON or
     nests deeper than the parser goes is noted in ``catalog.unreadable``; another program's JSON is skipped."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        why = f"unreadable JSON ({err})"
-    except RecursionError:
-        why = "unreadable JSON (nested too deeply)"
-    else:
-        return data if isinstance(data, dict) and data.get("schema") == schema else None
-    catalog.unreadable[path.relative_to(catalog.root).as_posix()] = why
-    return None
+        data = read_json(path)
+    except JsonFileError as err:
+        catalog.unreadable[path.relative_to(catalog.root).as_posix()] = err.why
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == schema else None
 
 
 def _case_nodes(case: dict) -> list[dict] | None:
