@@ -124,6 +124,25 @@ def test_an_accepted_candidate_counts_and_a_rejected_drawn_one_does_not(case_cop
     assert len(review.read_log(patient_dir)) == 4
 
 
+def test_a_damaged_case_or_result_file_is_a_one_line_error_and_the_log_is_kept(case_copy):
+    """A decision on a case whose case.json or a slide's result.json was damaged since (truncated, replaced) is
+    refused in one line naming the file (HTTP 400 in the viewer), and the audit log already written stays."""
+    patient_dir = case_copy / "demo_patient"
+    decision = {"by": "Dr B", "action": "reject", "slide": "node3", "finding": "lesion:1"}
+    review.append(patient_dir, decision)
+    log_before = (patient_dir / "review.jsonl").read_bytes()
+    case_json = patient_dir / "case.json"
+    case_text = case_json.read_text()
+    case_json.write_text(case_text[:200])
+    with pytest.raises(MicrometsError, match=r"case\.json: malformed JSON"):
+        review.append(patient_dir, decision)
+    case_json.write_text(case_text)
+    (patient_dir / "node2" / "result.json").write_text('{"schema": "something else"}')
+    with pytest.raises(MicrometsError, match=r"node2/result\.json: not a micromets\.slide-result/1 file"):
+        review.append(patient_dir, decision)
+    assert (patient_dir / "review.jsonl").read_bytes() == log_before
+
+
 @pytest.mark.browser
 def test_review_in_chromium_reject_draw_reclassify_sign_and_reload(case_copy, browser):
     from selenium.webdriver.common.action_chains import ActionChains
