@@ -208,6 +208,11 @@ def model_sentences(card: dict) -> dict[str, str]:
     return {"trained_on": trained, "held_out": held_text, "failure_modes": failure_text}
 
 
+def _normal_fields_called(shares: dict[str, float]) -> str:
+    """``{source: share of its fields called tumour}`` of the normal sources in words."""
+    return "normal fields called tumour: " + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in shares.items())
+
+
 def held_out_by_source_sentence(held: dict) -> str:
     """A per-source held-out report (``bench/tissue_heldout.py``: whole sources held out, mean over seeds) in
     words: the lymph-node patch AUC, the share of annotated carcinoma fields found per carcinoma source, the share of
@@ -224,10 +229,10 @@ def held_out_by_source_sentence(held: dict) -> str:
              if mean(s, "labelled_window_sensitivity") is not None]
     if found:
         parts.append("annotated carcinoma fields found: " + ", ".join(found))
-    called = [f"{name(k)} {mean(s, 'share_windows_at_or_above'):.0%}" for k, s in summary.items()
-              if mean(s, "share_images_called_tumour") is not None]  # the normal sources' number
+    called = {k: mean(s, "share_windows_at_or_above") for k, s in summary.items()
+              if mean(s, "share_images_called_tumour") is not None}  # the normal sources' number
     if called:
-        parts.append("normal fields called tumour: " + ", ".join(called))
+        parts.append(_normal_fields_called(called))
     return (f"Whole sources held out (never trained on), mean of {len(seeds)} training seeds, at threshold "
             f"{held.get('threshold', 0.5):g}: " + "; ".join(parts) + ".")
 
@@ -250,10 +255,9 @@ def verifier_sentence(verifier: dict, ensemble: dict | None, threshold: float,
     parts = []
     if "c16_patches" in table:
         parts.append(f"CAMELYON16 patch AUC {table['c16_patches']['auc']:.2f}")
-    called = [f"{k.replace('_', ' ')} {v['share_windows_at_or_above']:.0%}" for k, v in table.items()
-              if "share_images_called_tumour" in v]
+    called = {k: v["share_windows_at_or_above"] for k, v in table.items() if "share_images_called_tumour" in v}
     if called:
-        parts.append("normal fields called tumour: " + ", ".join(called))
+        parts.append(_normal_fields_called(called))
     if parts:
         text += f"; held out, that average gives (threshold {threshold:g}) " + "; ".join(parts)
     return text + "."
