@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --seeds 0,1 --steps 1200 [--data-root ../shared/data]
         [--folds fold1]   # one fold only: its sources' numbers, a third of the time
+        [--mpp 0.75]      # another field of view: 96 px at this µm/px (docs/model.md, "Field of view")
 
 Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
 
@@ -32,6 +33,8 @@ from micromets.errors import MicrometsError
 from micromets.train import tissue_data, tissue_fit
 
 
+INPUT_MPP = 0.5  # the shipped field: 96 px at 0.5 µm/px (tissue_data.build's default)
+
 def markdown(report: dict) -> str:
     lines = ["| source | held out as | number | mean ± sd over seeds | per seed |", "|---|---|---|---|---|"]
     for source, keys in report["summary"].items():
@@ -48,6 +51,10 @@ def check_args(args) -> None:
     unknown = sorted(set(named) - set(tissue_data.FOLDS))
     if unknown:
         raise MicrometsError(f"no fold {', '.join(unknown)} (folds: {', '.join(tissue_data.FOLDS)})")
+    if args.mpp <= 0:
+        raise MicrometsError(f"--mpp must be > 0 µm/px, got {args.mpp}")
+    if args.mpp != INPUT_MPP and (args.export_fold or args.model):
+        raise MicrometsError("--mpp is for the held-out runs only (an exported or given model has its own)")
     if args.export_fold:
         if args.model or args.folds:
             raise MicrometsError("--export-fold trains one model: not with --model or --folds")
@@ -67,6 +74,8 @@ def main() -> None:
     ap.add_argument("--export-fold", help="train one model without this fold's groups and export it to --out")
     ap.add_argument("--out", type=Path, help="--export-fold: the model folder to write")
     ap.add_argument("--seed", type=int, default=0, help="--export-fold: the training seed")
+    ap.add_argument("--mpp", type=float, default=INPUT_MPP,
+                    help="µm/px of the model input (the field is 96 px of it): another field of view, held out")
     args = ap.parse_args()
     try:
         check_args(args)
@@ -75,7 +84,7 @@ def main() -> None:
         sys.exit(2)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    ts = tissue_data.build(args.data_root)
+    ts = tissue_data.build(args.data_root, target_mpp=args.mpp)
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     if args.export_fold:
         card = tissue_fit.export_tissue_model(
@@ -102,7 +111,7 @@ def main() -> None:
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
                                         folds=args.folds.split(",") if args.folds else None,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
-    report["wall_s"] = round(time.perf_counter() - t0, 1)
+    report["wall_s"], report["input_mpp"] = round(time.perf_counter() - t0, 1), args.mpp
     out = Path(__file__).parent / "results" / f"tissue-heldout-{stamp}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(markdown(report))

@@ -310,6 +310,26 @@ def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--mpp", "0"], "--mpp must be > 0 µm/px, got 0.0"),
+    (["--mpp", "0.75", "--export-fold", "fold1"], "--mpp is for the held-out runs only (an exported or given model "
+                                                   "has its own)"),
+])
+def test_a_wrong_field_of_view_is_refused_before_reading_data(tmp_path, args, message):
+    """bench/tissue_heldout.py --mpp (another field of view, held out): a resolution that is not > 0, or one asked
+    of an exported model, is one line and exit 2 before any data is read."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "bench" / "tissue_heldout.py"), *args, "--out",
+                          str(tmp_path / "m"), "--data-root", str(tmp_path / "no-data")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [f"tissue_heldout.py: error: {message}"]
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_fixed_model_report_gives_the_camelyon16_auc_of_its_patches_as_the_held_out_run_does():
     """fixed_model_report and held_out_report share c16_patch_scores / c16_auc: the pooled AUC of the CAMELYON16
     patches (label: tumour source), present only when both classes are."""
