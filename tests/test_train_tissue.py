@@ -253,12 +253,26 @@ def test_a_short_training_run_scores_held_out_sources_and_exports(tmp_path, shar
     np.testing.assert_allclose(det._run(crops), want, atol=1e-3)  # float32 input scaling order
 
 
+def test_carcinoma_images_without_a_labelled_window_are_left_out_of_the_labelled_image_share():
+    """Two BACH carcinoma tiles: one with a labelled carcinoma window, found; one whose coarse mask covers only fat
+    (no window passes the density rule), missed. All images: 1 of 2 found; images that show carcinoma: 1 of 1."""
+    shows, fat_only = (td.Sample(np.zeros((8, 8, 3), np.uint8), td.CARCINOMA, group="bach:A03",
+                                 source="bach_carcinoma", name=name) for name in "ab")
+    ts = td.TissueSet([shows, fat_only], [td.Window(0, 0, 0, td.CARCINOMA)], 8)
+    row = tf.source_report(ts, {0: np.array([0.2, 0.9]), 1: np.array([0.1, 0.3])}, {0: 0.9})["bach_carcinoma"]
+    assert row["share_images_found"] == 0.5
+    assert row["labelled_images"] == 1 and row["share_labelled_images_found"] == 1.0
+    assert row["labelled_window_sensitivity"] == 1.0
+
+
 def test_operating_point_weighs_each_normal_source_the_same():
     """Two normal sources: one with 1,000 windows all at 0.2, one with 10 windows spread 0.55-0.95. Pooled, the
     small one would vanish; weighed per source the threshold must leave at most 10 % (of 5 % x 2 sources) of it."""
-    img = td.Sample(np.zeros((8, 8, 3), np.uint8), td.ANY_NORMAL, "pcam_hard_negative", "pcam:0", "x")
-    small = td.Sample(np.zeros((8, 8, 3), np.uint8), 1, "crc_stroma", "crc:kather2016", "y")
-    tumour = td.Sample(np.zeros((8, 8, 3), np.uint8), td.CARCINOMA, "monuseg_carcinoma", "monuseg:A", "z")
+    img = td.Sample(np.zeros((8, 8, 3), np.uint8), td.ANY_NORMAL, group="pcam:0", source="pcam_hard_negative",
+                    name="x")
+    small = td.Sample(np.zeros((8, 8, 3), np.uint8), 1, group="crc:kather2016", source="crc_stroma", name="y")
+    tumour = td.Sample(np.zeros((8, 8, 3), np.uint8), td.CARCINOMA, group="monuseg:A", source="monuseg_carcinoma",
+                       name="z")
     ts = td.TissueSet([img, small, tumour], [td.Window(2, 0, 0, td.CARCINOMA)] * 4, 8)
     scores = {0: np.full(1000, 0.2), 1: np.linspace(0.55, 0.95, 10)}
     op = tf.operating_point(ts, scores, {0: 0.99, 1: 0.97, 2: 0.9, 3: 0.6})

@@ -28,8 +28,10 @@ trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BAC
 tile set, a third of the PCam hard negatives, a CAMELYON17 centre) and scores every window of them. Per source:
 
 - CAMELYON16 patches: AUC of the centre crop, pooled over the three folds;
-- carcinoma sources: share of images found (max over the image's windows >= threshold, as ``score-tiles`` does)
-  and share of its labelled carcinoma windows >= threshold;
+- carcinoma sources: share of images found (max over the image's windows >= threshold, as ``score-tiles`` does),
+  the same over the images that hold a labelled carcinoma window (``share_labelled_images_found``: a partly
+  annotated BACH tile whose coarse mask covers only fat or stroma holds carcinoma by its label, not by what it
+  shows) and share of its labelled carcinoma windows >= threshold;
 - normal sources: share of windows >= threshold, and share of images with any window >= threshold.
 
 Every number is reported per seed and as mean ± sd over seeds (never the best seed).
@@ -308,7 +310,8 @@ def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_sco
                   threshold: float = 0.5) -> dict:
     """Per source: images found / called tumour, windows at or above ``threshold`` (module docstring)."""
     rows: dict = defaultdict(lambda: {"images": 0, "images_positive": 0, "windows": 0, "windows_positive": 0,
-                                      "labelled_carcinoma_windows": 0, "labelled_carcinoma_found": 0})
+                                      "labelled_carcinoma_windows": 0, "labelled_carcinoma_found": 0,
+                                      "labelled_images": 0, "labelled_images_positive": 0})
     for i, scores in image_scores.items():
         r = rows[ts.images[i].source]
         r["images"] += 1
@@ -320,6 +323,10 @@ def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_sco
             r = rows[ts.images[ts.windows[k].image].source]
             r["labelled_carcinoma_windows"] += 1
             r["labelled_carcinoma_found"] += int(score >= threshold)
+    for i in {ts.windows[k].image for k in window_scores if ts.windows[k].label == CARCINOMA} & set(image_scores):
+        r = rows[ts.images[i].source]
+        r["labelled_images"] += 1
+        r["labelled_images_positive"] += int(image_scores[i].max() >= threshold)
     out = {}
     for source, r in sorted(rows.items()):
         carcinoma = is_carcinoma_source(source)
@@ -332,6 +339,9 @@ def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_sco
         if carcinoma and r["labelled_carcinoma_windows"]:
             out[source]["labelled_window_sensitivity"] = round(
                 r["labelled_carcinoma_found"] / r["labelled_carcinoma_windows"], 4)
+        if carcinoma and r["labelled_images"]:
+            out[source]["labelled_images"] = r["labelled_images"]
+            out[source]["share_labelled_images_found"] = round(r["labelled_images_positive"] / r["labelled_images"], 4)
     return out
 
 
