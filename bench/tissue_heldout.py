@@ -9,7 +9,8 @@ Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and pri
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --model src/micromets/models/cnn-ln
 
 scores one exported model on the same windows of every source, without training (a shipped model is held out
-only from the sources its card does not list), and writes bench/results/tissue-fixed-<UTC>.json.
+only from the sources its card does not list; an --export-fold model from its fold's groups), and its verifier
+(the seed ensemble) when its card has one, and writes bench/results/tissue-fixed-<UTC>.json.
 
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --export-fold fold1 --out bench/work/models/fold1
         [--seed 0 --steps 1200]
@@ -98,14 +99,21 @@ def main() -> None:
     if args.model:
         from micromets.model import Detector
 
-        report = tissue_fit.fixed_model_report(Detector.load(args.model), ts)
+        detector = Detector.load(args.model)
+        report = tissue_fit.fixed_model_report(detector, ts)
+        if detector.verifier is not None:  # the card's seed ensemble, scored on the same windows
+            report["verifier"] = tissue_fit.fixed_model_report(detector.verifier, ts)
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         out = Path(__file__).parent / "results" / f"tissue-fixed-{stamp}.json"
         out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"{report['model']} (trained on {', '.join(report['trained_on'])})")
-        for source, row in report["table"].items():
-            print(f"| {source} | {row['kind']} | " + " | ".join(f"{k} {v}" for k, v in row.items()
-                                                             if k not in ("kind",)) + " |")
+        for part in (report, report.get("verifier")):
+            if part is None:
+                continue
+            print(f"{part['model']} (trained on {', '.join(part['trained_on'])}; "
+                  f"held out: {', '.join(detector.card.get('held_out_groups') or ['none named'])})")
+            for source, row in part["table"].items():
+                print(f"| {source} | {row['kind']} | " + " | ".join(f"{k} {v}" for k, v in row.items()
+                                                                 if k not in ("kind",)) + " |")
         print(f"\nwrote {out}")
         return
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
