@@ -57,6 +57,24 @@ def test_background_patches_score_zero(detector):
     assert (detector.predict(white) == 0).all()
 
 
+def test_a_patch_under_ink_is_not_scored(shared_data, detector, tmp_path):
+    """Marking ink or black pigment over >= INK_MAX_FRACTION of a patch: probability 0, as glass; less: scored."""
+    from micromets.model import INK_MAX_FRACTION
+
+    tumour = _patches(shared_data / "camelyon16_patches" / "tumor", detector, limit=4)
+    rows = int(np.ceil(INK_MAX_FRACTION * detector.patch_px))
+    inked, lightly = tumour.copy(), tumour.copy()
+    inked[:, :rows] = (20, 18, 16)
+    lightly[:, :rows - 2] = (20, 18, 16)
+    assert (detector.predict(inked) == 0).all()
+    assert (detector.predict(lightly) > 0).all()
+    folder = shutil.copytree(default_model_dir(), tmp_path / "model")
+    card = json.loads((folder / "model.json").read_text())
+    card["tissue_filter"]["ink_max_fraction"] = 1.0  # a card may turn the test off
+    (folder / "model.json").write_text(json.dumps(card))
+    assert (Detector.load(folder).predict(inked) > 0).all()
+
+
 def test_shipped_model_scores_tumour_above_normal(shared_data, detector):
     """Loose honest check: tumour patches above normal node tissue, including a centre never trained on."""
     tumour = _patches(shared_data / "camelyon16_patches" / "tumor", detector)

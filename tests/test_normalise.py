@@ -85,6 +85,21 @@ def test_tissue_fraction_boundary_is_inclusive_at_beta():
     np.testing.assert_array_equal(normalise.tissue_fraction(rgb, beta=0.15), [1.0, 0.0])
 
 
+def test_ink_is_dark_and_unsaturated_and_haematoxylin_is_not():
+    # brightest channel <= 80 and (max - min) / max <= 0.35, both inclusive
+    pixels = [(80, 80, 80), (81, 81, 81), (80, 52, 80), (80, 51, 80), (12, 10, 8),  # ink, -, ink (0.35), -, ink
+              (40, 20, 70), (70, 45, 110)]                                          # dark nuclei: never ink
+    rgb = np.array(pixels, np.uint8).reshape(len(pixels), 1, 1, 3)
+    np.testing.assert_array_equal(normalise.ink_fraction(rgb), [1, 0, 1, 0, 1, 0, 0])
+
+
+def test_real_carcinoma_holds_no_ink(shared_data):
+    """The measurement behind INK_MAX_VALUE / INK_MAX_SATURATION, on the real tumour patches (docs/model.md)."""
+    rgb = np.stack([np.asarray(Image.open(p).convert("RGB"))
+                    for p in sorted((shared_data / "camelyon16_patches" / "tumor").glob("*.png"))])
+    assert normalise.ink_fraction(rgb).max() <= 0.002
+
+
 @pytest.mark.parametrize("bad", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8), [[1, 2, 3]]])
 def test_bad_input_raises_micromets_error(bad):
     with pytest.raises(MicrometsError, match="uint8 RGB"):

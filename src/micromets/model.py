@@ -25,7 +25,10 @@ normalised patches (the same per-slide stain estimate) through :attr:`Detector.v
 its own; :func:`micromets.analyze.confirmation` confirms again with it the lesions the detector confirms.
 
 Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
-is below ``min_fraction`` is background and gets probability 0 without being shown to the network.
+is below ``min_fraction`` is background, and a patch of which at least ``ink_max_fraction`` is ink or black pigment
+(:func:`micromets.normalise.ink_fraction`; default :data:`INK_MAX_FRACTION`, 1 turns the test off) cannot be read;
+either gets probability 0 without being shown to the network. Ink is not a model's concern but the slide's: the
+default applies to every card that does not state its own.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from micromets.errors import MicrometsError
 #: How the network's output becomes the tumour probability (``card["output"]``): ``softmax`` of N×C logits,
 #: ``sigmoid`` of a logit, or ``probabilities`` already (N×C, softmax inside the graph), taken as they are.
 OUTPUTS = ("softmax", "sigmoid", "probabilities")
+#: a patch with at least this share of ink or black-pigment pixels is not scored (module docstring; measured on the
+#: held-out normal breast slide, docs/model.md "Ink")
+INK_MAX_FRACTION = 0.1
 
 _REQUIRED = ("name", "version", "family", "input_mpp", "patch_px", "input", "output", "classes", "tumour_class_index")
 
@@ -194,6 +200,7 @@ class Detector:
         tissue = card.get("tissue_filter", {})
         self._tissue_beta = float(tissue.get("beta", 0.15))
         self._tissue_min_fraction = float(tissue.get("min_fraction", 0.0))
+        self._ink_max_fraction = float(tissue.get("ink_max_fraction", INK_MAX_FRACTION))
         self.batch_size: int = int(batch_size if batch_size is not None else card.get("batch_size", 128))
         self.threads = max(1, int(threads))
         self._pool = None  # ThreadPoolExecutor of `threads` workers, made on first use
@@ -297,6 +304,8 @@ class Detector:
         """:meth:`predict` of one chunk in one thread: tissue filter, then the network on the tissue patches."""
         prob = np.zeros(len(rgb), dtype=np.float32)
         keep = normalise.tissue_fraction(rgb, self._tissue_beta) >= self._tissue_min_fraction
+        if self._ink_max_fraction < 1:
+            keep &= normalise.ink_fraction(rgb) < self._ink_max_fraction
         if keep.all():
             prob[:] = self._run(rgb)
         elif keep.any():

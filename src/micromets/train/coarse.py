@@ -118,6 +118,9 @@ def train_coarse(data_root: str | Path, out_dir: str | Path, *, steps: int = 150
         f"screen threshold {screen_threshold:.3f}: sensitivity {metrics['screen_threshold_sensitivity']:.3f}, "
         f"specificity {metrics['screen_threshold_specificity']:.3f}")
     card = base_card(name, version, COARSE_MPP, COARSE_PATCH_PX, width)
+    card["tissue_filter"].update(  # the screen keeps inked tissue; the fine pass applies its own ink test
+        ink_max_fraction=1.0, rule="patch with < min_fraction of pixels having every channel OD >= beta scores 0; no "
+        "ink test (ink_max_fraction 1): the screen keeps inked tissue for the fine pass, which applies its own")
     card.update({
         "purpose": "coarse screen of --mode fast: candidate regions for the fine model, never a diagnosis on its "
                    "own; isolated tumour cells (< 0.2 mm) may vanish at this resolution",

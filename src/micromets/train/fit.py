@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from micromets import normalise
+from micromets.model import INK_MAX_FRACTION
 from micromets.train.augment import STAIN_JITTER, augment_batch, center_crop
 from micromets.train.data import Sample
 from micromets.train.net import PatchNet
@@ -199,8 +200,10 @@ def base_card(name: str, version: str, input_mpp: float, patch_px: int, width: i
                        "source": "Macenko estimate over the 57 CAMELYON16 patches (CC0)"},
             "concentration_scaling": "none (stain directions only)",
         },
-        "tissue_filter": {"beta": 0.15, "min_fraction": 0.05,
-                          "rule": "patch with < min_fraction of pixels having every channel OD >= beta scores 0"},
+        "tissue_filter": {"beta": 0.15, "min_fraction": 0.05, "ink_max_fraction": INK_MAX_FRACTION,
+                          "rule": "patch with < min_fraction of pixels having every channel OD >= beta, or with >= "
+                                  "ink_max_fraction of ink or black-pigment pixels "
+                                  "(micromets.normalise.ink_fraction), scores 0"},
         "output": "softmax", "classes": ["normal", "tumour"], "tumour_class_index": 1,
         "batch_size": 128,
     }

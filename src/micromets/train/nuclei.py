@@ -140,7 +140,7 @@ def train_nuclei(data_root: str | Path, out: str | Path, *, steps: int, width: i
         "kind": "nucleus-classifier",
         "purpose": "tumour nucleus or not, for the H&E tumour-cell count (micromets.cells); not a tissue detector",
         "classes": ["other nucleus", "tumour nucleus"], "tumour_class_index": 1, "threshold": 0.5,
-        "tissue_filter": {"beta": 0.15, "min_fraction": 0.0, "rule": "none"},
+        "tissue_filter": {"beta": 0.15, "min_fraction": 0.0, "ink_max_fraction": 1.0, "rule": "none"},
         "candidates": "micromets.cells.nucleus_candidates on the stain-normalised image at input_mpp",
         "training_data": TRAINING_DATA,
         "held_out": "CAMELYON16, whole (the hand-marked tiles of bench/data/he_tumour_nuclei_hand.json are from it)",
