@@ -69,6 +69,28 @@ def write_sparse_giant(path: Path, rgb_tile: np.ndarray, n_tiles: int = 256) -> 
     return path
 
 
+#: the square speckled with ink by :func:`write_inked_node3` (level 0: y, x, side); demo node 3's ITC lies at
+#: x 1615-1921, y 1550-1752, away from it
+INKED_SQUARE = (700, 600, 800)
+
+
+def write_inked_node3(path: Path) -> Path:
+    """Demo node 3 with black marking ink speckled over a square of its cortex (:data:`INKED_SQUARE`): half the
+    pixels, in 4 px blots, rewritten as a pyramidal TIFF at the node's µm/px."""
+    import openslide
+
+    from micromets.phantom.pyramid import write_pyramid
+
+    with openslide.OpenSlide(Path(__file__).resolve().parents[1] / "demo" / "slides" / "node3.tiff") as src:
+        rgb = np.asarray(src.read_region((0, 0), 0, src.dimensions).convert("RGB")).copy()
+        l0_mpp = float(src.properties["openslide.mpp-x"])
+    y0, x0, side = INKED_SQUARE
+    yy, xx = np.mgrid[:side, :side]
+    rgb[y0:y0 + side, x0:x0 + side][(yy // 4 + xx // 4) % 2 == 0] = (28, 25, 22)
+    write_pyramid(path, rgb.shape[1], rgb.shape[0], l0_mpp, lambda x, y, w, h: rgb[y:y + h, x:x + w])
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_user_models(tmp_path_factory):
     """Tests see only the bundled models: the user models folder (``$MICROMETS_MODELS``) is an empty temporary

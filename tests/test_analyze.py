@@ -109,6 +109,40 @@ def test_small_he_deposit_is_outlined_on_its_pixels_not_on_heatmap_cells(tmp_pat
     assert lesion["class"] == "itc" and 0.10 <= lesion["diameter_mm"] <= 0.2  # the truth: 0.15 mm
 
 
+def test_tissue_under_ink_is_not_read_and_the_report_says_how_much(tmp_path):
+    """Marking ink or black pigment is not scored (micromets.model tissue filter, docs/model.md "ink"): demo node 3
+    with black ink speckled (half the pixels, 4 px blots) over an 800 px square of its cortex, away from its ITC,
+    as node 2 of a case whose node 1 is the clean node 3. The inked cells score 0, result.json says how much
+    tissue was not read (the part of the square the tissue mask already drops as black is not counted), the
+    case report says so in words for that slide only, and the deposit is still found (ink is kept out of the
+    stain sample: with it the ITC's confirmation fell from 0.75 to 0.65)."""
+    from conftest import INKED_SQUARE, write_inked_node3
+
+    clean = REPO / "demo" / "slides" / "node3.tiff"
+    path = write_inked_node3(tmp_path / "inked.tiff")
+    y0, x0, side = INKED_SQUARE
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"patient,node,slide_path,stain\np1,1,{clean},he\np1,2,{path},he\n")
+
+    done = micromets("case", manifest, "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    result = check_slide_outputs(tmp_path / "out" / "p1" / "inked")
+    l0_mpp = result["l0_mpp"]
+    square_mm2 = (side * l0_mpp / 1000) ** 2
+    assert 0.6 * square_mm2 <= result["inked_mm2"] <= 1.6 * square_mm2, (result["inked_mm2"], square_mm2)
+    h = result["heatmap"]
+    h_prob = np.load(tmp_path / "out" / "p1" / "inked" / "heatmap.npy")
+    l0_cell = h["cell_um"] / l0_mpp
+    rows = slice(int((y0 - h["l0_origin"][1]) / l0_cell) + 1, int((y0 + side - h["l0_origin"][1]) / l0_cell) - 1)
+    cols = slice(int((x0 - h["l0_origin"][0]) / l0_cell) + 1, int((x0 + side - h["l0_origin"][0]) / l0_cell) - 1)
+    assert h_prob[rows, cols].size >= 25 and (h_prob[rows, cols] == 0).all()
+    assert result["n_lesions"] == 1 and result["node_class"] == "itc"
+    assert json.loads((tmp_path / "out" / "p1" / "node3" / "result.json").read_text())["inked_mm2"] == 0
+    report = (tmp_path / "out" / "p1" / "report.html").read_text()
+    assert report.count("under ink or black pigment not read") == 1
+    assert f"{result['inked_mm2']:.2f} mm² under ink or black pigment not read" in report
+
+
 def test_analyze_real_svs_end_to_end(shared_data, tmp_path):
     done = micromets("analyze", shared_data / "slides" / "cmu_small_region.svs", "--out", tmp_path)
     assert done.returncode == 0, done.stderr

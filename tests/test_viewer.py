@@ -303,6 +303,7 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     case = json.loads((entry.result_dir.parent / "case.json").read_text())
     assert browser.find_element(By.ID, "pn-stage").text == case["pn_stage"]
     assert not browser.find_element(By.ID, "ood-warning").is_displayed()  # a lymph node: no warning
+    assert not browser.find_element(By.ID, "ink-notice").is_displayed()  # no ink on the demo slides
 
     browser.execute_script("const r = document.getElementById('heatmap-opacity'); r.value = 20;"
                            "r.dispatchEvent(new Event('input'));")
@@ -381,6 +382,30 @@ def test_a_slide_that_is_not_lymph_node_is_flagged_in_the_top_bar(shared_data, b
         assert warning.is_displayed() and "may not be lymph node" in warning.text
         assert "lymph node measured had" in warning.get_attribute("title")
         browser.save_screenshot(str(artifacts / "viewer-ood-topbar.png"))
+
+
+def test_tissue_under_ink_is_named_in_the_top_bar(browser, tmp_path, artifacts):
+    """Demo node 3 with a square of ink (conftest.write_inked_node3): the top bar says how much tissue under ink
+    was not read, with the reason as the tooltip."""
+    from selenium.webdriver.common.by import By
+
+    from conftest import write_inked_node3
+    from micromets.analyze import analyze_slide
+
+    result = analyze_slide(write_inked_node3(tmp_path / "inked.tiff"), tmp_path / "out")
+    app = create_app(tmp_path / "out")
+    [key] = app.state.catalog.slides
+    with BackgroundServer(app) as base:
+        browser.get(base + "/")
+        _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');").click()
+        _wait(browser, f"return micromets.state.key === '{key}';")
+        notice = browser.find_element(By.ID, "ink-notice")
+        assert notice.is_displayed() and notice.text == f"⚠ {result['inked_mm2']:.2f} mm² under ink not read"
+        assert "yours to see" in notice.get_attribute("title")
+        # a slide analysed on its own lists its lesion with the confirmation it passed, as a case's slides do
+        confirmed = result["lesions"][0]["confirmed_probability"]
+        assert f"confirmed p {confirmed:.2f}" in browser.find_element(By.ID, "lesion-list").text
+        browser.save_screenshot(str(artifacts / "viewer-ink-topbar.png"))
 
 
 # ---------------------------------------------------------------- H&E and IHC of one node side by side

@@ -74,6 +74,10 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: a stain-sample patch with at least this share of ink pixels ranks last (:func:`stain_sample`)
+STAIN_SAMPLE_INK_MAX = 0.01
+
+
 def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: int, n_patches: int = 32,
                  seed: int = 0, draw: int = 4) -> np.ndarray:
     """The ``n_patches`` most haematoxylin-rich of ``draw * n_patches`` tissue patches read at ``sample_mpp``
@@ -86,7 +90,10 @@ def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: 
     trained on (lymph-node parenchyma and tumour) and keeps stroma, capsule and fat from deciding the extreme
     angles of the Macenko estimate: on a phantom node lined by a 30 µm fibrous-stroma capsule, a plain random
     sample turned the eosin vector by ~4° and its 0.7 mm metastasis fell from 53 to 7 heatmap cells ≥ 0.5;
-    with this sample it keeps 62.
+    with this sample it keeps 62. Patches touched by ink or black pigment (>= 1 % of their pixels,
+    :func:`micromets.normalise.ink_fraction`; clean H&E holds <= 0.1 %) rank last: ink is darker than any nucleus,
+    and the dark, JPEG-fringed pixels around it turn the haematoxylin vector (on demo node 3 with a square of its
+    cortex inked, by 4-6°).
     """
     from micromets.stain import dye_amount
     from micromets.tiles import tile_grid
@@ -101,6 +108,7 @@ def stain_sample(slide: Slide, tissue: TissueMask, sample_mpp: float, patch_px: 
                                           math.ceil(l0_cell), sample_mpp)[:patch_px, :patch_px]
                         for r, c in cells[chosen]])
     haematoxylin = dye_amount(patches, normalise.complete_basis(normalise.REFERENCE_HE), 0).mean(axis=(1, 2))
+    haematoxylin[normalise.ink_fraction(patches) >= STAIN_SAMPLE_INK_MAX] = -np.inf
     return patches[np.sort(np.argsort(-haematoxylin, kind="stable")[:n_patches])]
 
 
@@ -369,6 +377,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
+            inked_mm2 = round(heat_timing.n_inked * (heatmap.cell_um / 1000) ** 2, 4)
             post_start = time.perf_counter()
             outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
             seeded = max_value_inside(heatmap, outlines) >= seed_threshold
@@ -415,6 +424,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             model_info = {"name": "ihc-dab-cells", "version": __version__}
             max_prob = max_value_inside(heatmap, [m.geometry_l0 for m in measures])
             ood = None  # the checks are measured on H&E only (micromets.ood)
+            inked_mm2 = None  # no network: the DAB count reads every tissue cell
         records = _lesion_records(measures, max_prob, n_cells, confirmed)
         largest = max((r["diameter_mm"] for r in records), default=None)
         classes = [r["class"] for r in records]
@@ -428,6 +438,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             "l0_width": slide.l0_width, "l0_height": slide.l0_height,
             "stain": stain, "stain_reason": stain_reason,
             "tissue_area_mm2": round(tissue.area_mm2, 4),
+            "inked_mm2": inked_mm2,
             "ood": ood,
             "model": model_info, "mode": mode, "threshold": threshold,
             "seed_threshold": seed_threshold, "confirm_threshold": confirm_threshold, "gap_um": gap_um,

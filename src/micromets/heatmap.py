@@ -58,13 +58,15 @@ class HeatmapTiming:
     """Where the time went (seconds). ``read_s`` is summed over reader threads, which overlap inference.
 
     For ``--mode fast`` the coarse screen's own pass is in ``screen_s`` (wall, reading and inference) and its
-    patch count in ``n_screen_patches``; ``n_patches`` counts the fine model's patches only.
+    patch count in ``n_screen_patches``; ``n_patches`` counts the fine model's patches only, and ``n_inked`` those
+    of them left unscored because ink or black pigment covers them (:meth:`Detector.predict`).
     """
 
     read_s: float = 0.0
     read_wait_s: float = 0.0
     inference_s: float = 0.0
     n_patches: int = 0
+    n_inked: int = 0
     screen_s: float = 0.0
     n_screen_patches: int = 0
 
@@ -108,9 +110,11 @@ def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.nd
         pending_px.clear()
         n_pending = 0
         start = time.perf_counter()
-        h_prob[h_rc[:, 0], h_rc[:, 1]] = detector.predict(patches)
+        inked = np.zeros(len(patches), bool)
+        h_prob[h_rc[:, 0], h_rc[:, 1]] = detector.predict(patches, inked)
         timing.inference_s += time.perf_counter() - start
         timing.n_patches += len(h_rc)
+        timing.n_inked += int(inked.sum())
         if progress:
             progress(timing.n_patches, max(total, timing.n_patches))
 

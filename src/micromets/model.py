@@ -279,8 +279,11 @@ class Detector:
         source_he = normalise.macenko_stain_matrix(rgb, beta=self._tissue_beta)
         return normalise.apply_stain_transform(rgb, normalise.stain_transform(source_he, self._target_he))
 
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        """Tumour probability, float32 (N,), of uint8 RGB patches (N, patch_px, patch_px, 3) at ``input_mpp``."""
+    def predict(self, rgb: np.ndarray, inked: np.ndarray | None = None) -> np.ndarray:
+        """Tumour probability, float32 (N,), of uint8 RGB patches (N, patch_px, patch_px, 3) at ``input_mpp``.
+
+        ``inked``, a bool array (N,) if given, is set True where a patch got 0 unseen because ink or black pigment
+        covers it (module docstring, tissue filter), False elsewhere."""
         p = self.patch_px
         if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 4 or rgb.shape[1:] != (p, p, 3):
             raise MicrometsError(
@@ -298,19 +301,24 @@ class Detector:
 
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="micromets-onnx")
             parts = list(self._pool.map(self._predict_chunk, chunks))
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        if inked is not None:
+            inked[:] = np.concatenate([part[1] for part in parts]) if parts else False
+        return np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.float32)
 
-    def _predict_chunk(self, rgb: np.ndarray) -> np.ndarray:
-        """:meth:`predict` of one chunk in one thread: tissue filter, then the network on the tissue patches."""
+    def _predict_chunk(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of one chunk in one thread: tissue filter, then the network on the tissue patches;
+        → (probabilities, patches left unscored under ink)."""
         prob = np.zeros(len(rgb), dtype=np.float32)
         keep = normalise.tissue_fraction(rgb, self._tissue_beta) >= self._tissue_min_fraction
+        inked = np.zeros(len(rgb), bool)
         if self._ink_max_fraction < 1:
-            keep &= normalise.ink_fraction(rgb) < self._ink_max_fraction
+            inked = keep & (normalise.ink_fraction(rgb) >= self._ink_max_fraction)
+            keep &= ~inked
         if keep.all():
             prob[:] = self._run(rgb)
         elif keep.any():
             prob[keep] = self._run(rgb[keep])
-        return prob
+        return prob, inked
 
     def windows(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         """Model patches (N, patch_px, patch_px, 3) covering one uint8 RGB image of resolution ``mpp`` µm/px.

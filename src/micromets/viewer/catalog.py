@@ -161,7 +161,7 @@ def slide_summary(entry: SlideEntry, case: dict | None) -> dict:
         xs = [p[0] for ring in les["l0_outline"] for p in ring]
         ys = [p[1] for ring in les["l0_outline"] for p in ring]
         lesions.append({k: les.get(k) for k in ("id", "class", "diameter_mm", "area_mm2", "max_probability",
-                                                "n_cells")}
+                                                "confirmed_probability", "n_cells")}
                        | {"l0_bbox": [min(xs), min(ys), max(xs), max(ys)], "diameter_text": format_mm(les["diameter_mm"])})
     hm = r.get("heatmap") or {}
     return {
@@ -170,7 +170,7 @@ def slide_summary(entry: SlideEntry, case: dict | None) -> dict:
         "stage_mode": case.get("stage_mode") if case else None,
         "node_class": r.get("node_class"), "largest_deposit_mm": r.get("largest_deposit_mm"),
         "largest_deposit_text": format_mm(r.get("largest_deposit_mm")), "stain": r.get("stain"), "l0_mpp": r["l0_mpp"], "l0_width": r["l0_width"], "l0_height": r["l0_height"],
-        "threshold": r.get("threshold"), "ood_warning": _ood_warning(r.get("ood")),
+        "threshold": r.get("threshold"), "ood_warning": _ood_warning(r.get("ood")), "inked_mm2": r.get("inked_mm2"),
         "heatmap": {"cell_um": hm["cell_um"], "l0_origin": hm["l0_origin"], "shape": hm["shape"]} if hm else None,
         "lesions": lesions,
     }

@@ -387,6 +387,9 @@ function showSlideInfo(s) {
   $("ood-warning").hidden = !s.ood_warning;
   $("ood-warning").textContent = s.ood_warning ? `⚠ ${s.ood_warning.warning}` : "";
   $("ood-warning").title = s.ood_warning ? s.ood_warning.reasons.join("; ") : "";
+  $("ink-notice").hidden = !s.inked_mm2;
+  $("ink-notice").textContent = s.inked_mm2 ? `⚠ ${s.inked_mm2.toFixed(2)} mm² under ink not read` : "";
+  $("ink-notice").title = s.inked_mm2 ? "tissue under ink or black pigment was not scored: a deposit there is yours to see" : "";
   renderFindings();
   document.querySelectorAll("#case-list a").forEach((a) => a.classList.toggle("current", a.dataset.key === s.key));
 }
