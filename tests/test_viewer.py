@@ -1,6 +1,7 @@
 """Viewer: catalogue, HTTP API, safety (only catalogued slides, no path traversal, loopback), concurrency and cache
 on a real `micromets case` output served by real uvicorn; then an end-to-end run in headless Chromium."""
 
+import contextlib
 import http.client
 import io
 import json
@@ -364,6 +365,18 @@ def test_viewer_end_to_end_in_chromium(server, browser, artifacts):
     _viewer_pixels(browser, artifacts / "viewer-4-ruler.png")
 
 
+@contextlib.contextmanager
+def _showing_its_only_slide(browser, results_dir: Path):
+    """The viewer of ``results_dir`` (one slide analysed on its own) served and open on that slide."""
+    app = create_app(results_dir)
+    [key] = app.state.catalog.slides
+    with BackgroundServer(app) as base:
+        browser.get(base + "/")
+        _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');").click()
+        _wait(browser, f"return micromets.state.key === '{key}';")
+        yield
+
+
 def test_a_slide_that_is_not_lymph_node_is_flagged_in_the_top_bar(shared_data, browser, tmp_path, artifacts):
     """The bundled skin SVS analysed alone: its top bar carries the out-of-distribution warning (micromets.ood),
     with the check's reason as the tooltip."""
@@ -372,12 +385,7 @@ def test_a_slide_that_is_not_lymph_node_is_flagged_in_the_top_bar(shared_data, b
     from micromets.analyze import analyze_slide
 
     analyze_slide(shared_data / "slides" / "cmu_small_region.svs", tmp_path)
-    app = create_app(tmp_path)
-    [key] = app.state.catalog.slides
-    with BackgroundServer(app) as base:
-        browser.get(base + "/")
-        _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');").click()
-        _wait(browser, f"return micromets.state.key === '{key}';")
+    with _showing_its_only_slide(browser, tmp_path):
         warning = browser.find_element(By.ID, "ood-warning")
         assert warning.is_displayed() and "may not be lymph node" in warning.text
         assert "lymph node measured had" in warning.get_attribute("title")
@@ -393,12 +401,7 @@ def test_tissue_under_ink_is_named_in_the_top_bar(browser, tmp_path, artifacts):
     from micromets.analyze import analyze_slide
 
     result = analyze_slide(write_inked_node3(tmp_path / "inked.tiff"), tmp_path / "out")
-    app = create_app(tmp_path / "out")
-    [key] = app.state.catalog.slides
-    with BackgroundServer(app) as base:
-        browser.get(base + "/")
-        _wait(browser, f"return document.querySelector('#case-list a[data-key=\"{key}\"]');").click()
-        _wait(browser, f"return micromets.state.key === '{key}';")
+    with _showing_its_only_slide(browser, tmp_path / "out"):
         notice = browser.find_element(By.ID, "ink-notice")
         assert notice.is_displayed() and notice.text == f"⚠ {result['inked_mm2']:.2f} mm² under ink not read"
         assert "yours to see" in notice.get_attribute("title")
