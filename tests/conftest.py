@@ -81,7 +81,7 @@ def write_inked_node3(path: Path) -> Path:
 
     from micromets.phantom.pyramid import write_pyramid
 
-    with openslide.OpenSlide(Path(__file__).resolve().parents[1] / "demo" / "slides" / "node3.tiff") as src:
+    with openslide.OpenSlide(REPO / "demo" / "slides" / "node3.tiff") as src:
         rgb = np.asarray(src.read_region((0, 0), 0, src.dimensions).convert("RGB")).copy()
         l0_mpp = float(src.properties["openslide.mpp-x"])
     y0, x0, side = INKED_SQUARE
