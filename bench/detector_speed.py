@@ -287,8 +287,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [float(a) for a in args.sizes.split(",")]
     slides = [speed_slide(a) for a in sizes]
+    from micromets.bench import cpu_model
+
     report = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
-              "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
+              "cpu_model": cpu_model(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
               "targets": {"thorough_s_per_cm2": 20, "fast_s_for_1_5_cm2": 10, "peak_rss_mb": 1024}}
     if not args.skip_models:
         report["profile_thorough"] = profile_stages(slides[0][0], model_dir=args.model)

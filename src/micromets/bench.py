@@ -95,6 +95,19 @@ DEFAULT_MPP = 0.243
 # ----------------------------------------------------------------------------------------------- phantom set
 
 
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``, else ``platform.processor()``): timings from machines of two
+    models are not comparable (the same code ran 1.6 × slower on one 2-core VM than on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _tiles_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -504,8 +517,8 @@ def run_bench(phantoms: str | Path | None = None, out_dir: str | Path = "bench/r
     card = detector.card
     report = {
         "schema": "micromets.bench/1", "date": started.isoformat(timespec="seconds"),
-        "micromets": __version__, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                              "python": platform.python_version()},
+        "micromets": __version__, "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                                              "platform": platform.platform(), "python": platform.python_version()},
         "model": {"name": card.get("name"), "version": card.get("version"), "input_mpp": card.get("input_mpp"),
                   "patch_px": card.get("patch_px"), "training_data": card.get("training_data"),
                   "split": card.get("split"), "phantom_stroma_and_fat": stroma_and_fat_seen(card)},
@@ -598,8 +611,8 @@ def markdown(report: dict) -> str:
     lines = [f"# micromets bench {report['date']}", "",
              f"micromets {report['micromets']}, model {report['model']['name']} {report['model']['version']} "
              f"({report['model']['input_mpp']} µm/px, {report['model']['patch_px']} px patches), "
-             f"{report['machine']['cpus']} CPUs, {report['phantoms']['n_slides']} phantom slides, "
-             f"{report['elapsed_s']} s in all.", ""]
+             f"{report['machine']['cpus']} CPUs ({report['machine'].get('cpu_model', 'unknown')}), "
+             f"{report['phantoms']['n_slides']} phantom slides, {report['elapsed_s']} s in all.", ""]
     for folder, slides in report["phantoms"].get("tile_sources", {}).items():
         lines.append(f"- phantom tiles `{Path(folder).name}/` from: {', '.join(slides)}")
     for item in report["model"].get("training_data") or []:
