@@ -47,6 +47,21 @@ def demo_output(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def candidate_output(tmp_path_factory) -> Path:
+    """The demo manifest run as :func:`demo_output` is, by the default detector with a stricter card: confirmation
+    at 0.8, so node 3's ITC (confirmed 0.749) is kept as an unconfirmed candidate (``candidate:1`` of node3; the
+    demo itself, since the heatmap's edge check, leaves no candidate). A reviewer's case to accept one in."""
+    from micromets.case import run_case
+    from micromets.model import Detector
+
+    detector = Detector.load()
+    detector.card = {**detector.card, "confirm_threshold": 0.8}
+    out = tmp_path_factory.mktemp("candidate-case")
+    run_case(DEMO_MANIFEST, out, detector=detector, report=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def artifacts() -> Path:
     """A folder for pictures and tables that tests leave for a person to look at (git-ignored)."""
     path = REPO / "test-artifacts"

@@ -23,9 +23,11 @@ def _exteriors(geom: shapely.Geometry) -> shapely.Geometry:
     return shapely.union_all([shapely.Polygon(part.exterior) for part in shapely.get_parts(geom)])
 
 
-@pytest.mark.parametrize("node", ["node1", "node2"])  # node1: one rejected candidate; node2: one micrometastasis
-def test_lesions_and_candidates_round_trip_through_qupath_geojson_and_asap_xml(tmp_path, node):
-    result = analyze_slide(SLIDES / f"{node}.tiff", tmp_path, stain="he")
+# node3 with a confirmation at 0.8: its ITC (confirmed 0.749) is an unconfirmed candidate; node2: one micrometastasis
+@pytest.mark.parametrize(("node", "confirm"), [("node3", 0.8), ("node2", None)])
+def test_lesions_and_candidates_round_trip_through_qupath_geojson_and_asap_xml(tmp_path, node, confirm):
+    result = analyze_slide(SLIDES / f"{node}.tiff", tmp_path, stain="he", confirm_threshold=confirm)
+    assert bool(result["unconfirmed_lesions"]) == (confirm is not None)
     folder = tmp_path / result["slide_id"]
     lesions, candidates = result["lesions"], result["unconfirmed_lesions"]
     assert lesions or candidates

@@ -108,20 +108,22 @@ def test_an_unreviewed_report_says_so(case_copy):
     assert "not reviewed" in html and "Not signed out" in html
 
 
-def test_an_accepted_candidate_counts_and_a_rejected_drawn_one_does_not(case_copy):
-    patient_dir = case_copy / "demo_patient"
+def test_an_accepted_candidate_counts_and_a_rejected_one_does_not(candidate_output, tmp_path):
+    """On the demo case confirmed at 0.8 (conftest ``candidate_output``), node 3's ITC is an unconfirmed
+    candidate: it counts for nothing until a reviewer accepts it, and the latest decision holds."""
+    shutil.copytree(candidate_output, tmp_path / "out")
+    patient_dir = tmp_path / "out" / "demo_patient"
     by = {"by": "Dr B"}
     review.append(patient_dir, by | {"action": "reject", "slide": "node2", "finding": "lesion:1"})
-    review.append(patient_dir, by | {"action": "reject", "slide": "node3", "finding": "lesion:1"})
     assert review.review_state(patient_dir)["decided"]["pn_stage"] == "pN0"
-    review.append(patient_dir, by | {"action": "accept", "slide": "node1", "finding": "candidate:1"})
-    assert review.review_state(patient_dir)["decided"]["pn_stage"] == "pN0(i+)"  # a 0.05 mm candidate: ITC
-    review.append(patient_dir, by | {"action": "reject", "slide": "node1", "finding": "candidate:1"})
+    review.append(patient_dir, by | {"action": "accept", "slide": "node3", "finding": "candidate:1"})
+    assert review.review_state(patient_dir)["decided"]["pn_stage"] == "pN0(i+)"  # a 0.14 mm candidate: ITC
+    review.append(patient_dir, by | {"action": "reject", "slide": "node3", "finding": "candidate:1"})
     assert review.review_state(patient_dir)["decided"]["pn_stage"] == "pN0"  # the latest decision holds
     with pytest.raises(MicrometsError, match="not itc, micro or macro"):
-        review.append(patient_dir, by | {"action": "reclassify", "slide": "node3", "finding": "lesion:1",
+        review.append(patient_dir, by | {"action": "reclassify", "slide": "node2", "finding": "lesion:1",
                                          "class": "negative"})
-    assert len(review.read_log(patient_dir)) == 4
+    assert len(review.read_log(patient_dir)) == 3
 
 
 def test_a_damaged_case_or_result_file_is_a_one_line_error_and_the_log_is_kept(case_copy):
@@ -161,11 +163,11 @@ def test_review_in_chromium_reject_draw_reclassify_sign_and_reload(case_copy, br
         browser.find_element(By.ID, "reviewer").send_keys("Dr Selenium")
         browser.find_element(By.ID, "reject-btn").click()
         _wait(browser, "return micromets.state.review.decided.pn_stage === 'pN0(i+)';")
-        # node 1: the unconfirmed candidate is listed; draw a missed deposit by clicking 4 vertices
+        # node 1 (no deposit, no candidate): draw a missed deposit by clicking 4 vertices
         browser.get(f"{base}/#slide={keys['node1']}")
         _wait(browser, f"return micromets.state.key === '{keys['node1']}' && micromets.state.review !== null;")
         time.sleep(1.0)
-        assert "candidate:1" in browser.find_element(By.ID, "lesion-list").text
+        assert "candidate" not in browser.find_element(By.ID, "lesion-list").text
         browser.find_element(By.ID, "draw-toggle").click()
         overlay = browser.find_element(By.ID, "overlay")
         for dx, dy in ((-120, -60), (120, -60), (120, 60), (-120, 60)):
@@ -207,3 +209,30 @@ def test_review_in_chromium_reject_draw_reclassify_sign_and_reload(case_copy, br
         text = browser.find_element(By.ID, "review").text
         assert "reject slide node2 lesion:1" in text and "Signed out by Dr Selenium" in text
         browser.save_screenshot(str(shots / "review-report.png"))
+
+
+@pytest.mark.browser
+def test_an_unconfirmed_candidate_is_listed_and_accepted_in_chromium(candidate_output, tmp_path, browser):
+    """The viewer lists a slide's unconfirmed candidate beside its lesions, and the accept button counts it: on
+    the demo case confirmed at 0.8, node 3's ITC is candidate:1 (node 3 negative); accepted, node 3 is ITC, and
+    with node 2's micrometastasis rejected the stage is pN0(i+)."""
+    from selenium.webdriver.common.by import By
+    from micromets.viewer.app import OSD_JS
+    if not OSD_JS.is_file():
+        pytest.skip("OpenSeadragon assets missing (make viewer-assets)")
+    shutil.copytree(candidate_output, tmp_path / "out")
+    app = create_app(tmp_path / "out")
+    keys = {e.result["slide_id"]: k for k, e in app.state.catalog.slides.items()}
+    with BackgroundServer(app) as base:
+        browser.get(f"{base}/#slide={keys['node3']}&finding=candidate:1")
+        _wait(browser, "return micromets.state.review !== null && micromets.state.selected === 'candidate:1';")
+        assert "candidate:1" in browser.find_element(By.ID, "lesion-list").text
+        assert browser.find_element(By.ID, "node-class").text == "negative"
+        browser.find_element(By.ID, "reviewer").send_keys("Dr Selenium")
+        browser.find_element(By.ID, "accept-btn").click()
+        _wait(browser, "return micromets.state.review.nodes[2].decided === 'itc';")
+        browser.get(f"{base}/#slide={keys['node2']}&finding=lesion:1")
+        _wait(browser, "return micromets.state.review !== null && micromets.state.selected === 'lesion:1';")
+        browser.find_element(By.ID, "reject-btn").click()
+        _wait(browser, "return micromets.state.review.decided.pn_stage === 'pN0(i+)';")
+    assert [e["action"] for e in review.read_log(tmp_path / "out" / "demo_patient")] == ["accept", "reject"]

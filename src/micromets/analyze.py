@@ -177,7 +177,7 @@ def lesion_thresholds(card: dict, threshold: float | None = None) -> tuple[float
 
 
 def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[LesionMeasure], verify_from: float,
-                 top_cells: int = CONFIRM_TOP_CELLS) -> np.ndarray:
+                 top_cells: int = CONFIRM_TOP_CELLS, readers: int = 2) -> np.ndarray:
     """Each lesion's confirmation score: the highest, over the ``top_cells`` highest heatmap cells inside it, of
     the mean probability of the 9 half-cell-shifted windows (:func:`micromets.heatmap.confirmation_scores`).
     Where the detector has a verifier (:attr:`micromets.model.Detector.verifier`, the shipped default's seed
@@ -191,11 +191,12 @@ def confirmation(slide: Slide, detector, heatmap: Heatmap, measures: list[Lesion
 
     geoms = [m.geometry_l0 for m in measures]
     cells = top_cells_inside(heatmap, geoms, top_cells)
-    scores = max_value_inside(confirmation_scores(slide, detector, heatmap, cells), geoms)
+    scores = max_value_inside(confirmation_scores(slide, detector, heatmap, cells, readers=readers), geoms)
     passed = np.flatnonzero(scores >= verify_from)
     if detector.verifier is not None and len(passed):
         kept = [geoms[k] for k in passed]
-        again = confirmation_scores(slide, detector.verifier, heatmap, top_cells_inside(heatmap, kept, top_cells))
+        again = confirmation_scores(slide, detector.verifier, heatmap, top_cells_inside(heatmap, kept, top_cells),
+                                    readers=readers)
         scores[passed] = max_value_inside(again, kept)
     return scores
 
@@ -212,11 +213,14 @@ def refined_outline(slide: Slide, detector, heatmap: Heatmap, lesion: LesionMeas
     from micromets.heatmap import local_heatmap
 
     margin_l0 = heatmap.l0_cell
-    x0, y0, x1, y1 = lesion.geometry_l0.bounds
-    box = (max(0.0, x0 - margin_l0), max(0.0, y0 - margin_l0),
-           min(float(slide.l0_width), x1 + margin_l0), min(float(slide.l0_height), y1 + margin_l0))
     if stride_um is None:
         stride_um = max(REFINE_STRIDE_UM, lesion.diameter_mm * 1000.0 / REFINE_STEPS)
+    # the fine grid is anchored on the heatmap's, so its windows do not follow where the coarse iso-line fell
+    step_l0 = round(stride_um / detector.input_mpp) * detector.input_mpp / slide.l0_mpp
+    x0, y0, x1, y1 = lesion.geometry_l0.bounds
+    (o_x, o_y), snap = heatmap.l0_origin, lambda v, o: o + math.floor((v - o) / step_l0) * step_l0
+    box = (max(0.0, snap(x0 - margin_l0, o_x)), max(0.0, snap(y0 - margin_l0, o_y)),
+           min(float(slide.l0_width), x1 + margin_l0), min(float(slide.l0_height), y1 + margin_l0))
     fine = local_heatmap(slide, detector, box, stride_um)
     parts = [o for o in drop_specks(heatmap_outlines_l0(fine, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
              if o.intersects(lesion.geometry_l0)]
@@ -325,6 +329,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
     ``readers`` is the number of tile-reading threads that run ahead of inference.
 
+    In both modes a heatmap cell at ``threshold`` or above on the edge of a positive region, or alone, stays there
+    only if the mean of its 9 half-cell-shifted windows reaches it too (:func:`micromets.heatmap.rescore_edge_cells`).
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
@@ -371,12 +377,15 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                 screen.set_stain_reference(stain_sample(slide, tissue, screen.input_mpp, screen.patch_px))
                 screen_threshold = float(screen.card.get("screen_threshold", 0.5))
                 heatmap, heat_timing = compute_heatmap_fast(slide, tissue, detector, screen, screen_threshold,
-                                                            threshold, readers=readers, progress=progress)
+                                                            threshold, readers=readers, progress=progress,
+                                                            rescore_from=threshold)
                 timing.update(screen=round(heat_timing.screen_s, 3), n_screen_patches=heat_timing.n_screen_patches)
             else:
-                heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress)
+                heatmap, heat_timing = compute_heatmap(slide, tissue, detector, readers=readers, progress=progress,
+                                                       rescore_from=threshold)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
-                          inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches)
+                          inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches,
+                          rescore=round(heat_timing.rescore_s, 3), n_rescored=heat_timing.n_rescored)
             inked_mm2 = round(heat_timing.n_inked * (heatmap.cell_um / 1000) ** 2, 4)
             post_start = time.perf_counter()
             outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
@@ -384,7 +393,7 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             measures = measure_lesions([o for o, keep in zip(outlines, seeded) if keep], slide.l0_mpp, gap_um)
             confirmed, unconfirmed, dropped = None, [], []
             if confirm_threshold > 0 and measures:
-                scores = confirmation(slide, detector, heatmap, measures, threshold)
+                scores = confirmation(slide, detector, heatmap, measures, threshold, readers=readers)
                 keep = scores >= confirm_threshold
                 dropped = [m for m, k in zip(measures, keep) if not k]
                 unconfirmed = _lesion_records(dropped, max_value_inside(heatmap, [m.geometry_l0 for m in dropped]),
