@@ -215,13 +215,11 @@ def refined_outline(slide: Slide, detector, heatmap: Heatmap, lesion: LesionMeas
     margin_l0 = heatmap.l0_cell
     if stride_um is None:
         stride_um = max(REFINE_STRIDE_UM, lesion.diameter_mm * 1000.0 / REFINE_STEPS)
-    # the fine grid is anchored on the heatmap's, so its windows do not follow where the coarse iso-line fell
-    step_l0 = round(stride_um / detector.input_mpp) * detector.input_mpp / slide.l0_mpp
     x0, y0, x1, y1 = lesion.geometry_l0.bounds
-    (o_x, o_y), snap = heatmap.l0_origin, lambda v, o: o + math.floor((v - o) / step_l0) * step_l0
-    box = (max(0.0, snap(x0 - margin_l0, o_x)), max(0.0, snap(y0 - margin_l0, o_y)),
+    box = (max(0.0, x0 - margin_l0), max(0.0, y0 - margin_l0),
            min(float(slide.l0_width), x1 + margin_l0), min(float(slide.l0_height), y1 + margin_l0))
-    fine = local_heatmap(slide, detector, box, stride_um)
+    # the fine grid is anchored on the heatmap's, so its windows do not follow where the coarse iso-line fell
+    fine = local_heatmap(slide, detector, box, stride_um, l0_anchor=heatmap.l0_origin)
     parts = [o for o in drop_specks(heatmap_outlines_l0(fine, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
              if o.intersects(lesion.geometry_l0)]
     if not parts:

@@ -95,19 +95,6 @@ DEFAULT_MPP = 0.243
 # ----------------------------------------------------------------------------------------------- phantom set
 
 
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``, else ``platform.processor()``): timings from machines of two
-    models are not comparable (the same code ran 1.6 × slower on one 2-core VM than on another)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _tiles_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -352,6 +339,18 @@ def truth_result(truth: SlideTruth, detected: bool = True) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- running
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``, else ``platform.processor()``): timings from machines of two
+    models are not comparable (the same code ran 1.6 × slower on one 2-core VM than on another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _peak_rss_mb() -> float:

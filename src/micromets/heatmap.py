@@ -23,6 +23,7 @@ with windows at a fine stride, whose iso-line outlines a small deposit (``microm
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -311,18 +312,22 @@ def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, s
 
 
 def local_heatmap(slide: Slide, detector: Detector, l0_box: tuple[float, float, float, float], stride_um: float,
-                  chunk_rows: int = 8) -> Heatmap:
+                  chunk_rows: int = 8, l0_anchor: tuple[float, float] | None = None) -> Heatmap:
     """The detector's tumour probability over the level-0 box ``(x0, y0, x1, y1)`` on a grid of ``stride_um``
     (rounded to whole pixels at the model's µm/px): cell ``(r, c)`` holds the probability of the model window
     centred on its centre. The window still sees ``cell_um`` of tissue; only the positions are finer, so the
     iso-line of this map places a deposit's edge to within a stride instead of a whole window (the heatmap's own
     cells are one window each). One read of the box with half a window of surroundings (:meth:`Slide.read_window`),
-    scored ``chunk_rows`` rows of windows at a time, so memory stays bounded whatever the box.
+    scored ``chunk_rows`` rows of windows at a time, so memory stays bounded whatever the box. Given ``l0_anchor``
+    (level-0 ``(x, y)``, such as a heatmap's ``l0_origin``), the grid starts a whole number of strides from it,
+    at or before the box's corner, so the windows do not follow where the box happens to begin.
     """
     p = detector.patch_px
     stride_px = max(1, round(stride_um / detector.input_mpp))
     k = detector.input_mpp / slide.l0_mpp  # level-0 px per model px
     x0, y0, x1, y1 = l0_box
+    if l0_anchor is not None:
+        x0, y0 = (a + math.floor((v - a) / (stride_px * k)) * stride_px * k for v, a in zip((x0, y0), l0_anchor))
     cols, rows = (max(1, int(np.ceil(side / (stride_px * k) - 1e-6))) for side in (x1 - x0, y1 - y0))
     before_l0 = (p - stride_px) / 2 * k  # a window's origin lies this far before its cell's origin
     img = slide.read_window(x0 - before_l0, y0 - before_l0, (cols - 1) * stride_px + p, (rows - 1) * stride_px + p,
