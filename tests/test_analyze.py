@@ -285,25 +285,3 @@ def test_stain_sample_keeps_the_most_haematoxylin_rich_patches_of_its_draw():
     assert haematoxylin(kept).min() >= np.sort(haematoxylin(drawn))[-32] - 1e-6
     assert haematoxylin(kept).mean() > haematoxylin(drawn).mean()
 
-
-def test_a_negative_node_of_a_centre_no_model_trained_on_has_no_lesion_and_no_hot_cell(shared_data, tmp_path):
-    """Real lymph-node tissue from a hospital the default model never saw: the CAMELYON17 tile of centre 3,
-    patient_066 node 1 (official node label negative; in no training split of the bundled models), lymphoid
-    tissue with vessels and sinus histiocytes, written as a pyramidal slide at its 0.24 µm/px and analysed. The
-    issue 14 target on normal tissue: node negative, no lesion, <= 1 % of tissue cells at or above the threshold
-    (the default model: no cell, its highest 0.45 on 121 cells). Dense lymphoid tissue is the easy part of a node
-    (every bundled model passes here; cnn-ln calls ITC on the two CAMELYON17 tiles of other centres), so this pins
-    a floor, not the capsule and stroma of the bench."""
-    rgb = np.asarray(Image.open(shared_data / "camelyon17_tiles" / "centre_3_patient_066_node_1.jpeg").convert("RGB"))
-    slide = tmp_path / "c17_centre3_negative.tif"
-    write_pyramid(slide, rgb.shape[1], rgb.shape[0], 0.24,
-                  lambda x, y, w, h: np.pad(rgb[y:y + h, x:x + w],
-                                            ((0, h - min(h, rgb.shape[0] - y)), (0, w - min(w, rgb.shape[1] - x)),
-                                             (0, 0)), constant_values=255))
-    done = micromets("analyze", slide, "--out", tmp_path / "out")
-    assert done.returncode == 0, done.stderr
-    result = check_slide_outputs(tmp_path / "out" / "c17_centre3_negative")
-    h_prob = np.load(tmp_path / "out" / "c17_centre3_negative" / result["heatmap"]["file"])
-    assert result["node_class"] == "negative" and not result["lesions"]
-    assert result["timing_s"]["n_patches"] > 100  # the tile's tissue was scored
-    assert (h_prob >= result["threshold"]).sum() <= 0.01 * result["timing_s"]["n_patches"]
