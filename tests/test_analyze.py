@@ -284,4 +284,3 @@ def test_stain_sample_keeps_the_most_haematoxylin_rich_patches_of_its_draw():
     assert index == sorted(index)  # a subset of the same draw, in draw order
     assert haematoxylin(kept).min() >= np.sort(haematoxylin(drawn))[-32] - 1e-6
     assert haematoxylin(kept).mean() > haematoxylin(drawn).mean()
-
