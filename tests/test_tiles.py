@@ -1,11 +1,13 @@
 """Tile grid over tissue and the block reader: patches are the right pixels of the right cells."""
 
+import threading
+
 import numpy as np
 import pytest
 
 from micromets.phantom.pyramid import write_pyramid
 from micromets.slide import open_slide
-from micromets.tiles import blocks_with_tissue, iter_patch_blocks, tile_grid, tissue_fraction
+from micromets.tiles import blocks_with_tissue, iter_patch_blocks, read_ahead, tile_grid, tissue_fraction
 from micromets.tissue import TissueMask
 
 
@@ -81,3 +83,27 @@ def test_sparse_cells_read_only_their_box_and_match_direct_reads(position_slide)
             direct = slide.read_region(c * 64, r * 64, 0, 64, 64)
             assert np.abs(patch.astype(int) - direct.astype(int)).max() <= 2
         assert len(read_block(slide, grid, 8, 8, 8, patch_px=64, patch_mpp=0.5).h_rc) == 0
+
+
+@pytest.mark.parametrize("readers", [0, 1, 2])
+def test_read_ahead_keeps_order_bounds_the_reads_in_flight_and_raises_where_the_value_was(readers):
+    started, threads = [], set()
+
+    def read(i):
+        started.append(i)
+        threads.add(threading.current_thread())
+        if i == 0:  # the first read waits, so that the other readers may run ahead
+            threading.Event().wait(0.2)
+        if i == 7:
+            raise ValueError("seven")
+        return i * 10
+
+    values = read_ahead(read, ((i,) for i in range(9)), readers, depth=3)
+    got = [next(values) for _ in range(7)]
+    assert got == [i * 10 for i in range(7)]
+    assert len(started) <= 7 + (3 if readers else 0)
+    assert (threads == {threading.current_thread()}) == (readers == 0)
+    if readers == 0:
+        assert started == list(range(7))
+    with pytest.raises(ValueError, match="seven"):
+        next(values)

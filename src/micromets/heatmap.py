@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from micromets.tiles import TileGrid, iter_patch_blocks, tile_grid
+from micromets.tiles import TileGrid, iter_patch_blocks, read_ahead, tile_grid
 
 if TYPE_CHECKING:
     from micromets.model import Detector
@@ -228,21 +226,7 @@ def confirmation_scores(slide: Slide, detector: Detector, heatmap: Heatmap, h_rc
                                 int(c1 - c0) * p + side_px, int(r1 - r0) * p + side_px, detector.input_mpp)
         return cells, cells - (r0, c0), img
 
-    def blocks_read() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        bounds = iter(zip(starts, np.r_[starts[1:], len(h_rc)]))
-        if readers == 0:
-            yield from (read(a, b) for a, b in bounds)
-            return
-        with ThreadPoolExecutor(readers) as pool:
-            ahead: deque = deque()
-            while True:
-                while len(ahead) < 2 * readers and (ab := next(bounds, None)) is not None:
-                    ahead.append(pool.submit(read, *ab))
-                if not ahead:
-                    return
-                yield ahead.popleft().result()
-
-    for cells, local, img in blocks_read():
+    for cells, local, img in read_ahead(read, zip(starts, np.r_[starts[1:], len(h_rc)]), readers, 2 * readers):
         ys = local[:, 0, None, None] * p + shifts_px[None, :, None]
         xs = local[:, 1, None, None] * p + shifts_px[None, None, :]
         corners = np.stack(np.broadcast_arrays(ys, xs), axis=-1).reshape(-1, 2)

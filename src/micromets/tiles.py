@@ -15,13 +15,15 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from micromets.errors import MicrometsError
 from micromets.slide import Slide
 from micromets.tissue import TissueMask
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -108,6 +110,25 @@ def read_block(slide: Slide, grid: TileGrid, h_r0: int, h_c0: int, block_cells: 
     return PatchBlock(h_rc, patches, time.perf_counter() - start)
 
 
+def read_ahead(read: Callable[..., T], calls: Iterable[tuple], readers: int, depth: int) -> Iterator[T]:
+    """Yield ``read(*args)`` for each ``args`` of ``calls``, in order, with ``readers`` threads keeping up to
+    ``depth`` calls in flight ahead of the caller (at least one); ``readers = 0`` calls ``read`` in the calling
+    thread when the next value is asked for (no overlap, one thread in all). An error of a read is raised where
+    its value would have been yielded."""
+    if readers == 0:
+        yield from (read(*args) for args in calls)
+        return
+    calls = iter(calls)
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="micromets-read") as pool:
+        pending: deque = deque()
+        while True:
+            while len(pending) < max(1, depth) and (args := next(calls, None)) is not None:
+                pending.append(pool.submit(read, *args))
+            if not pending:
+                return
+            yield pending.popleft().result()
+
+
 def iter_patch_blocks(slide: Slide, grid: TileGrid, patch_px: int, patch_mpp: float,
                       block_cells: int = 8, readers: int = 2, prefetch_cells: int = 1024) -> Iterator[PatchBlock]:
     """Yield the tissue patches block by block, read ahead by ``readers`` threads, in a fixed order; ``readers = 0``
@@ -118,20 +139,11 @@ def iter_patch_blocks(slide: Slide, grid: TileGrid, patch_px: int, patch_mpp: fl
     while the caller runs a batch through the network, whatever the block size (``--mode fast`` reads 2 × 2-cell
     blocks: 4 blocks ahead left the readers idle during inference, and inference idle during reading).
     """
-    starts = blocks_with_tissue(grid, block_cells)
-    if readers == 0:
-        for h_r0, h_c0 in starts:
-            yield read_block(slide, grid, h_r0, h_c0, block_cells, patch_px, patch_mpp)
-        return
-    prefetch = max(4, prefetch_cells // block_cells ** 2)
-    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="micromets-read") as pool:
-        pending: deque = deque()
-        for h_r0, h_c0 in starts:
-            pending.append(pool.submit(read_block, slide, grid, h_r0, h_c0, block_cells, patch_px, patch_mpp))
-            if len(pending) >= prefetch:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    def read(h_r0: int, h_c0: int) -> PatchBlock:
+        return read_block(slide, grid, h_r0, h_c0, block_cells, patch_px, patch_mpp)
+
+    yield from read_ahead(read, blocks_with_tissue(grid, block_cells), readers,
+                          max(4, prefetch_cells // block_cells ** 2))
 
 
 def resample(image: np.ndarray, src_mpp: float, dst_mpp: float) -> np.ndarray:
