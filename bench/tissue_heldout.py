@@ -3,6 +3,7 @@
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --seeds 0,1 --steps 1200 [--data-root ../shared/data]
         [--folds fold1]   # one fold only: its sources' numbers, a third of the time
         [--mpp 0.75]      # another field of view: 96 px at this µm/px (docs/model.md, "Field of view")
+        [--save-models DIR]  # also export every fold × seed model as DIR/<fold>-s<seed> (card: held_out_groups)
 
 Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
 
@@ -54,8 +55,12 @@ def check_args(args) -> None:
         raise MicrometsError(f"no fold {', '.join(unknown)} (folds: {', '.join(tissue_data.FOLDS)})")
     if args.mpp <= 0:
         raise MicrometsError(f"--mpp must be > 0 µm/px, got {args.mpp}")
-    if args.mpp != INPUT_MPP and (args.export_fold or args.model):
-        raise MicrometsError("--mpp is for the held-out runs only (an exported or given model has its own)")
+    if args.mpp != INPUT_MPP and args.model:
+        raise MicrometsError("--mpp is not for --model (a given model has its own)")
+    if args.save_models is not None:
+        if args.model or args.export_fold:
+            raise MicrometsError("--save-models is for the held-out runs (not with --model or --export-fold)")
+        writable_folder(args.save_models, f"--save-models {args.save_models}")
     if args.export_fold:
         if args.model or args.folds:
             raise MicrometsError("--export-fold trains one model: not with --model or --folds")
@@ -75,6 +80,8 @@ def main() -> None:
     ap.add_argument("--export-fold", help="train one model without this fold's groups and export it to --out")
     ap.add_argument("--out", type=Path, help="--export-fold: the model folder to write")
     ap.add_argument("--seed", type=int, default=0, help="--export-fold: the training seed")
+    ap.add_argument("--save-models", type=Path,
+                    help="held-out runs: export every fold × seed model here as <fold>-s<seed>")
     ap.add_argument("--mpp", type=float, default=INPUT_MPP,
                     help="µm/px of the model input (the field is 96 px of it): another field of view, held out")
     args = ap.parse_args()
@@ -90,7 +97,7 @@ def main() -> None:
     if args.export_fold:
         card = tissue_fit.export_tissue_model(
             ts, args.out, args.data_root, steps=args.steps, seed=args.seed, width=args.width,
-            name=f"micromets-tissue-{args.export_fold}", version="0.4.0",
+            name=f"micromets-tissue-{args.export_fold}", version="0.4.0", input_mpp=args.mpp,
             command="bench/tissue_heldout.py " + " ".join(sys.argv[1:]), fold=args.export_fold,
             log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"wrote {args.out / 'model.onnx'} and model.json (held out: {', '.join(card['held_out_groups'])}; "
@@ -118,6 +125,7 @@ def main() -> None:
         return
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
                                         folds=args.folds.split(",") if args.folds else None,
+                                        save_models=args.save_models,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
     report["wall_s"], report["input_mpp"] = round(time.perf_counter() - t0, 1), args.mpp
     out = Path(__file__).parent / "results" / f"tissue-heldout-{stamp}.json"

@@ -169,7 +169,11 @@ def test_folds_hold_out_disjoint_whole_groups():
     assert {"c16:tumor_001", "c16:tumor_004", "c16:tumor_064"} <= set(groups)
 
 
-def test_held_out_report_of_one_fold_scores_only_that_folds_sources():
+def test_held_out_report_of_one_fold_scores_only_that_folds_sources_and_saves_its_model(tmp_path):
+    """One fold, one seed: only that fold's sources are scored; with save_models its model is exported as
+    <fold>-s<seed>, a detector whose card names the groups it never saw and the µm/px it was trained at."""
+    from micromets.model import Detector
+
     rng = np.random.default_rng(0)
     images, windows = [], []
     for group, source, label in (("c16:tumor_001", "c16_tumour", td.CARCINOMA), ("crc:kather2016", "crc_stroma", 1),
@@ -178,9 +182,13 @@ def test_held_out_report_of_one_fold_scores_only_that_folds_sources():
         for _ in range(3):
             images.append(Sample(rng.integers(0, 200, (120, 120, 3), dtype=np.uint8), label, group, source, group))
             windows.append(td.Window(len(images) - 1, 0, 0, label))
-    ts = td.TissueSet(images, windows, 120)
-    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], log=lambda m: None)
+    ts = td.TissueSet(images, windows, 120, mpp=1.0)
+    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], save_models=tmp_path, log=lambda m: None)
     assert list(report["folds"]) == ["fold1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["fold1-s0"]
+    saved = Detector.load(tmp_path / "fold1-s0")
+    assert saved.input_mpp == 1.0 and saved.card["held_out_groups"] == sorted(td.FOLDS["fold1"])
+    assert saved.predict(images[0].rgb[:96, :96][None]).shape == (1,)
     assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
     assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
     assert "ensemble" not in report  # one seed: nothing to average
@@ -326,12 +334,14 @@ def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--mpp", "0"], "--mpp must be > 0 µm/px, got 0.0"),
-    (["--mpp", "0.75", "--export-fold", "fold1"], "--mpp is for the held-out runs only (an exported or given model "
-                                                   "has its own)"),
+    (["--mpp", "0.75", "--model", "default"], "--mpp is not for --model (a given model has its own)"),
+    (["--save-models", "x", "--export-fold", "fold1"], "--save-models is for the held-out runs (not with --model or "
+                                                       "--export-fold)"),
 ])
 def test_a_wrong_field_of_view_is_refused_before_reading_data(tmp_path, args, message):
     """bench/tissue_heldout.py --mpp (another field of view, held out): a resolution that is not > 0, or one asked
-    of an exported model, is one line and exit 2 before any data is read."""
+    of a given model, and --save-models outside the held-out runs, are one line and exit 2 before any data is
+    read."""
     import subprocess
     import sys
     from pathlib import Path

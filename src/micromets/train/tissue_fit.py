@@ -39,8 +39,10 @@ Every number is reported per seed and as mean ± sd over seeds (never the best s
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -407,11 +409,13 @@ def c16_auc(c16: dict[int, dict]) -> dict:
 
 
 def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int = 96, width: int = 16,
-                    threshold: float = 0.5, folds: list[str] | None = None, log=print) -> dict:
+                    threshold: float = 0.5, folds: list[str] | None = None, save_models=None, log=print) -> dict:
     """Every fold × seed (module docstring); per seed the per-source table and the pooled CAMELYON16 AUC, then
     mean ± sd over seeds of every number. ``folds``: only these folds of FOLDS (a quicker check: each source is
     held out in one fold, so its numbers are the full protocol's; the AUC needs both CAMELYON16 classes). With more
     than one seed, ``ensemble`` holds the same table for the seeds' models averaged (mean probability per window).
+    ``save_models``: a folder where every fold × seed model is exported as ``<fold>-s<seed>`` (ONNX + card naming
+    its ``held_out_groups``), to run on tissue of the sources it never saw.
     """
     folds = list(folds or FOLDS)
     per_seed, scores = {}, {}
@@ -420,6 +424,13 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
         for fold in folds:
             log(f"seed {seed}, {fold}: hold out {', '.join(sorted(FOLDS[fold]))}")
             r = run_fold(ts, fold, seed, steps, patch_px, width, log=log)
+            if save_models is not None:
+                from micromets.train.fit import export_onnx
+
+                card = tissue_card(r["model"], f"micromets-tissue-{fold}", f"0.0.{seed}", ts.mpp, patch_px, width,
+                                   steps, seed, int(fold_keep(ts, fold).sum()), fold,
+                                   command=f"held_out_report(seeds={seeds}, steps={steps}, mpp={ts.mpp})")
+                export_onnx(r["model"], Path(save_models) / f"{fold}-s{seed}", card, patch_px, seed)
             image_scores.update(r["image_scores"])
             window_scores.update(r["window_scores"])
             c16.update(r["c16"])
@@ -542,14 +553,30 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
     """Fit on every source, export ONNX + card (classes, tumour index, data, licence, held-out report).
     ``fold``: fit without that fold's groups of FOLDS (the keep mask of :func:`run_fold`), named in the card's
     ``held_out_groups``: a model to try on tissue of those sources that it never saw."""
-    import datetime as dt
-
     from micromets.model import Detector
-    from micromets.train.fit import base_card, export_onnx
+    from micromets.train.fit import export_onnx
 
     t0 = time.perf_counter()
     keep = fold_keep(ts, fold) if fold else np.ones(len(ts.windows), bool)
     model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed, log=log)
+    card = tissue_card(model, name, version, input_mpp, patch_px, width, steps, seed, int(keep.sum()), fold,
+                       held_out, command)
+    card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
+    export_onnx(model, out_dir, card, patch_px, seed)
+    card["metrics"]["unseen"] = unseen_checks(Detector.load(out_dir), data_root)
+    card["known_failure_modes"] = failure_modes(held_out, card["metrics"]["unseen"])
+    (Path(out_dir) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def tissue_card(model, name: str, version: str, input_mpp: float, patch_px: int, width: int, steps: int, seed: int,
+                n_windows: int, fold: str | None = None, held_out: dict | None = None, command: str = "") -> dict:
+    """The model card of a tissue-recipe ``model`` (trained on ``n_windows`` windows; without ``fold``'s groups
+    when given): classes, data and licence, recipe, held-out report."""
+    import datetime as dt
+
+    from micromets.train.fit import base_card
+
     card = base_card(name, version, input_mpp, patch_px, width)
     card.update({
         "classes": CLASSES, "tumour_class_index": CARCINOMA,
@@ -574,17 +601,9 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
                                      f"all normal windows and {MINE_COMPOSITES} fresh composites, an equal quota "
                                      "from each normal source and from the composites, then "
                                      f"{HARD_SHARE:.0%} of the normal windows of every batch (labels kept)",
-                     "n_windows": int(keep.sum()), "n_parameters": int(sum(p.numel() for p in model.parameters()))},
+                     "n_windows": n_windows, "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         **({"held_out_groups": sorted(FOLDS[fold]), "held_out_fold": fold} if fold else {}),
         "metrics": {"held_out": held_out} if held_out else {},
         "date": dt.date.today().isoformat(), "command": command, "licence": WEIGHTS_LICENCE,
     })
-    card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
-    export_onnx(model, out_dir, card, patch_px, seed)
-    card["metrics"]["unseen"] = unseen_checks(Detector.load(out_dir), data_root)
-    card["known_failure_modes"] = failure_modes(held_out, card["metrics"]["unseen"])
-    from pathlib import Path
-    import json
-
-    (Path(out_dir) / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
