@@ -223,3 +223,102 @@ def test_local_heatmap_windows_are_centred_on_its_cells(fast_and_thorough):
     np.testing.assert_allclose(same.h_prob, h_prob[r - 1:r + 2, c - 1:c + 2], atol=1e-3)
     assert fine.h_prob.shape == (18, 18) and fine.cell_um == pytest.approx(cell_um / 6)
     assert fine.h_prob[6:12, 6:12].mean() >= 0.5  # the hot cell, seen by windows shifted around its centre
+
+
+def _with_context(tmp_path, context_mpp):
+    """The shipped default with a context model: the coarse screen's network (32 px) given ``context_mpp``, a
+    real network of another field than the detector's."""
+    import shutil
+
+    folder = tmp_path / f"with-context-{context_mpp}"
+    shutil.copytree(REPO / "src" / "micromets" / "models" / "default", folder)
+    shutil.copytree(REPO / "src" / "micromets" / "models" / "coarse", folder / "context")
+    card = json.loads((folder / "context" / "model.json").read_text())
+    (folder / "context" / "model.json").write_text(json.dumps({**card, "input_mpp": context_mpp}))
+    card = json.loads((folder / "model.json").read_text())
+    card.pop("context", None)
+    (folder / "model.json").write_text(json.dumps({**card, "context": {"folder": "context"}}))
+    return folder
+
+
+@pytest.mark.parametrize("context_mpp", [1.5, 0.7])  # a cell is 32 px of it (read by blocks), or 68.6 (alone)
+def test_context_scores_are_the_field_centred_on_each_cell(tmp_path, context_mpp):
+    """context_scores gives each cell the context model's score of the field of its own size centred on the cell's
+    centre, read at its own µm/px, whether neighbouring cells share one read or not."""
+    from micromets.analyze import stain_sample
+    from micromets.heatmap import context_scores
+    from micromets.model import Detector
+    from micromets.slide import open_slide
+    from micromets.tiles import tile_grid
+    from micromets.tissue import tissue_mask
+
+    detector = Detector.load(_with_context(tmp_path, context_mpp))
+    context = detector.context
+    assert context.input_mpp == context_mpp and context.cell_um == pytest.approx(32 * context_mpp)
+    with open_slide(NODE2) as slide:
+        tissue = tissue_mask(slide)
+        detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
+        grid = tile_grid(slide, tissue, 48.0)
+        heatmap = Heatmap(np.zeros(grid.shape, np.float32), grid.h_tissue, 48.0, slide.l0_mpp)
+        cells = np.argwhere(grid.h_tissue)
+        mid = cells[len(cells) // 2]
+        h_rc = np.array([mid, mid + (0, 1), mid + (1, 0), mid + (3, -1), cells[len(cells) // 5],
+                         cells[4 * len(cells) // 5]])
+        got = context_scores(slide, context, heatmap, h_rc)
+        centres = heatmap.h_centres_l0(h_rc)
+        half_l0 = context.cell_um / 2 / slide.l0_mpp
+        want = context.predict(np.stack([slide.read_window(x - half_l0, y - half_l0, 32, 32, context_mpp)
+                                         for x, y in centres]))
+    # node 2's level 1 is 1.9995× level 0, not 2×: a field cut from a block's read lies up to a level pixel from
+    # the same field read alone, which moves this 32 px network by up to 0.02
+    np.testing.assert_allclose(got, want, atol=0.03)
+    assert got.std() > 0.01  # the fields differ: a test that would see cells swapped
+
+
+def test_context_check_lowers_the_hot_cells_to_the_field_around_them_and_nothing_else(tmp_path):
+    """On node 2's real heatmap: every cell at or above the threshold keeps min(own, context score); every other
+    cell is untouched; a detector without a context model changes nothing."""
+    from micromets.analyze import stain_sample
+    from micromets.heatmap import HeatmapTiming, compute_heatmap, context_check, context_scores
+    from micromets.model import Detector
+    from micromets.slide import open_slide
+    from micromets.tissue import tissue_mask
+
+    detector = Detector.load(_with_context(tmp_path, 1.5))
+    with open_slide(NODE2) as slide:
+        tissue = tissue_mask(slide)
+        detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
+        heatmap, _ = compute_heatmap(slide, tissue, detector)
+        own = heatmap.h_prob.copy()
+        hot = np.argwhere(own >= 0.5)
+        around = context_scores(slide, detector.context, heatmap, hot)
+        timing = HeatmapTiming()
+        context_check(slide, detector, heatmap, 0.5, timing)
+        plain = Detector.load()
+        plain.set_stain_reference(stain_sample(slide, tissue, plain.input_mpp, plain.patch_px))
+        unchanged = Heatmap(own.copy(), heatmap.h_tissue, heatmap.cell_um, heatmap.l0_mpp)
+        context_check(slide, plain, unchanged, 0.5)
+    assert len(hot) >= 10 and timing.n_context == len(hot)
+    np.testing.assert_allclose(heatmap.h_prob[tuple(hot.T)], np.minimum(own[tuple(hot.T)], around), atol=1e-6)
+    assert (around < own[tuple(hot.T)]).any()  # the check did lower some cell
+    cold = own < 0.5
+    np.testing.assert_array_equal(heatmap.h_prob[cold], own[cold])
+    np.testing.assert_array_equal(unchanged.h_prob, own)
+
+
+@pytest.mark.parametrize("context, message", [
+    ("context", "context needs a folder (a model folder inside this one)"),
+    ({"folder": "nowhere"}, "not a model folder (needs model.onnx and model.json)"),
+])
+def test_a_wrong_context_entry_is_one_line_naming_the_card_or_folder(tmp_path, context, message):
+    import shutil
+
+    from micromets.errors import MicrometsError
+    from micromets.model import Detector
+
+    folder = tmp_path / "m"
+    shutil.copytree(REPO / "src" / "micromets" / "models" / "cnn-ln", folder)
+    card = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**card, "context": context}))
+    with pytest.raises(MicrometsError, match=r"^\S*m\S*: " + message.replace("(", r"\(").replace(")", r"\)")):
+        Detector.load(folder)

@@ -327,8 +327,10 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
     ``readers`` is the number of tile-reading threads that run ahead of inference.
 
-    In both modes a heatmap cell at ``threshold`` or above on the edge of a positive region, or alone, stays there
-    only if the mean of its 9 half-cell-shifted windows reaches it too (:func:`micromets.heatmap.rescore_edge_cells`).
+    In both modes a heatmap cell at ``threshold`` or above keeps at most the score the detector's context model
+    gives the larger field around it, where the card has one (:func:`micromets.heatmap.context_check`), and one on
+    the edge of a positive region, or alone, stays there only if the mean of its 9 half-cell-shifted windows
+    reaches it too (:func:`micromets.heatmap.rescore_edge_cells`).
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored
@@ -383,7 +385,8 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
                                                        rescore_from=threshold)
             timing.update(read=round(heat_timing.read_s, 3), read_wait=round(heat_timing.read_wait_s, 3),
                           inference=round(heat_timing.inference_s, 3), n_patches=heat_timing.n_patches,
-                          rescore=round(heat_timing.rescore_s, 3), n_rescored=heat_timing.n_rescored)
+                          rescore=round(heat_timing.rescore_s, 3), n_rescored=heat_timing.n_rescored,
+                          context=round(heat_timing.context_s, 3), n_context=heat_timing.n_context)
             inked_mm2 = round(heat_timing.n_inked * (heatmap.cell_um / 1000) ** 2, 4)
             post_start = time.perf_counter()
             outlines = drop_specks(heatmap_outlines_l0(heatmap, threshold), slide.l0_mpp, MIN_OUTLINE_UM)
@@ -410,6 +413,9 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
             if detector.verifier is not None:
                 model_info["verifier"] = {"members": [{k: m.get(k) for k in ("name", "version", "seed")}
                                                       for m in detector.card["verifier"].get("members", [])]}
+            if detector.context is not None:
+                model_info["context"] = {"name": detector.context.name, "version": detector.context.version,
+                                         "field_um": detector.context.cell_um}
             if mode == "fast":
                 model_info["screen"] = {"name": screen.name, "version": screen.version, "threshold": screen_threshold}
             counted = [c for c in cells_he if c is not None]

@@ -11,10 +11,12 @@ Two modes (``analyze --mode``):
   tissue cell, then the fine model on the screen's candidates (:func:`candidate_cells`), grown over the whole of
   every positive region. A deposit the screen misses is lost: fast mode can miss ITC.
 
-In both, given ``rescore_from`` (the lesion threshold), :func:`rescore_edge_cells` then checks every cell at or
-above it that is not surrounded by such cells against the mean of its 9 half-cell-shifted windows, and drops it
-to that mean where the mean is below: one window cut just so over dense stroma scores high where the overlapping
-windows do not.
+In both, given ``rescore_from`` (the lesion threshold), where the detector has a context model
+(:attr:`micromets.model.Detector.context`) :func:`context_check` first lowers every cell at or above it to the
+context model's score of the larger field around the cell when that is lower (a cell is tumour only if the field
+around it is too); then :func:`rescore_edge_cells` checks every cell still at or above it that is not surrounded by
+such cells against the mean of its 9 half-cell-shifted windows, and drops it to that mean where the mean is below:
+one window cut just so over dense stroma scores high where the overlapping windows do not.
 
 :func:`confirmation_scores` re-scores chosen cells densely (the 3 × 3 windows shifted by half a cell), the
 evidence a lesion must show to be kept (``micromets.analyze``). :func:`local_heatmap` scores a small region again
@@ -65,7 +67,9 @@ class HeatmapTiming:
 
     For ``--mode fast`` the coarse screen's own pass is in ``screen_s`` (wall, reading and inference) and its
     patch count in ``n_screen_patches``; ``n_patches`` counts the fine model's patches only, and ``n_inked`` those
-    of them left unscored because ink or black pigment covers them (:meth:`Detector.predict`).
+    of them left unscored because ink or black pigment covers them (:meth:`Detector.predict`). ``context_s`` and
+    ``n_context``: :func:`context_check` (wall, cells checked); ``rescore_s`` and ``n_rescored``:
+    :func:`rescore_edge_cells`.
     """
 
     read_s: float = 0.0
@@ -77,6 +81,8 @@ class HeatmapTiming:
     n_screen_patches: int = 0
     rescore_s: float = 0.0
     n_rescored: int = 0
+    context_s: float = 0.0
+    n_context: int = 0
 
 
 def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_size: int | None = None,
@@ -99,6 +105,7 @@ def compute_heatmap(slide: Slide, tissue: TissueMask, detector: Detector, batch_
                  int(grid.h_tissue.sum()))
     heatmap = Heatmap(h_prob, grid.h_tissue, cell_um, slide.l0_mpp)
     if rescore_from is not None:
+        context_check(slide, detector, heatmap, rescore_from, timing, readers)
         rescore_edge_cells(slide, detector, heatmap, rescore_from, timing, readers)
     return heatmap, timing
 
@@ -130,6 +137,76 @@ def rescore_edge_cells(slide: Slide, detector: Detector, heatmap: Heatmap, thres
     if timing is not None:
         timing.rescore_s += time.perf_counter() - start
         timing.n_rescored += len(h_rc)
+
+
+def context_check(slide: Slide, detector: Detector, heatmap: Heatmap, threshold: float,
+                  timing: HeatmapTiming | None = None, readers: int = 2) -> None:
+    """Lower, in place, every cell of ``heatmap`` at or above ``threshold`` to the score the detector's context
+    model (:attr:`micromets.model.Detector.context`) gives the field centred on it, where that is lower: the cell
+    keeps ``min(own, context)``, so a cell is tumour only if the larger field around it is too, and the outline of
+    a deposit stays the detector's own. Nothing happens without a context model. Adds ``context_s`` and
+    ``n_context`` (cells checked) to ``timing``; ``readers``: reading threads (:func:`context_scores`).
+    """
+    if detector.context is None:
+        return
+    start = time.perf_counter()
+    h_rc = np.argwhere(heatmap.h_prob >= threshold)
+    if len(h_rc):
+        rows, cols = h_rc.T
+        around = context_scores(slide, detector.context, heatmap, h_rc, readers=readers)
+        heatmap.h_prob[rows, cols] = np.minimum(heatmap.h_prob[rows, cols], around)
+    if timing is not None:
+        timing.context_s += time.perf_counter() - start
+        timing.n_context += len(h_rc)
+
+
+def context_scores(slide: Slide, context: Detector, heatmap: Heatmap, h_rc: np.ndarray, block_cells: int = 4,
+                   flush_windows: int = 512, readers: int = 2) -> np.ndarray:
+    """The tumour probability (N,) that the ``context`` model gives the field of ``context.cell_um`` centred on
+    each cell ``h_rc`` (N, 2 as row, col) of ``heatmap``, read at the context model's µm/px.
+
+    Cells are read ``block_cells × block_cells`` at a time (one read of the block's cells' box widened by the
+    context field, at exact level-0 positions: :meth:`Slide.read_window`) by ``readers`` threads ahead of the
+    network (0: in the calling thread). A heatmap cell must be a whole number of the context model's pixels
+    (48 µm cells at 1 µm/px are 48 px) for neighbouring fields to be cut from one read; otherwise each cell is read
+    alone, so every field is centred exactly.
+    """
+    p = context.patch_px
+    step = heatmap.cell_um / context.input_mpp  # context px from one cell's centre to the next
+    step_px = round(step)
+    if abs(step - step_px) > 1e-6:
+        block_cells = 1
+    l0_cell, l0_half_field = heatmap.l0_cell, context.cell_um / 2 / heatmap.l0_mpp
+    h_rc = np.asarray(h_rc, np.int64).reshape(-1, 2)
+    blocks = h_rc // block_cells
+    order = np.lexsort((blocks[:, 1], blocks[:, 0]))
+    starts = np.flatnonzero(np.r_[True, (np.diff(blocks[order], axis=0) != 0).any(axis=1)])
+    out = np.zeros(len(h_rc), np.float32)
+    windows: list[np.ndarray] = []
+    index: list[np.ndarray] = []
+
+    def flush() -> None:
+        if windows:
+            out[np.concatenate(index)] = context.predict(np.stack(windows))
+            windows.clear()
+            index.clear()
+
+    def read(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        which = order[a:b]
+        (r0, c0), (r1, c1) = h_rc[which].min(axis=0), h_rc[which].max(axis=0)
+        img = slide.read_window(heatmap.l0_origin[0] + (c0 + 0.5) * l0_cell - l0_half_field,
+                                heatmap.l0_origin[1] + (r0 + 0.5) * l0_cell - l0_half_field,
+                                int(c1 - c0) * step_px + p, int(r1 - r0) * step_px + p, context.input_mpp)
+        local = (h_rc[which] - (r0, c0)) * step_px
+        return which, np.stack([img[y:y + p, x:x + p] for y, x in local])
+
+    for which, fields in read_ahead(read, zip(starts, np.r_[starts[1:], len(h_rc)]), readers, 2 * readers):
+        windows.extend(fields)
+        index.append(which)
+        if len(windows) >= flush_windows:
+            flush()
+    flush()
+    return out
 
 
 def _score_cells(slide: Slide, grid: TileGrid, detector: Detector, h_prob: np.ndarray, timing: HeatmapTiming,
@@ -269,8 +346,9 @@ def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, s
     (OpenSlide's CPU cost follows the pixels read: on the 1.5 cm² speed slide the screen's 8,834 candidates took
     6.5 CPU s to read in blocks of 4 × 4 cells, 17,300 cells read, and 5.4 s in blocks of 2 × 2, 10,700 read).
     A cell's patch does not depend on its block (:func:`micromets.tiles.read_block`), so every cell scored here
-    has the probability ``--mode thorough`` gives it, also after ``rescore_from`` (:func:`rescore_edge_cells`,
-    once the regions are whole, so that an edge is an edge in both modes).
+    has the probability ``--mode thorough`` gives it, also after ``rescore_from`` (:func:`context_check`, which
+    looks at each cell alone, then :func:`rescore_edge_cells`, once the regions are whole, so that an edge is an
+    edge in both modes).
     """
     from scipy import ndimage
 
@@ -291,6 +369,7 @@ def compute_heatmap_fast(slide: Slide, tissue: TissueMask, detector: Detector, s
         h_todo = grown & tissue_grid.h_tissue & ~h_done
     heatmap = Heatmap(h_prob, tissue_grid.h_tissue, cell_um, slide.l0_mpp)
     if rescore_from is not None:
+        context_check(slide, detector, heatmap, rescore_from, timing, readers)
         rescore_edge_cells(slide, detector, heatmap, rescore_from, timing, readers)
     return heatmap, timing
 

@@ -24,6 +24,12 @@ Verifier (``card["verifier"]``, optional): a second ONNX graph in the same folde
 normalised patches (the same per-slide stain estimate) through :attr:`Detector.verifier`, a :class:`Detector` of
 its own; :func:`micromets.analyze.confirmation` confirms again with it the lesions the detector confirms.
 
+Context model (``card["context"]``, optional): a model folder inside this one (``folder``) with a card of its own,
+a network that sees a larger field around each heatmap cell (the shipped default's: 96 µm at 1 µm/px around a
+48 µm cell), loaded as :attr:`Detector.context` with its own stain estimate of the same slide;
+:func:`micromets.heatmap.context_check` lowers a cell the detector calls tumour to the context model's score of
+the field around it when that is lower.
+
 Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
 is below ``min_fraction`` is background, and a patch of which at least ``ink_max_fraction`` is ink or black pigment
 (:func:`micromets.normalise.ink_fraction`; default :data:`INK_MAX_FRACTION`, 1 turns the test off) cannot be read;
@@ -206,6 +212,8 @@ class Detector:
         self._pool = None  # ThreadPoolExecutor of `threads` workers, made on first use
         #: the card's verifier graph as a Detector of its own (None: no verifier); see the module docstring
         self.verifier: Detector | None = None
+        #: the card's context model (None: none); see the module docstring
+        self.context: Detector | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, threads: int = 2, batch_size: int | None = None) -> "Detector":
@@ -243,6 +251,11 @@ class Detector:
             v_card = {**card, "output": verifier["output"], "name": f"{card['name']} verifier"}
             v_card.pop("verifier")
             detector.verifier = cls(folder, v_card, _session(ort, path), threads, batch_size)
+        context = card.get("context")
+        if context:
+            if not isinstance(context, dict) or not isinstance(context.get("folder"), str):
+                raise MicrometsError(f"{card_path}: context needs a folder (a model folder inside this one)")
+            detector.context = cls.load(folder / context["folder"], threads, batch_size)
         return detector
 
     @property
@@ -269,6 +282,8 @@ class Detector:
             self._slide_lut = normalise.stain_lut(normalise.stain_transform(source_he, self._target_he))
         if self.verifier is not None:
             self.verifier._slide_lut = self._slide_lut
+        if self.context is not None:
+            self.context.set_stain_reference(rgb_tissue_sample)
 
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
         """The stain-normalised uint8 RGB batch the network sees (card's method; per-slide estimate if set)."""
