@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import hashlib
 import inspect
 import json
@@ -53,6 +52,7 @@ from micromets.errors import MicrometsError
 from micromets.phantom import pyramid
 from micromets.train.data import read_rgb
 from micromets.train.tissue_data import BACH_MPP
+from reporting import hot_cells, utc_stamp, write_report
 
 BACH = Path("breast_he") / "bach_wsi_A03"
 BACH_GROUP = "bach:A03"
@@ -211,10 +211,8 @@ def per_tile(result: dict, h_prob: np.ndarray, threshold: float, slide_meta: dic
 def summarise(result: dict, folder: Path, card: dict, model: Path, slide_meta: dict, wall_s: float) -> dict:
     """The numbers of one analyze run, read from its outputs (module docstring)."""
     h_prob = np.load(folder / result["heatmap"]["file"])
-    threshold = float(result["threshold"])
-    n_tissue = int(result["timing_s"]["n_patches"])
-    n_at_or_above = int((h_prob >= threshold).sum())
-    share = n_at_or_above / n_tissue if n_tissue else None
+    hot = hot_cells(result, h_prob)
+    threshold, share = hot["threshold"], hot["cell_share"]
     lesions = [{"id": r.get("id"), "class": r["class"], "diameter_mm": r["diameter_mm"],
                 "confirmed_probability": r.get("confirmed_probability"), "max_probability": r.get("max_probability")}
                for r in result["lesions"]]
@@ -235,9 +233,10 @@ def summarise(result: dict, folder: Path, card: dict, model: Path, slide_meta: d
            "tissue_area_mm2": result["tissue_area_mm2"]},
         "node_class": result["node_class"], "n_lesions": len(lesions), "lesions": lesions,
         "n_unconfirmed_candidates": len(unconfirmed), "unconfirmed_candidates": unconfirmed,
-        "threshold": threshold, "heatmap_tissue_cells": n_tissue, "cells_at_or_above_threshold": n_at_or_above,
+        "threshold": threshold, "heatmap_tissue_cells": hot["tissue_cells"],
+        "cells_at_or_above_threshold": hot["cells_at_or_above"],
         "cell_share_at_or_above_threshold": None if share is None else round(share, 5),
-        "max_cell_probability": round(float(h_prob.max()), 4),
+        "max_cell_probability": round(hot["max_cell_probability"], 4),
         "ood": result.get("ood"),
         "per_tile": per_tile(result, h_prob, threshold, slide_meta),
         "target": ok, "meets_target": all(ok.values()),
@@ -306,19 +305,14 @@ def main() -> None:
                                | set(SCREENED_OUT if args.screened else ())))
         slide, meta = build_slide(args.data_root, args.work, exclude,
                                   log=lambda m: print(m, file=sys.stderr, flush=True))
-        stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%SZ}"
+        stamp = utc_stamp()
         result, folder, wall_s = run_analyze(slide, model, slide.parent / "runs" / stamp)
     except MicrometsError as err:
         print(f"breast_normal_slide.py: error: {err}", file=sys.stderr)
         sys.exit(2)
     card = json.loads((model / "model.json").read_text())
     report = {"date": stamp} | summarise(result, folder, card, model, meta, wall_s)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"breast-normal-{stamp}"
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {out}.json and .md")
+    write_report(args.out / f"breast-normal-{stamp}", report, markdown(report))
 
 
 if __name__ == "__main__":

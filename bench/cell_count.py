@@ -14,14 +14,12 @@ haematoxylin) is on record in ``bench/results/cell-count-20261206T220933Z.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
 from micromets import cells
 from micromets.analyze import CELL_COUNT_MPP
 from micromets.evaluation.hand_counts import score
+from reporting import utc_stamp, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 HAND = ROOT / "bench/data/he_tumour_nuclei_hand.json"
@@ -47,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or cells.nuclei_model_dir()
     card = cells.model_card(model)
     result = {"what": f"model {card['name']} {card['version']} at {CELL_COUNT_MPP} µm/px"} | score(HAND, model)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = ROOT / "bench/results" / f"cell-count-{stamp}"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result))
-    sys.stdout.write(markdown(result) + f"\nwritten {out}.json and .md\n")
+    write_report(ROOT / "bench/results" / f"cell-count-{utc_stamp()}", result, markdown(result))
     return 0
 
 

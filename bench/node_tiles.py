@@ -21,7 +21,6 @@ slide-level false-positive rate. Writes ``OUT/node-tiles-<UTC>.json`` and ``.md`
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from micromets.model import resolve_model_dir
 from micromets.phantom import pyramid
 from micromets.train.data import read_rgb
 from micromets.train.tissue_data import C17_MPP, C17_NEGATIVE_TRAIN
+from reporting import hot_cells, utc_stamp, write_report
 
 #: the official CAMELYON17 label of the node each tile comes from (../shared/data/README.md)
 NODE_LABELS = {"centre_0_patient_006_node_1.jpeg": "negative", "centre_1_patient_024_node_2.jpeg": "itc",
@@ -70,9 +70,7 @@ def centre_status(tile_name: str, card: dict) -> str:
 
 def tile_row(name: str, result: dict, h_prob: np.ndarray, card: dict) -> dict:
     """The numbers of one tile's analyze outputs (read back, not recomputed) and, for a negative node, the target."""
-    threshold = float(result["threshold"])
-    n_tissue = int(result["timing_s"]["n_patches"])
-    n_hot = int((h_prob >= threshold).sum())
+    hot = hot_cells(result, h_prob)
     row = {"tile": name, "node_label": NODE_LABELS[name], "centre": centre_status(name, card),
            "node_class": result["node_class"],
            "lesions": [{"class": r["class"], "diameter_mm": round(r["diameter_mm"], 3),
@@ -80,9 +78,8 @@ def tile_row(name: str, result: dict, h_prob: np.ndarray, card: dict) -> dict:
            "unconfirmed": [{"diameter_mm": round(r["diameter_mm"], 3),
                             "confirmed_probability": r.get("confirmed_probability")}
                            for r in result.get("unconfirmed_lesions", [])],
-           "threshold": threshold, "tissue_cells": n_tissue, "cells_at_or_above": n_hot,
-           "cell_share": round(n_hot / n_tissue, 4) if n_tissue else None,
-           "max_cell_probability": round(float(h_prob.max()), 3)}
+           **hot, "cell_share": None if hot["cell_share"] is None else round(hot["cell_share"], 4),
+           "max_cell_probability": round(hot["max_cell_probability"], 3)}
     if row["node_label"] == "negative":
         row["meets_target"] = (row["node_class"] == "negative" and not row["lesions"]
                                and row["cell_share"] is not None and row["cell_share"] <= MAX_CELL_SHARE)
@@ -112,7 +109,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("bench/work"), help="slides and analyze outputs")
     ap.add_argument("--out", type=Path, default=Path("bench/results"), help="where the .json / .md go")
     args = ap.parse_args()
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H%M%SZ}"
+    stamp = utc_stamp()
     try:
         model = resolve_model_dir(args.model, "--model")
         tiles = [args.data_root / "camelyon17_tiles" / name for name in NODE_LABELS]
@@ -145,12 +142,7 @@ def main() -> None:
     report = {"date": stamp, "model": {"folder": str(model), "name": card.get("name"), "version": card.get("version"),
                                        "held_out_groups": card.get("held_out_groups")},
               "tiles": rows, "run": {"folder": str(folder), "wall_s": round(wall_s, 1)}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"node-tiles-{stamp}"
-    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    path.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"wrote {path}.json and .md")
+    write_report(args.out / f"node-tiles-{stamp}", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
 import shapely
+
+from reporting import utc_stamp, write_report
 
 MAX_MM = 0.5
 
@@ -74,12 +75,8 @@ def main() -> None:
     args = ap.parse_args()
     table = rows(args.run_dir, args.phantoms)
     label = args.label or str(args.run_dir)
-    stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-    out = Path(__file__).parent / "results" / f"outline-fit-{stamp}"
-    out.with_suffix(".json").write_text(json.dumps({"label": label, "rows": table}, indent=1) + "\n")
-    text = markdown(label, table)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_report(Path(__file__).parent / "results" / f"outline-fit-{utc_stamp()}", {"label": label, "rows": table},
+                 markdown(label, table))
 
 
 if __name__ == "__main__":
