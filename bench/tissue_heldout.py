@@ -10,8 +10,10 @@ Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and pri
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --model src/micromets/models/cnn-ln
 
 scores one exported model on the same windows of every source, without training (a shipped model is held out
-only from the sources its card does not list; an --export-fold model from its fold's groups), and its verifier
-(the seed ensemble) when its card has one, and writes bench/results/tissue-fixed-<UTC>.json.
+only from the sources its card does not list; an --export-fold model from its fold's groups: --held-out-only
+scores only those), and its verifier (the seed ensemble) when its card has one, and writes
+bench/results/tissue-fixed-<UTC>.json. A model with a context model is scored as the heatmap scores it: each
+window min(own, context of the field around it).
 
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --export-fold fold1 --out bench/work/models/fold1
         [--seed 0 --steps 1200]
@@ -57,6 +59,8 @@ def check_args(args) -> None:
         raise MicrometsError(f"--mpp must be > 0 µm/px, got {args.mpp}")
     if args.mpp != INPUT_MPP and args.model:
         raise MicrometsError("--mpp is not for --model (a given model has its own)")
+    if args.held_out_only and not args.model:
+        raise MicrometsError("--held-out-only is for --model (a fold's model, whose card names its held-out groups)")
     if args.save_models is not None:
         if args.model or args.export_fold:
             raise MicrometsError("--save-models is for the held-out runs (not with --model or --export-fold)")
@@ -80,6 +84,8 @@ def main() -> None:
     ap.add_argument("--export-fold", help="train one model without this fold's groups and export it to --out")
     ap.add_argument("--out", type=Path, help="--export-fold: the model folder to write")
     ap.add_argument("--seed", type=int, default=0, help="--export-fold: the training seed")
+    ap.add_argument("--held-out-only", action="store_true",
+                    help="--model: score only the groups its card names in held_out_groups (a fold's model)")
     ap.add_argument("--save-models", type=Path,
                     help="held-out runs: export every fold × seed model here as <fold>-s<seed>")
     ap.add_argument("--mpp", type=float, default=INPUT_MPP,
@@ -107,9 +113,10 @@ def main() -> None:
         from micromets.model import Detector
 
         detector = Detector.load(args.model)
-        report = tissue_fit.fixed_model_report(detector, ts)
+        groups = detector.card.get("held_out_groups") if args.held_out_only else None
+        report = tissue_fit.fixed_model_report(detector, ts, groups=groups)
         if detector.verifier is not None:  # the card's seed ensemble, scored on the same windows
-            report["verifier"] = tissue_fit.fixed_model_report(detector.verifier, ts)
+            report["verifier"] = tissue_fit.fixed_model_report(detector.verifier, ts, groups=groups)
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         out = Path(__file__).parent / "results" / f"tissue-fixed-{stamp}.json"
         out.write_text(json.dumps(report, indent=1) + "\n")

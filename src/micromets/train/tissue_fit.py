@@ -256,20 +256,42 @@ def score_images(model, ts: TissueSet, image_ids: list[int], patch_px: int = 96)
     """Carcinoma probability of every tissue window (stride half a patch) of each image; patches: their centre.
 
     ``model`` is a torch module being trained, or a shipped :class:`micromets.model.Detector` (stain vectors
-    estimated per image, as ``score-tiles`` does), so both are judged on the same windows."""
+    estimated per image, as ``score-tiles`` does), so both are judged on the same windows. A detector with a
+    context model gives each window ``min(own, context)`` as the heatmap does (:func:`with_context`)."""
     out = {}
     for i in image_ids:
         rgb = ts.images[i].rgb
         h, w = rgb.shape[:2]
-        if max(h, w) <= 1.3 * ts.size or ts.images[i].source == "pcam_hard_negative":
-            crops = center_crop(rgb, patch_px)[None]
-        else:
-            stained = _stained(rgb)
-            crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in _grid(h, w, patch_px, patch_px // 2)
-                              if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05] or
-                             [center_crop(rgb, patch_px)])
-        out[i] = _probability(model, crops, stain_from=crops)
+        stained = _stained(rgb)
+        origins = [] if max(h, w) <= 1.3 * ts.size or ts.images[i].source == "pcam_hard_negative" else [
+            (y, x) for y, x in _grid(h, w, patch_px, patch_px // 2)
+            if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05]
+        if origins:
+            crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in origins])
+        else:  # a patch, or a tile with no stained window: its centre
+            origins, crops = [((h - patch_px) // 2, (w - patch_px) // 2)], center_crop(rgb, patch_px)[None]
+        fine = _probability(model, crops, stain_from=crops)
+        out[i] = with_context(model, rgb, ts.mpp, np.asarray(origins, np.float64) + patch_px / 2, fine)
     return out
+
+
+def with_context(model, rgb: np.ndarray, mpp: float, centres_px: np.ndarray, fine: np.ndarray) -> np.ndarray:
+    """``fine`` (the probabilities of windows of ``rgb`` at ``mpp`` µm/px centred at ``centres_px``, (N, 2) as
+    y, x) lowered to what the context model of a :class:`micromets.model.Detector` gives the larger field around
+    each centre, as :func:`micromets.heatmap.context_check` does on a slide; unchanged for a torch module or a
+    detector without one. The image is resampled to the context model's µm/px and reflected beyond its edges (a
+    field that overhangs a tile sees a mirror of it, where a slide would show the tissue around)."""
+    context = getattr(model, "context", None)
+    if context is None:
+        return fine
+    from micromets.tiles import resample
+
+    p = context.patch_px
+    small = resample(rgb, mpp, context.input_mpp)
+    padded = np.pad(small, ((p, p), (p, p), (0, 0)), mode="reflect")
+    corners = np.round(np.asarray(centres_px) * (mpp / context.input_mpp) - p / 2).astype(int) + p
+    fields = np.stack([padded[y:y + p, x:x + p] for y, x in corners])
+    return np.minimum(fine, context.predict(fields))
 
 
 def _probability(model, crops: np.ndarray, stain_from: np.ndarray | None = None) -> np.ndarray:
@@ -282,11 +304,22 @@ def _probability(model, crops: np.ndarray, stain_from: np.ndarray | None = None)
 
 
 def labelled_window_scores(model, ts: TissueSet, labelled: list[int], patch_px: int) -> dict[int, float]:
-    """The carcinoma probability of each annotated carcinoma window in ``labelled`` (its centre crop)."""
+    """The carcinoma probability of each annotated carcinoma window in ``labelled`` (its centre crop; with a
+    detector's context model, :func:`with_context` of the field around it)."""
     if not labelled:
         return {}
     crops = np.stack([center_crop(window_pixels(ts, k), patch_px) for k in labelled])
-    return dict(zip(labelled, _probability(model, crops)))
+    fine = _probability(model, crops)
+    if getattr(model, "context", None) is None:
+        return dict(zip(labelled, fine))
+    out = {}
+    for image in sorted({ts.windows[k].image for k in labelled}):
+        mine = [j for j, k in enumerate(labelled) if ts.windows[k].image == image]
+        centres = np.array([(ts.windows[labelled[j]].y + ts.size / 2, ts.windows[labelled[j]].x + ts.size / 2)
+                            for j in mine])
+        scores = with_context(model, ts.images[image].rgb, ts.mpp, centres, fine[mine])
+        out.update({labelled[j]: float(v) for j, v in zip(mine, scores)})
+    return out
 
 
 def is_carcinoma_source(source: str) -> bool:
@@ -294,18 +327,22 @@ def is_carcinoma_source(source: str) -> bool:
     return "carcinoma" in source or source == "c16_tumour"
 
 
-def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5) -> dict:
+def fixed_model_report(detector, ts: TissueSet, threshold: float = 0.5, groups: list[str] | None = None) -> dict:
     """Every source of ``ts`` scored by one exported model (no training): the same per-source numbers as
     :func:`held_out_report`, for comparing a shipped model with the recipe. Sources the model trained on are
-    not held out for it: its card's ``training_data`` says which."""
-    ids = sorted({w.image for w in ts.windows})
+    not held out for it: its card's ``training_data`` says which. ``groups``: only the images of these groups
+    (such as the ``held_out_groups`` of a fold's model)."""
+    ids = sorted({w.image for w in ts.windows if groups is None or ts.images[w.image].group in groups})
     image_scores = score_images(detector, ts, ids, detector.patch_px)
-    labelled = [k for k, w in enumerate(ts.windows) if w.label == CARCINOMA]
+    labelled = [k for k, w in enumerate(ts.windows) if w.label == CARCINOMA and w.image in set(ids)]
     window_scores = labelled_window_scores(detector, ts, labelled, detector.patch_px)
     table = source_report(ts, image_scores, window_scores, threshold)
     table.update(c16_auc(c16_patch_scores(ts, image_scores, ids)))
+    context = getattr(detector, "context", None)
     return {"model": f"{detector.name} {detector.card.get('version', '')}", "threshold": threshold,
-            "trained_on": [d.get("path") for d in detector.card.get("training_data", [])], "table": table}
+            "trained_on": [d.get("path") for d in detector.card.get("training_data", [])], "table": table,
+            **({"context": {"model": f"{context.name} {context.version}", "field_um": context.cell_um,
+                            "held_out_groups": context.card.get("held_out_groups")}} if context else {})}
 
 
 def source_report(ts: TissueSet, image_scores: dict[int, np.ndarray], window_scores: dict[int, float],
