@@ -12,8 +12,9 @@ Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and pri
 scores one exported model on the same windows of every source, without training (a shipped model is held out
 only from the sources its card does not list; an --export-fold model from its fold's groups: --held-out-only
 scores only those), and its verifier (the seed ensemble) when its card has one, and writes
-bench/results/tissue-fixed-<UTC>.json. A model with a context model is scored as the heatmap scores it: each
-window min(own, context of the field around it).
+bench/results/tissue-fixed-<UTC>.json. A model with a context model gets each window min(own, context of the field
+around it): a lower bound of its heatmap, which keeps a region the context model calls anywhere
+(tissue_fit.with_context).
 
     PYTHONPATH=src .venv/bin/python bench/tissue_heldout.py --export-fold fold1 --out bench/work/models/fold1
         [--seed 0 --steps 1200]

@@ -232,6 +232,7 @@ def _with_context(tmp_path, context_mpp):
 
     folder = tmp_path / f"with-context-{context_mpp}"
     shutil.copytree(REPO / "src" / "micromets" / "models" / "default", folder)
+    shutil.rmtree(folder / "context", ignore_errors=True)  # the default's own context model, replaced
     shutil.copytree(REPO / "src" / "micromets" / "models" / "coarse", folder / "context")
     card = json.loads((folder / "context" / "model.json").read_text())
     (folder / "context" / "model.json").write_text(json.dumps({**card, "input_mpp": context_mpp}))
@@ -275,34 +276,44 @@ def test_context_scores_are_the_field_centred_on_each_cell(tmp_path, context_mpp
     assert got.std() > 0.01  # the fields differ: a test that would see cells swapped
 
 
-def test_context_check_lowers_the_hot_cells_to_the_field_around_them_and_nothing_else(tmp_path):
-    """On node 2's real heatmap: every cell at or above the threshold keeps min(own, context score); every other
-    cell is untouched; a detector without a context model changes nothing."""
+def test_context_check_keeps_a_region_the_context_model_calls_anywhere_and_lowers_the_others(tmp_path):
+    """On node 2's real heatmap with a lone hot cell set by hand far from the deposit: a positive region in which
+    the context model calls at least one cell's field tumour keeps every value; every cell of any other region
+    takes min(own, context), below the threshold; cells below it are untouched; a detector without a context
+    model changes nothing."""
+    from scipy import ndimage
+
     from micromets.analyze import stain_sample
     from micromets.heatmap import HeatmapTiming, compute_heatmap, context_check, context_scores
     from micromets.model import Detector
     from micromets.slide import open_slide
     from micromets.tissue import tissue_mask
 
-    detector = Detector.load(_with_context(tmp_path, 1.5))
+    detector = Detector.load(_with_context(tmp_path, 1.0))
     with open_slide(NODE2) as slide:
         tissue = tissue_mask(slide)
         detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))
         heatmap, _ = compute_heatmap(slide, tissue, detector)
+        far = ~ndimage.binary_dilation(heatmap.h_prob >= 0.5, iterations=3) & heatmap.h_tissue
+        heatmap.h_prob[tuple(np.argwhere(far)[len(np.argwhere(far)) // 2])] = 0.9
         own = heatmap.h_prob.copy()
-        hot = np.argwhere(own >= 0.5)
-        around = context_scores(slide, detector.context, heatmap, hot)
+        hot = own >= 0.5
+        around = np.zeros_like(own)
+        around[hot] = context_scores(slide, detector.context, heatmap, np.argwhere(hot))
         timing = HeatmapTiming()
         context_check(slide, detector, heatmap, 0.5, timing)
-        plain = Detector.load()
-        plain.set_stain_reference(stain_sample(slide, tissue, plain.input_mpp, plain.patch_px))
+        plain = Detector.load(REPO / "src" / "micromets" / "models" / "cnn-ln")  # no context model
         unchanged = Heatmap(own.copy(), heatmap.h_tissue, heatmap.cell_um, heatmap.l0_mpp)
         context_check(slide, plain, unchanged, 0.5)
-    assert len(hot) >= 10 and timing.n_context == len(hot)
-    np.testing.assert_allclose(heatmap.h_prob[tuple(hot.T)], np.minimum(own[tuple(hot.T)], around), atol=1e-6)
-    assert (around < own[tuple(hot.T)]).any()  # the check did lower some cell
-    cold = own < 0.5
-    np.testing.assert_array_equal(heatmap.h_prob[cold], own[cold])
+    regions, n = ndimage.label(hot, np.ones((3, 3), bool))
+    called = [k for k in range(1, n + 1) if around[regions == k].max() >= 0.5]
+    assert timing.n_context == hot.sum() and 0 < len(called) < n  # both kinds of region are there
+    for k in range(1, n + 1):
+        cells = regions == k
+        want = own[cells] if k in called else np.minimum(own[cells], around[cells])
+        np.testing.assert_array_equal(heatmap.h_prob[cells], want)
+        assert (k in called) == (heatmap.h_prob[cells] >= 0.5).any()
+    np.testing.assert_array_equal(heatmap.h_prob[~hot], own[~hot])
     np.testing.assert_array_equal(unchanged.h_prob, own)
 
 
@@ -322,3 +333,20 @@ def test_a_wrong_context_entry_is_one_line_naming_the_card_or_folder(tmp_path, c
     (folder / "model.json").write_text(json.dumps({**card, "context": context}))
     with pytest.raises(MicrometsError, match=r"^\S*m\S*: " + message.replace("(", r"\(").replace(")", r"\)")):
         Detector.load(folder)
+
+
+def test_the_bundled_context_model_runs_by_name_and_checks_node1s_false_cells(tmp_path):
+    """``micromets analyze --model tissue-context`` (the default's networks with the bundled 96 µm context model):
+    the run names its context model, checks the cells node 1's heatmap calls tumour, and the node stays negative
+    with nothing left at or above 0.5."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "micromets", "analyze", str(REPO / "demo" / "slides" / "node1.tiff"),
+                          "--out", str(tmp_path), "--model", "tissue-context"], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "node1" / "result.json").read_text())
+    assert result["model"]["context"] == {"name": "micromets-tissue-context", "version": "0.1.0", "field_um": 96.0}
+    assert result["timing_s"]["n_context"] >= 1 and result["node_class"] == "negative"
+    assert np.load(tmp_path / "node1" / "heatmap.npy").max() < 0.5

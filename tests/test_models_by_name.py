@@ -13,7 +13,7 @@ from micromets.model import installed_models
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SLIDE = REPO / "src" / "micromets" / "data" / "demo" / "slides" / "node1.tiff"
-INSTALLED = ("cnn-ln", "coarse", "default", "tissue-classes", "without-tumor_064")
+INSTALLED = ("cnn-ln", "coarse", "default", "tissue-classes", "tissue-context", "without-tumor_064")
 
 
 def micromets(*args, cwd=None):
@@ -75,6 +75,10 @@ def test_models_lists_every_installed_model_with_its_card():
     assert "AUC 0.986 ± 0.006" in tissue  # its held-out headline, from the card
     assert "(the default)" in blocks["default"] and "2.0 µm/px, 32 px" in run.stdout.split("coarse:")[1]
     assert "micromets-tissue 0.5" in blocks["default"] and "micromets-cnn-ln 0.2.1" in blocks["cnn-ln"]
+    context = run.stdout.split("tissue-context:")[1].split("\nwithout-tumor_064")[0]
+    assert "micromets-tissue-context 0.6.0" in context
+    assert "context check: 96.0 µm at 1.0 µm/px around each hot cell (context/)" in context
+    assert "context check" not in run.stdout.split("tissue-context:")[0]  # only the model that has one
     assert "installed models" in run.stderr and "installed models" not in run.stdout
 
 

@@ -300,6 +300,29 @@ def test_model_sentences_tell_the_verifier_and_its_own_held_out_numbers():
     assert "average" not in model_sentences({"metrics": {"held_out": held}})["held_out"]
 
 
+def test_the_report_describes_the_installed_model_a_result_names_else_the_default():
+    from micromets.model import Detector
+    from micromets.report.case_report import model_card_of, model_sentences
+
+    card = model_card_of({"name": "micromets-tissue-context", "version": "0.6.0"})
+    assert card["name"] == "micromets-tissue-context" and "second network" in model_sentences(card)["held_out"]
+    default = Detector.load().card
+    assert model_card_of({"name": "someone's own", "version": "1"}) == default == model_card_of(None)
+    assert "second network" not in model_sentences(default)["held_out"]
+
+
+def test_model_sentences_tell_the_context_model_and_what_it_changed_held_out():
+    from micromets.report.case_report import model_sentences
+
+    context = {"folder": "context", "field_um": 96.0, "input_mpp": 1.0,
+               "held_out": {"c17_negative": {"without": 0.468, "with": 0.039}}}
+    text = model_sentences({"context": context})["held_out"]
+    assert ("checked by a second network that sees 96 µm around the field's centre at 1 µm/px: a group of touching "
+            "fields counts as tumour only if that network calls at least one of them tumour too. Held out, without → "
+            "with it: c17 negative: 46.8% → 3.9%.") in text
+    assert "second network" not in model_sentences({})["held_out"]
+
+
 # ---------------------------------------------------------------- synoptic block (CAP breast, regional nodes)
 
 

@@ -375,7 +375,8 @@ def test_a_fixed_model_report_gives_the_camelyon16_auc_of_its_patches_as_the_hel
 
 
 def _detector_with_context(tmp_path, context_dir, context_mpp=None):
-    """The shipped default with ``context_dir``'s network as its context model (at ``context_mpp``)."""
+    """The shipped default with ``context_dir``'s network as its context model (at ``context_mpp``); None: with
+    none."""
     import json
     import shutil
     from pathlib import Path
@@ -383,6 +384,12 @@ def _detector_with_context(tmp_path, context_dir, context_mpp=None):
     models = Path(__file__).resolve().parents[1] / "src" / "micromets" / "models"
     folder = tmp_path / f"ctx-{context_dir}-{context_mpp}"
     shutil.copytree(models / "default", folder)
+    shutil.rmtree(folder / "context", ignore_errors=True)  # the default's own context model, replaced
+    card = json.loads((folder / "model.json").read_text())
+    card.pop("context", None)
+    (folder / "model.json").write_text(json.dumps(card))
+    if context_dir is None:
+        return Detector.load(folder)
     shutil.copytree(models / context_dir, folder / "context")
     if context_mpp is not None:
         card = json.loads((folder / "context" / "model.json").read_text())
@@ -405,7 +412,7 @@ def test_held_out_scores_of_a_detector_with_context_are_min_of_own_and_the_field
     images = [Sample(tile, td.CARCINOMA, "g", "monuseg_carcinoma", "t"),
               Sample(tile[60:160, 40:140].copy(), 1, "h", "pcam_hard_negative", "p")]
     ts = td.TissueSet(images, [td.Window(0, 40, 60, td.CARCINOMA), td.Window(1, 0, 0, 1)], 120)
-    plain = Detector.load()
+    plain = _detector_with_context(tmp_path, None)
     own = tf.score_images(plain, ts, [0, 1])
     same = tf.score_images(_detector_with_context(tmp_path, "default"), ts, [0, 1])
     other = _detector_with_context(tmp_path, "coarse", 1.0)

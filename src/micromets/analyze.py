@@ -327,10 +327,11 @@ def analyze_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     ``threshold`` overrides the model card's operating threshold; ``gap_um`` is the lesion grouping gap;
     ``readers`` is the number of tile-reading threads that run ahead of inference.
 
-    In both modes a heatmap cell at ``threshold`` or above keeps at most the score the detector's context model
-    gives the larger field around it, where the card has one (:func:`micromets.heatmap.context_check`), and one on
-    the edge of a positive region, or alone, stays there only if the mean of its 9 half-cell-shifted windows
-    reaches it too (:func:`micromets.heatmap.rescore_edge_cells`).
+    In both modes a positive region of the heatmap (cells at ``threshold`` or above) stays positive only if the
+    detector's context model, where the card has one, calls the larger field around one of its cells tumour too
+    (:func:`micromets.heatmap.context_check`), and a cell on the edge of a positive region, or alone, stays there
+    only if the mean of its 9 half-cell-shifted windows reaches it too
+    (:func:`micromets.heatmap.rescore_edge_cells`).
     Lesions are found with hysteresis: an outline is the iso-line of the heatmap at ``threshold`` (its extent),
     and it is kept only when at least one cell inside it reaches the card's ``seed_threshold`` (default: the same
     value). A low extent threshold measures deposits fully; a high seed threshold keeps lone, weakly scored

@@ -27,8 +27,8 @@ its own; :func:`micromets.analyze.confirmation` confirms again with it the lesio
 Context model (``card["context"]``, optional): a model folder inside this one (``folder``) with a card of its own,
 a network that sees a larger field around each heatmap cell (the shipped default's: 96 µm at 1 µm/px around a
 48 µm cell), loaded as :attr:`Detector.context` with its own stain estimate of the same slide;
-:func:`micromets.heatmap.context_check` lowers a cell the detector calls tumour to the context model's score of
-the field around it when that is lower.
+:func:`micromets.heatmap.context_check` lowers a positive region of the heatmap in which the context model calls
+no cell's field tumour.
 
 Tissue filter (``card["tissue_filter"]``): a patch whose stained-tissue fraction (every RGB channel OD >= ``beta``)
 is below ``min_fraction`` is background, and a patch of which at least ``ink_max_fraction`` is ink or black pigment

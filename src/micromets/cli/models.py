@@ -48,6 +48,10 @@ def models(
         typer.echo(f"{folder_name}{default}: {card.get('name')} {card.get('version')}")
         typer.echo(f"  classes: {', '.join(map(str, classes))} (tumour class: {tumour})")
         typer.echo(f"  input: {card.get('input_mpp')} µm/px, {card.get('patch_px')} px patches")
+        context = card.get("context")
+        if isinstance(context, dict):
+            typer.echo(f"  context check: {context.get('field_um')} µm at {context.get('input_mpp')} µm/px around "
+                       f"each hot cell ({context.get('folder')}/)")
         typer.echo(f"  licence: {card.get('licence', 'not stated in its card')}")
         if folder.parent.resolve() != default_model_dir().parent.resolve():
             typer.echo(f"  user model: {folder}")

@@ -166,9 +166,21 @@ def _node_view(patient_dir: Path, node: dict) -> NodeView:
     )
 
 
-def _model_card() -> dict | None:
-    from micromets.model import Detector
+def model_card_of(model: dict | None) -> dict | None:
+    """The card of the installed detector a slide result names (its ``model``: name and version), so the report
+    describes the model that drew the heatmap; the default's card when none is given or none installed matches
+    (a model from a folder of the user's); None when even that cannot be read."""
+    from micromets.model import Detector, installed_models
 
+    if model:
+        for folder in installed_models().values():
+            try:
+                card = read_json(folder / "model.json")
+            except MicrometsError:
+                continue
+            if isinstance(card, dict) and (card.get("name"), card.get("version")) == (model.get("name"),
+                                                                                       model.get("version")):
+                return card
     try:
         return Detector.load().card
     except MicrometsError:
@@ -201,6 +213,8 @@ def model_sentences(card: dict) -> dict[str, str]:
     if card.get("verifier"):
         held_text += " " + verifier_sentence(card["verifier"], held.get("ensemble"), held.get("threshold", 0.5),
                                              card.get("confirm_threshold"))
+    if isinstance(card.get("context"), dict):
+        held_text += " " + context_sentence(card["context"])
     failures = card.get("known_failure_modes") or []
     failure_text = " ".join(failures) if failures else (
         "The model card lists no known failure modes; the README's 'Limits of the bundled model' has what was "
@@ -263,6 +277,22 @@ def verifier_sentence(verifier: dict, ensemble: dict | None, threshold: float,
     return text + "."
 
 
+def context_sentence(context: dict) -> str:
+    """The card's context model (:func:`micromets.heatmap.context_check`) in words: the field it sees and, where
+    the card has them (``held_out``: source → share of fields called tumour or found, with and without it), what
+    it changed on tissue of sources never trained on."""
+    text = (f"Every field it calls tumour is checked by a second network that sees "
+            f"{context.get('field_um', 0):g} µm around the field's centre at {context.get('input_mpp', 0):g} µm/px: "
+            "a group of touching fields counts as tumour only if that network calls at least one of them tumour "
+            "too")
+    held = context.get("held_out") or {}
+    changes = [f"{k.replace('_', ' ')}: {v['without']:.1%} → {v['with']:.1%}" for k, v in held.items()
+               if isinstance(v, dict) and {"with", "without"} <= set(v)]
+    if changes:
+        text += f". Held out, without → with it: {'; '.join(changes)}"
+    return text + "."
+
+
 def cell_count_sentence() -> str:
     """How the H&E tumour-cell counts were made and how far to trust them, from the nucleus classifier's card
     (:mod:`micromets.cells`; its ``metrics.hand_counts``, :mod:`micromets.evaluation.hand_counts`)."""
@@ -311,7 +341,7 @@ def _render(patient_dir: Path) -> tuple[str, list[str]]:
     problems = incomplete(case, nodes)
     results = [s.result for n in nodes for s in n.slides if s.result is not None]
     threshold = results[0]["threshold"] if results else None
-    card = _model_card()
+    card = model_card_of(results[0].get("model") if results else None)
     try:
         review = review_state(patient_dir)
     except MicrometsError:  # a slide result unreadable now (listed in problems): the rest is still reported

@@ -253,33 +253,41 @@ def carcinoma_probability(model: nn.Module, crops: np.ndarray, batch: int = 512)
 
 
 def score_images(model, ts: TissueSet, image_ids: list[int], patch_px: int = 96) -> dict[int, np.ndarray]:
-    """Carcinoma probability of every tissue window (stride half a patch) of each image; patches: their centre.
+    """Carcinoma probability of every tissue window of each image (:func:`image_windows`).
 
     ``model`` is a torch module being trained, or a shipped :class:`micromets.model.Detector` (stain vectors
     estimated per image, as ``score-tiles`` does), so both are judged on the same windows. A detector with a
-    context model gives each window ``min(own, context)`` as the heatmap does (:func:`with_context`)."""
+    context model gives each window ``min(own, context)`` (:func:`with_context`: a lower bound of the heatmap's)."""
     out = {}
     for i in image_ids:
-        rgb = ts.images[i].rgb
-        h, w = rgb.shape[:2]
-        stained = _stained(rgb)
-        origins = [] if max(h, w) <= 1.3 * ts.size or ts.images[i].source == "pcam_hard_negative" else [
-            (y, x) for y, x in _grid(h, w, patch_px, patch_px // 2)
-            if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05]
-        if origins:
-            crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in origins])
-        else:  # a patch, or a tile with no stained window: its centre
-            origins, crops = [((h - patch_px) // 2, (w - patch_px) // 2)], center_crop(rgb, patch_px)[None]
-        fine = _probability(model, crops, stain_from=crops)
-        out[i] = with_context(model, rgb, ts.mpp, np.asarray(origins, np.float64) + patch_px / 2, fine)
+        centres, crops = image_windows(ts, i, patch_px)
+        out[i] = with_context(model, ts.images[i].rgb, ts.mpp, centres, _probability(model, crops, stain_from=crops))
     return out
+
+
+def image_windows(ts: TissueSet, i: int, patch_px: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of image ``i`` that are scored, and their centres (N, 2 as y, x px): every window with tissue
+    (stride half a patch) of a tile; the centre of a patch, or of a tile with no stained window."""
+    rgb = ts.images[i].rgb
+    h, w = rgb.shape[:2]
+    stained = _stained(rgb)
+    origins = [] if max(h, w) <= 1.3 * ts.size or ts.images[i].source == "pcam_hard_negative" else [
+        (y, x) for y, x in _grid(h, w, patch_px, patch_px // 2)
+        if stained[y:y + patch_px, x:x + patch_px].mean() >= 0.05]
+    if origins:
+        crops = np.stack([rgb[y:y + patch_px, x:x + patch_px] for y, x in origins])
+    else:
+        origins, crops = [((h - patch_px) // 2, (w - patch_px) // 2)], center_crop(rgb, patch_px)[None]
+    return np.asarray(origins, np.float64) + patch_px / 2, crops
 
 
 def with_context(model, rgb: np.ndarray, mpp: float, centres_px: np.ndarray, fine: np.ndarray) -> np.ndarray:
     """``fine`` (the probabilities of windows of ``rgb`` at ``mpp`` µm/px centred at ``centres_px``, (N, 2) as
     y, x) lowered to what the context model of a :class:`micromets.model.Detector` gives the larger field around
-    each centre, as :func:`micromets.heatmap.context_check` does on a slide; unchanged for a torch module or a
-    detector without one. The image is resampled to the context model's µm/px and reflected beyond its edges (a
+    each centre, window by window; unchanged for a torch module or a detector without one. On a slide,
+    :func:`micromets.heatmap.context_check` does this only in a positive region where the context model calls no
+    field tumour, and a region it calls somewhere keeps its scores: these held-out numbers are a lower bound of the
+    heatmap's, for carcinoma and normal tissue alike. The image is resampled to the context model's µm/px and reflected beyond its edges (a
     field that overhangs a tile sees a mirror of it, where a slide would show the tissue around)."""
     context = getattr(model, "context", None)
     if context is None:
