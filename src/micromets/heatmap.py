@@ -16,8 +16,8 @@ In both, given ``rescore_from`` (the lesion threshold), where the detector has a
 context model calls the larger field around every cell normal (a region stays tumour only if the field around one
 of its cells is called tumour too); then :func:`rescore_edge_cells` checks every cell still at or above it that
 is not surrounded by such cells against the mean of its 9 half-cell-shifted windows, and drops it to that mean
-where the mean is below:
-one window cut just so over dense stroma scores high where the overlapping windows do not.
+where the mean is below: one window cut just so over dense stroma scores high where the overlapping windows do
+not.
 
 :func:`confirmation_scores` re-scores chosen cells densely (the 3 × 3 windows shifted by half a cell), the
 evidence a lesion must show to be kept (``micromets.analyze``). :func:`local_heatmap` scores a small region again

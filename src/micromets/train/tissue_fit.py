@@ -287,8 +287,9 @@ def with_context(model, rgb: np.ndarray, mpp: float, centres_px: np.ndarray, fin
     each centre, window by window; unchanged for a torch module or a detector without one. On a slide,
     :func:`micromets.heatmap.context_check` does this only in a positive region where the context model calls no
     field tumour, and a region it calls somewhere keeps its scores: these held-out numbers are a lower bound of the
-    heatmap's, for carcinoma and normal tissue alike. The image is resampled to the context model's µm/px and reflected beyond its edges (a
-    field that overhangs a tile sees a mirror of it, where a slide would show the tissue around)."""
+    heatmap's, for carcinoma and normal tissue alike. The image is resampled to the context model's µm/px and
+    reflected beyond its edges (a field that overhangs a tile sees a mirror of it, where a slide would show the
+    tissue around)."""
     context = getattr(model, "context", None)
     if context is None:
         return fine
