@@ -52,7 +52,7 @@ from micromets.errors import MicrometsError
 from micromets.phantom import pyramid
 from micromets.train.data import read_rgb
 from micromets.train.tissue_data import BACH_MPP
-from reporting import hot_cells, utc_stamp, write_report
+from reporting import add_run_options, hot_cells, utc_stamp, write_report
 
 BACH = Path("breast_he") / "bach_wsi_A03"
 BACH_GROUP = "bach:A03"
@@ -137,8 +137,8 @@ def mosaic_hash(tiles: list[Path], l0_mpp: float) -> str:
     """Hash of everything the slide (and its slide.json) is made of: tile names and bytes, resolution, layout and
     writer code."""
     digest = hashlib.sha256(json.dumps([l0_mpp, TILE_PX, JPEG_QUALITY]).encode())
-    for source in (inspect.getsource(write_mosaic), inspect.getsource(grid_shape), inspect.getsource(build_slide),
-                   inspect.getsource(pyramid)):
+    for source in (inspect.getsource(write_mosaic), inspect.getsource(grid_shape),
+                   inspect.getsource(build_mosaic_slide), inspect.getsource(pyramid)):
         digest.update(source.encode())
     for p in tiles:
         digest.update(p.name.encode())
@@ -147,11 +147,17 @@ def mosaic_hash(tiles: list[Path], l0_mpp: float) -> str:
 
 
 def build_slide(data_root: Path, work: Path, exclude: tuple[str, ...] = (), log=print) -> tuple[Path, dict]:
-    """The cached mosaic slide of BACH A03's unannotated tiles, built when missing (written under a temporary
-    name, renamed into place). Returns its path and its ``slide.json`` (layout, tiles, hash)."""
-    tiles = unannotated_tiles(data_root, exclude)
-    folder = work / f"breast-normal-{mosaic_hash(tiles, BACH_MPP)}"
-    slide, info = folder / "breast_normal_A03.tif", folder / "slide.json"
+    """The cached mosaic slide of BACH A03's unannotated tiles (:func:`build_mosaic_slide`)."""
+    return build_mosaic_slide(unannotated_tiles(data_root, exclude), work, "breast_normal_A03",
+                              {"source": str(Path(data_root) / BACH), "excluded": sorted(exclude)}, log)
+
+
+def build_mosaic_slide(tiles: list[Path], work: Path, name: str, meta: dict, log=print) -> tuple[Path, dict]:
+    """The cached mosaic slide ``WORK/<name's first part>-<hash>/<name>.tif`` of ``tiles`` at BACH's µm/px, built
+    when missing (written under a temporary name, renamed into place). Returns its path and its ``slide.json``
+    (``meta``, the number of tiles, the layout)."""
+    folder = work / f"{name.split('_A03')[0].replace('_', '-')}-{mosaic_hash(tiles, BACH_MPP)}"
+    slide, info = folder / f"{name}.tif", folder / "slide.json"
     if slide.is_file() and info.is_file():
         log(f"cached slide {slide}")
         return slide, json.loads(info.read_text())
@@ -160,9 +166,7 @@ def build_slide(data_root: Path, work: Path, exclude: tuple[str, ...] = (), log=
     tmp = folder / f".{slide.name}.{os.getpid()}.tmp.tif"
     layout = write_mosaic(tiles, tmp, BACH_MPP)
     os.replace(tmp, slide)
-    meta = {"source": str(Path(data_root) / BACH), "n_tiles": len(tiles), "excluded": sorted(exclude),
-            "l0_mpp": BACH_MPP,
-            "build_s": round(time.perf_counter() - t0, 1), **layout}
+    meta = {**meta, "n_tiles": len(tiles), "l0_mpp": BACH_MPP, "build_s": round(time.perf_counter() - t0, 1), **layout}
     info.write_text(json.dumps(meta, indent=1) + "\n")
     log(f"built {slide} ({layout['cols']} x {layout['rows']} tiles, {meta['build_s']} s)")
     return slide, meta
@@ -291,10 +295,7 @@ def check_args(args) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model folder (or installed model name) to analyse with")
-    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--work", type=Path, default=Path("bench/work"), help="slide cache and analyze outputs")
-    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="where the .json / .md go")
+    add_run_options(ap)
     ap.add_argument("--exclude", default="", help="comma-separated tile file names to leave out of the slide")
     ap.add_argument("--screened", action="store_true",
                     help="also leave out the tiles of SCREENED_OUT (neoplastic-looking epithelium, by eye)")

@@ -35,7 +35,7 @@ from micromets.model import resolve_model_dir
 from micromets.phantom import pyramid
 from micromets.train.data import read_rgb
 from micromets.train.tissue_data import C17_MPP, C17_NEGATIVE_TRAIN
-from reporting import hot_cells, utc_stamp, write_report
+from reporting import add_run_options, hot_cells, utc_stamp, write_report
 
 #: the official CAMELYON17 label of the node each tile comes from (../shared/data/README.md)
 NODE_LABELS = {"centre_0_patient_006_node_1.jpeg": "negative", "centre_1_patient_024_node_2.jpeg": "itc",
@@ -104,10 +104,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model folder (or installed model name) to analyse with")
-    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--work", type=Path, default=Path("bench/work"), help="slides and analyze outputs")
-    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="where the .json / .md go")
+    add_run_options(ap, "slides and analyze outputs")
     args = ap.parse_args()
     stamp = utc_stamp()
     try:

@@ -11,6 +11,15 @@ from pathlib import Path
 import numpy as np
 
 
+def add_run_options(ap, work_help: str = "slide cache and analyze outputs") -> None:
+    """The options of a bench script that builds slides and runs ``micromets analyze`` on them with a model:
+    ``--model`` (required), ``--data-root``, ``--work`` and ``--out``."""
+    ap.add_argument("--model", required=True, help="model folder (or installed model name) to analyse with")
+    ap.add_argument("--data-root", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--work", type=Path, default=Path("bench/work"), help=work_help)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"), help="where the .json / .md go")
+
+
 def utc_stamp() -> str:
     """The run's UTC time as results are named: ``20261207T190102Z``."""
     return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"

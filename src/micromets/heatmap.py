@@ -192,9 +192,7 @@ def context_scores(slide: Slide, context: Detector, heatmap: Heatmap, h_rc: np.n
         block_cells = 1
     l0_cell, l0_half_field = heatmap.l0_cell, context.cell_um / 2 / heatmap.l0_mpp
     h_rc = np.asarray(h_rc, np.int64).reshape(-1, 2)
-    blocks = h_rc // block_cells
-    order = np.lexsort((blocks[:, 1], blocks[:, 0]))
-    starts = np.flatnonzero(np.r_[True, (np.diff(blocks[order], axis=0) != 0).any(axis=1)])
+    order, bounds = _by_block(h_rc, block_cells)
     out = np.zeros(len(h_rc), np.float32)
     windows: list[np.ndarray] = []
     index: list[np.ndarray] = []
@@ -214,7 +212,7 @@ def context_scores(slide: Slide, context: Detector, heatmap: Heatmap, h_rc: np.n
         local = (h_rc[which] - (r0, c0)) * step_px
         return which, np.stack([img[y:y + p, x:x + p] for y, x in local])
 
-    for which, fields in read_ahead(read, zip(starts, np.r_[starts[1:], len(h_rc)]), readers, 2 * readers):
+    for which, fields in read_ahead(read, bounds, readers, 2 * readers):
         windows.extend(fields)
         index.append(which)
         if len(windows) >= flush_windows:
@@ -293,10 +291,8 @@ def confirmation_scores(slide: Slide, detector: Detector, heatmap: Heatmap, h_rc
     h_rc = np.asarray(h_rc, np.int64).reshape(-1, 2)
     scores = np.zeros(heatmap.h_prob.shape, np.float32)
     done = np.zeros(heatmap.h_prob.shape, bool)
-    blocks = h_rc // block_cells
-    order = np.lexsort((blocks[:, 1], blocks[:, 0]))
-    h_rc, blocks = h_rc[order], blocks[order]
-    starts = np.flatnonzero(np.r_[True, (np.diff(blocks, axis=0) != 0).any(axis=1)])
+    order, bounds = _by_block(h_rc, block_cells)
+    h_rc = h_rc[order]
     windows: list[np.ndarray] = []
     pending: list[tuple[np.ndarray, np.ndarray]] = []  # (cells, their windows' indices into `windows`)
 
@@ -317,7 +313,7 @@ def confirmation_scores(slide: Slide, detector: Detector, heatmap: Heatmap, h_rc
                                 int(c1 - c0) * p + side_px, int(r1 - r0) * p + side_px, detector.input_mpp)
         return cells, cells - (r0, c0), img
 
-    for cells, local, img in read_ahead(read, zip(starts, np.r_[starts[1:], len(h_rc)]), readers, 2 * readers):
+    for cells, local, img in read_ahead(read, bounds, readers, 2 * readers):
         ys = local[:, 0, None, None] * p + shifts_px[None, :, None]
         xs = local[:, 1, None, None] * p + shifts_px[None, None, :]
         corners = np.stack(np.broadcast_arrays(ys, xs), axis=-1).reshape(-1, 2)
@@ -328,6 +324,15 @@ def confirmation_scores(slide: Slide, detector: Detector, heatmap: Heatmap, h_rc
             flush()
     flush()
     return Heatmap(scores, done, heatmap.cell_um, heatmap.l0_mpp, heatmap.l0_origin)
+
+
+def _by_block(h_rc: np.ndarray, block_cells: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Cells ``h_rc`` (N, 2) grouped by the ``block_cells × block_cells`` block they lie in: the order that sorts
+    them block by block (row-major), and each block's ``(start, stop)`` in that order."""
+    blocks = h_rc // block_cells
+    order = np.lexsort((blocks[:, 1], blocks[:, 0]))
+    starts = np.flatnonzero(np.r_[True, (np.diff(blocks[order], axis=0) != 0).any(axis=1)])
+    return order, list(zip(starts.tolist(), np.r_[starts[1:], len(h_rc)].tolist()))
 
 
 def candidate_cells(screen: Heatmap, fine_shape: tuple[int, int], fine_cell_um: float,
