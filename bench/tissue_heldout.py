@@ -36,6 +36,7 @@ import torch
 from micromets.cli.validate import writable_folder
 from micromets.errors import MicrometsError
 from micromets.train import tissue_data, tissue_fit
+from micromets.train.augment import parse_stain
 
 
 INPUT_MPP = 0.5  # the shipped field: 96 px at 0.5 µm/px (tissue_data.build's default)
@@ -62,6 +63,10 @@ def check_args(args) -> None:
         raise MicrometsError("--mpp is not for --model (a given model has its own)")
     if args.held_out_only and not args.model:
         raise MicrometsError("--held-out-only is for --model (a fold's model, whose card names its held-out groups)")
+    try:
+        args.stain = parse_stain(args.stain_jitter)
+    except ValueError as err:
+        raise MicrometsError(f"--stain-jitter {args.stain_jitter!r}: {err}") from None
     if args.save_models is not None:
         if args.model or args.export_fold:
             raise MicrometsError("--save-models is for the held-out runs (not with --model or --export-fold)")
@@ -89,6 +94,8 @@ def main() -> None:
                     help="--model: score only the groups its card names in held_out_groups (a fold's model)")
     ap.add_argument("--save-models", type=Path,
                     help="held-out runs: export every fold × seed model here as <fold>-s<seed>")
+    ap.add_argument("--stain-jitter", default=",".join(map(str, tissue_fit.TISSUE_STAIN_JITTER)),
+                    help="SIGMA,VECTOR_SIGMA[,CAST] of the recipe's stain augmentation (micromets train --stain-jitter)")
     ap.add_argument("--mpp", type=float, default=INPUT_MPP,
                     help="µm/px of the model input (the field is 96 px of it): another field of view, held out")
     args = ap.parse_args()
@@ -103,7 +110,7 @@ def main() -> None:
     stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     if args.export_fold:
         card = tissue_fit.export_tissue_model(
-            ts, args.out, args.data_root, steps=args.steps, seed=args.seed, width=args.width,
+            ts, args.out, args.data_root, steps=args.steps, seed=args.seed, width=args.width, stain_jitter=args.stain,
             name=f"micromets-tissue-{args.export_fold}", version="0.4.0", input_mpp=args.mpp,
             command="bench/tissue_heldout.py " + " ".join(sys.argv[1:]), fold=args.export_fold,
             log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -133,7 +140,7 @@ def main() -> None:
         return
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
                                         folds=args.folds.split(",") if args.folds else None,
-                                        save_models=args.save_models,
+                                        save_models=args.save_models, stain_jitter=args.stain,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
     report["wall_s"], report["input_mpp"] = round(time.perf_counter() - t0, 1), args.mpp
     out = Path(__file__).parent / "results" / f"tissue-heldout-{stamp}.json"

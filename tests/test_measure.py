@@ -31,9 +31,11 @@ def brute_force_diameter(geom) -> float:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.floats(-1e4, 1e4), st.floats(-1e4, 1e4)), min_size=1, max_size=60))
 @example([(0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (1.0, 6.607629857794307e-213)])  # near-duplicate hull vertex
+@example([(0.0, 1.0), (0.0, -1.0), (0.0, -1.2337772480986163e-188), (0.0, -7.993281890927967e-199), (1.0, 0.0),
+          (-1.2461054687772868e-221, 0.0)])  # two near-duplicates that GEOS orders as a dent in the hull
 def test_max_feret_equals_brute_force(points):
-    """The diameter of the hull vertices is the diameter of every point; the example once stalled rotating
-    calipers (a zero-length hull edge), which found 1.414 instead of 2."""
+    """The diameter of the hull vertices is the diameter of every point; the examples once stalled rotating
+    calipers (a zero-length hull edge; a hull with a dent 1e-199 deep), which found 1.414 instead of 2."""
     geom = shapely.MultiPoint(points)
     hull = hull_vertices(geom)
     diameter, a, b = max_feret(hull)

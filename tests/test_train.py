@@ -128,13 +128,32 @@ def test_stain_jitter_strength_is_a_parameter():
     assert augment.STAIN_JITTER == (0.25, 0.05)  # the shipped model's recipe (model card "augmentation")
 
 
+def test_stain_jitter_cast_adds_each_stain_to_the_residual_channel():
+    """With ``cast`` the eosin of pure-eosin tissue shows up in the residual channel, by up to ±cast of itself;
+    without it (the shipped recipes) there is none."""
+    from micromets import normalise
+
+    basis = normalise.complete_basis(normalise.REFERENCE_HE)
+    od = 0.6 * basis[1]                                     # eosin only, in OD
+    tissue = np.broadcast_to(np.round(255 * 10.0 ** -od).astype(np.uint8), (200, 4, 4, 3)).copy()
+
+    def residual_per_eosin(cast):
+        out = augment.stain_jitter(tissue, np.random.default_rng(0), sigma=0.0, bias=0.0, vector_sigma=0.0, cast=cast)
+        amounts = normalise.optical_density(out).mean(axis=(1, 2)) @ np.linalg.inv(basis)
+        return amounts[:, 2] / amounts[:, 1]
+
+    assert np.abs(residual_per_eosin(0.0)).max() < 0.02     # 8-bit rounding only
+    cast = residual_per_eosin(0.3)
+    assert np.abs(cast).max() <= 0.32 and cast.min() < -0.2 and cast.max() > 0.2
+
+
 def test_train_command_refuses_a_bad_stain_jitter(tmp_path, shared_data):
     cmd = [sys.executable, "-c", "import sys; from micromets.cli import main; sys.argv[0] = 'micromets'; main()",
            "train", "--folder", f"{shared_data / 'camelyon16_patches'}@0.243", "--stain-jitter", "0.5",
            "--out", str(tmp_path / "m")]
     run = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": REPO_SRC, "PATH": "/usr/bin"},
                          timeout=300)
-    assert run.returncode == 2 and "--stain-jitter '0.5'" in run.stderr and not (tmp_path / "m").exists()
+    assert run.returncode == 2 and "--stain-jitter '0.5': write SIGMA,VECTOR_SIGMA[,CAST]" in run.stderr and not (tmp_path / "m").exists()
 
 
 def test_the_eight_dihedral_transforms_are_distinct():

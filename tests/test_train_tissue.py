@@ -171,7 +171,8 @@ def test_folds_hold_out_disjoint_whole_groups():
 
 def test_held_out_report_of_one_fold_scores_only_that_folds_sources_and_saves_its_model(tmp_path):
     """One fold, one seed: only that fold's sources are scored; with save_models its model is exported as
-    <fold>-s<seed>, a detector whose card names the groups it never saw and the µm/px it was trained at."""
+    <fold>-s<seed>, a detector whose card names the groups it never saw, the µm/px it was trained at and the stain
+    augmentation it was trained with."""
     from micromets.model import Detector
 
     rng = np.random.default_rng(0)
@@ -183,11 +184,13 @@ def test_held_out_report_of_one_fold_scores_only_that_folds_sources_and_saves_it
             images.append(Sample(rng.integers(0, 200, (120, 120, 3), dtype=np.uint8), label, group, source, group))
             windows.append(td.Window(len(images) - 1, 0, 0, label))
     ts = td.TissueSet(images, windows, 120, mpp=1.0)
-    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], save_models=tmp_path, log=lambda m: None)
-    assert list(report["folds"]) == ["fold1"]
+    report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], save_models=tmp_path, stain_jitter=(0.5, 0.1, 0.3),
+                                log=lambda m: None)
+    assert list(report["folds"]) == ["fold1"] and report["stain_jitter"] == [0.5, 0.1, 0.3]
     assert [p.name for p in tmp_path.iterdir()] == ["fold1-s0"]
     saved = Detector.load(tmp_path / "fold1-s0")
     assert saved.input_mpp == 1.0 and saved.card["held_out_groups"] == sorted(td.FOLDS["fold1"])
+    assert "H/E stain jitter (σ 0.5, vectors σ 0.1, residual cast ±0.3)" in saved.card["training"]["augmentation"]
     assert saved.predict(images[0].rgb[:96, :96][None]).shape == (1,)
     assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
     assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
@@ -337,11 +340,13 @@ def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
     (["--mpp", "0.75", "--model", "default"], "--mpp is not for --model (a given model has its own)"),
     (["--save-models", "x", "--export-fold", "fold1"], "--save-models is for the held-out runs (not with --model or "
                                                        "--export-fold)"),
+    (["--stain-jitter", "0.5,0.1,2"], "--stain-jitter '0.5,0.1,2': write SIGMA,VECTOR_SIGMA[,CAST] with 0 <= SIGMA < 1, "
+                                      "VECTOR_SIGMA >= 0 and 0 <= CAST <= 1, e.g. 0.25,0.05"),
 ])
 def test_a_wrong_field_of_view_is_refused_before_reading_data(tmp_path, args, message):
     """bench/tissue_heldout.py --mpp (another field of view, held out): a resolution that is not > 0, or one asked
-    of a given model, and --save-models outside the held-out runs, are one line and exit 2 before any data is
-    read."""
+    of a given model, --save-models outside the held-out runs and a malformed --stain-jitter are one line and exit
+    2 before any data is read."""
     import subprocess
     import sys
     from pathlib import Path

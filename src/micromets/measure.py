@@ -142,13 +142,19 @@ def max_feret(points: np.ndarray) -> tuple[float, int, int]:
     6.5 GB).
     """
     xy = np.asarray(points, dtype=float)
+    index = np.arange(len(xy))
+    if len(xy) > 3:  # drop vertices within 1e-12 of the hull's size of the next one: their edge has no direction
+        span = float(np.ptp(xy, axis=0).max())
+        apart = np.hypot(*(np.roll(xy, -1, axis=0) - xy).T) > 1e-12 * span
+        if 2 <= apart.sum() < len(xy):
+            xy, index = xy[apart], index[apart]
     k = len(xy)
     if k < 2:
         return 0.0, 0, 0
     if k <= 3:
         d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
         i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
-        return math.sqrt(float(d2[i, j])), int(i), int(j)
+        return math.sqrt(float(d2[i, j])), int(index[i]), int(index[j])
     order = np.arange(k)
     if (xy[:, 0] * np.roll(xy[:, 1], -1) - np.roll(xy[:, 0], -1) * xy[:, 1]).sum() < 0:
         order = order[::-1]  # the walk below needs counter-clockwise order (y up)
@@ -170,7 +176,7 @@ def max_feret(points: np.ndarray) -> tuple[float, int, int]:
                 d2 = dx * dx + dy * dy  # inf on overflow (float ** 2 raises OverflowError)
                 if d2 > best:
                     best, best_pair = d2, (a, b)
-    return math.sqrt(best), int(order[best_pair[0]]), int(order[best_pair[1]])
+    return math.sqrt(best), int(index[order[best_pair[0]]]), int(index[order[best_pair[1]]])
 
 
 def area_moments(geom: BaseGeometry) -> tuple[float, np.ndarray, np.ndarray]:

@@ -65,16 +65,22 @@ def tissue_fraction(rgb: np.ndarray, beta: float = 0.15) -> np.ndarray:
 INK_MAX_VALUE, INK_MAX_SATURATION = 80, 0.35
 
 
+def ink_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Bool map of the pixels that are ink or black pigment (:data:`INK_MAX_VALUE`, :data:`INK_MAX_SATURATION`) of
+    uint8 RGB (any leading shape, last axis 3)."""
+    _check_rgb(rgb)
+    brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.int16)
+    darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.int16)
+    return (brightest <= INK_MAX_VALUE) & (100 * (brightest - darkest) <= round(100 * INK_MAX_SATURATION) * brightest)
+
+
 def ink_fraction(rgb: np.ndarray) -> np.ndarray:
-    """Fraction of pixels that are ink or black pigment (:data:`INK_MAX_VALUE`, :data:`INK_MAX_SATURATION`), per
-    image of a (N, H, W, 3) uint8 batch."""
+    """Fraction of pixels that are ink or black pigment (:func:`ink_pixels`), per image of a (N, H, W, 3) uint8
+    batch."""
     _check_rgb(rgb)
     if rgb.ndim != 4:
         raise MicrometsError(f"ink_fraction expects a (N, H, W, 3) batch, got shape {rgb.shape}")
-    brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.int16)
-    darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]).astype(np.int16)
-    ink = (brightest <= INK_MAX_VALUE) & (100 * (brightest - darkest) <= round(100 * INK_MAX_SATURATION) * brightest)
-    return ink.mean(axis=(1, 2))
+    return ink_pixels(rgb).mean(axis=(1, 2))
 
 
 def complete_basis(stains_he: np.ndarray) -> np.ndarray:

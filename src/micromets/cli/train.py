@@ -55,7 +55,7 @@ def train(
     family: str = typer.Option("cnn", "--family", help="cnn (PatchNet on stain-normalised pixels) or morphometry (nuclear features → logistic regression)."),
     steps: int = typer.Option(300, "--steps", help="Training batches (64 augmented crops each) per fit."),
     width: int = typer.Option(16, "--width", help="Channels of the CNN's first stage (speed ∝ width²)."),
-    stain_jitter: str = typer.Option("0.25,0.05", "--stain-jitter", help="SIGMA,VECTOR_SIGMA of the H&E stain augmentation: each stain amount (OD) × U(1-SIGMA, 1+SIGMA), stain-vector components + N(0, VECTOR_SIGMA). docs/model.md compares 0.25,0.05 with 0.5,0.1 on the held-out protocol."),
+    stain_jitter: Optional[str] = typer.Option(None, "--stain-jitter", callback=validate.STAIN_JITTER, help="SIGMA,VECTOR_SIGMA[,CAST] of the H&E stain augmentation: each stain amount (OD) × U(1-SIGMA, 1+SIGMA), stain-vector components + N(0, VECTOR_SIGMA), and (CAST) each stain adds U(-CAST, CAST) of itself to the residual channel, a colour cast. Default: the recipe's own (0.25,0.05; tissue-classes 0.5,0.1). docs/model.md compares them on the held-out protocol."),
     seed: int = typer.Option(0, "--seed", help="Random seed (training is deterministic for a seed)."),
     held_out: Optional[Path] = typer.Option(None, "--held-out", callback=validate.IN_FILE, help="--recipe tissue-classes: a bench/tissue_heldout.py result (JSON) to write into the card's metrics.held_out and known_failure_modes."),
     cv_groups: str = typer.Option("", "--cv-groups", help="Comma-separated groups (slides/patients) held out one at a time for the held-out metrics; empty = none."),
@@ -75,6 +75,7 @@ def train(
     """
     from micromets.errors import MicrometsError
     from micromets.train import data, recipes
+    from micromets.train.augment import STAIN_JITTER
     from micromets.train.build import train_and_export
 
     samples, training_data = [], []
@@ -107,7 +108,8 @@ def train(
         card = tissue_fit.export_tissue_model(
             tissue_set, out, data_root, steps=steps, seed=seed, width=width, patch_px=patch_px, input_mpp=input_mpp,
             name=name, version=version, command="micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-            held_out=held_out_report, log=lambda msg: typer.echo(msg, err=True))
+            held_out=held_out_report, stain_jitter=stain_jitter or tissue_fit.TISSUE_STAIN_JITTER,
+            log=lambda msg: typer.echo(msg, err=True))
         typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")
         return
     if recipe is not None:
@@ -153,16 +155,10 @@ def train(
     unknown = [g for g in groups if g not in known]
     if unknown:
         raise MicrometsError(f"--cv-groups: no samples in group(s) {', '.join(unknown)}")
-    try:
-        jitter = tuple(float(v) for v in stain_jitter.split(","))
-    except ValueError:
-        jitter = ()
-    if len(jitter) != 2 or not (0 <= jitter[0] < 1 and jitter[1] >= 0):
-        raise MicrometsError(f"--stain-jitter {stain_jitter!r}: write SIGMA,VECTOR_SIGMA with 0 <= SIGMA < 1 and "
-                             "VECTOR_SIGMA >= 0, e.g. 0.25,0.05")
     command = "micromets train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     card = train_and_export(samples, out, name=name, version=version, input_mpp=input_mpp, patch_px=patch_px,
                             steps=steps, width=width, seed=seed, cv_groups=groups, training_data=training_data,
-                            command=command, licence=licence, checks=checks, family=family, stain_jitter=jitter,
+                            command=command, licence=licence, checks=checks, family=family,
+                            stain_jitter=stain_jitter or STAIN_JITTER,
                             log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"wrote {out / 'model.onnx'} and {out / 'model.json'} ({card['training']['wall_s']:.0f} s)")

@@ -233,6 +233,20 @@ def _words(param: typer.CallbackParam, value):
 WORDS = _words
 
 
+def _stain_jitter(param: typer.CallbackParam, value):
+    from micromets.train.augment import parse_stain
+
+    try:
+        return parse_stain(value) if value else None
+    except ValueError as err:
+        raise MicrometsError(f"{option_name(param)} {value!r}: {err}") from None
+
+
+#: The strength of the H&E stain augmentation, ``SIGMA,VECTOR_SIGMA[,CAST]`` (micromets.train.augment.stain_jitter;
+#: the value becomes a tuple of numbers; empty: the recipe's own).
+STAIN_JITTER = _stain_jitter
+
+
 def numbers(count: int, low: float | None = None, *, low_open: bool = False) -> Callable:
     """A callback turning ``"a,b,c"`` into ``count`` finite numbers, each checked as by :func:`in_range`."""
     each = in_range(low, low_open=low_open)

@@ -7,6 +7,10 @@
   IEEE TMI 37:2126, doi:10.1109/TMI.2018.2820199): each stain concentration scaled by U(1-σ, 1+σ) and shifted by
   U(-b, b), and the stain vectors themselves perturbed, which imitates an imperfect stain normalisation
   (strength :data:`STAIN_JITTER` unless the caller gives its own; docs/model.md compares 0.25/0.05 with 0.5/0.1);
+  optionally each stain also adds U(-cast, cast) of its own amount to the residual channel: the colour cast
+  that a normalisation leaves on a source whose stains lie off its estimated plane (median residual per eosin after
+  the training's normalisation: -0.05 to +0.22 across the sources, bench/stain_casts.py, docs/model.md "Stain
+  casts"; training with casts of ±0.3 was measured and not adopted there);
 - brightness and contrast, and Gaussian blur (out-of-focus scans).
 """
 
@@ -55,10 +59,13 @@ def dihedral(rgb: np.ndarray, k: int) -> np.ndarray:
 
 
 def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = STAIN_JITTER[0], bias: float = 0.05,
-                 vector_sigma: float = STAIN_JITTER[1], basis_he: np.ndarray = normalise.REFERENCE_HE) -> np.ndarray:
+                 vector_sigma: float = STAIN_JITTER[1], basis_he: np.ndarray = normalise.REFERENCE_HE,
+                 cast: float = 0.0) -> np.ndarray:
     """Random stain concentrations and stain vectors for each image of a (N, H, W, 3) batch (or one image).
 
-    ``basis_he`` is the images' stain basis (after normalisation: the reference). See the module docstring.
+    ``basis_he`` is the images' stain basis (after normalisation: the reference). ``cast``: haematoxylin and eosin
+    each add U(-cast, cast) of their amount to the residual channel (a colour cast; 0: none, the random numbers
+    drawn are then exactly those of earlier versions). See the module docstring.
     """
     batch = rgb if rgb.ndim == 4 else rgb[None]
     n = len(batch)
@@ -67,7 +74,10 @@ def stain_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = STAIN
     for i in range(n):
         dst_he = np.abs(np.asarray(basis_he, np.float64) + rng.normal(0.0, vector_sigma, size=(2, 3)))
         dst = normalise.complete_basis(dst_he).astype(np.float64)
-        transforms[i] = src_inv @ np.diag(rng.uniform(1.0 - sigma, 1.0 + sigma, size=3)) @ dst
+        mix = np.diag(rng.uniform(1.0 - sigma, 1.0 + sigma, size=3))
+        if cast:
+            mix[0, 2], mix[1, 2] = rng.uniform(-cast, cast, size=2)
+        transforms[i] = src_inv @ mix @ dst
         shifts[i, 0] = (rng.uniform(-bias, bias, size=3) * np.array([1.0, 1.0, 0.2])) @ dst
     od = normalise.optical_density(batch).reshape(n, -1, 3)
     tissue = (od.sum(axis=-1, keepdims=True) > 0.15).astype(np.float32)  # no colour added to white background
@@ -101,12 +111,32 @@ def augment(rgb: np.ndarray, size_px: int, rng: np.random.Generator) -> np.ndarr
     return augment_batch([rgb], size_px, rng)[0]
 
 
+def parse_stain(text: str) -> tuple[float, ...]:
+    """``"SIGMA,VECTOR_SIGMA[,CAST]"`` (the ``--stain-jitter`` of the training commands) → the numbers that
+    :func:`augment_batch` takes as ``stain``; ValueError, saying what is accepted, when it is not that."""
+    try:
+        numbers = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        numbers = ()
+    if len(numbers) not in (2, 3) or not all(np.isfinite(numbers)) or not (
+            0 <= numbers[0] < 1 and numbers[1] >= 0 and (len(numbers) == 2 or 0 <= numbers[2] <= 1)):
+        raise ValueError("write SIGMA,VECTOR_SIGMA[,CAST] with 0 <= SIGMA < 1, VECTOR_SIGMA >= 0 and 0 <= CAST <= 1, "
+                         "e.g. 0.25,0.05")
+    return numbers
+
+
+def describe(stain: tuple[float, ...]) -> str:
+    """The stain augmentation in words, for a model card: ``stain`` as :func:`augment_batch` takes it."""
+    cast = f", residual cast ±{stain[2]}" if len(stain) > 2 else ""
+    return f"H/E stain jitter (σ {stain[0]}, vectors σ {stain[1]}{cast})"
+
+
 def augment_batch(images: list[np.ndarray], size_px: int, rng: np.random.Generator,
-                  stain: tuple[float, float] = STAIN_JITTER) -> np.ndarray:
+                  stain: tuple[float, ...] = STAIN_JITTER) -> np.ndarray:
     """Augment each image of a list (stain-normalised, any sizes) → (N, size_px, size_px, 3) uint8.
 
-    ``stain``: (σ, vector σ) of :func:`stain_jitter`.
+    ``stain``: (σ, vector σ) or (σ, vector σ, cast) of :func:`stain_jitter`.
     """
     crops = np.stack([dihedral(random_crop(im, size_px, rng), int(rng.integers(0, 8))) for im in images])
-    crops = stain_jitter(crops, rng, sigma=stain[0], vector_sigma=stain[1])
+    crops = stain_jitter(crops, rng, sigma=stain[0], vector_sigma=stain[1], cast=stain[2] if len(stain) > 2 else 0.0)
     return np.stack([blur(brightness_contrast(c, rng), rng) for c in crops])

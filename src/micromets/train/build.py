@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from micromets.train import morpho
+from micromets.train import augment
 from micromets.train.augment import STAIN_JITTER
 from micromets.train.data import Sample
 from micromets.train.fit import base_card, cross_validate, export_onnx, normalise_by_group, train_cnn
@@ -29,7 +30,7 @@ def split_summary(samples: list[Sample]) -> dict:
 def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, version: str, input_mpp: float,
                      patch_px: int, steps: int, width: int, seed: int, cv_groups: list[str],
                      training_data: list[dict], command: str, licence: str, log=print,
-                     checks=None, family: str = "cnn", stain_jitter: tuple[float, float] = STAIN_JITTER) -> dict:
+                     checks=None, family: str = "cnn", stain_jitter: tuple[float, ...] = STAIN_JITTER) -> dict:
     """Train, evaluate with ``cv_groups`` held out in turn, export ``out_dir/model.{onnx,json}``; returns the card.
 
     ``family``: ``cnn`` (:mod:`micromets.train.fit`) or ``morphometry`` (:mod:`micromets.train.morpho`; ``steps``
@@ -57,8 +58,8 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
             f"{cv['sensitivity_at_95_specificity']:.3f}, confusion at 0.5 {cv['confusion']}")
     log(f"final fit on {len(samples)} samples")
     card = base_card(name, version, input_mpp, patch_px, width)
-    augmentation = (f"random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ {stain_jitter[0]}, vectors σ "
-                    f"{stain_jitter[1]}), brightness ±8 %, contrast ±15 %, blur p 0.3")
+    augmentation = (f"random crop ±10 % scale, 8 dihedral, {augment.describe(stain_jitter)}, brightness ±8 %, "
+                    "contrast ±15 %, blur p 0.3")
     card.update({
         "training_data": training_data,
         "split": {"unit": "group (slide / tile / patient)", "held_out_folds": cv_groups,

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from micromets.train.augment import augment_batch, center_crop
+from micromets.train.augment import augment_batch, center_crop, describe
 from micromets.train.fit import optimise, to_tensor
 from micromets.train.net import PatchNet
 from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid,
@@ -219,7 +219,7 @@ def _quota_top(score: np.ndarray, groups: np.ndarray, top: int) -> np.ndarray:
 
 def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
                  width: int = 16, lr: float = 3e-3, seed: int = 0,
-                 stain_jitter: tuple[float, float] = TISSUE_STAIN_JITTER, composite_share: float = COMPOSITE_SHARE,
+                 stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, composite_share: float = COMPOSITE_SHARE,
                  mine_at: float | None = MINE_AT, log=print) -> PatchNet:
     """Train on the windows where ``keep`` is True (see the module docstring); ``mine_at`` None: no hard normals."""
     torch.manual_seed(seed)
@@ -423,10 +423,11 @@ def fold_keep(ts: TissueSet, fold: str) -> np.ndarray:
 
 
 def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96, width: int = 16,
-             log=print) -> dict:
+             stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, log=print) -> dict:
     """Train without the fold's groups, score them: image scores, labelled-window scores, C16 centre crops."""
     keep = fold_keep(ts, fold)
-    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed, log=log)
+    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed,
+                         stain_jitter=stain_jitter, log=log)
     held_images = sorted({w.image for w, k in zip(ts.windows, keep) if not k})
     image_scores = score_images(model, ts, held_images, patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
@@ -455,13 +456,15 @@ def c16_auc(c16: dict[int, dict]) -> dict:
 
 
 def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int = 96, width: int = 16,
-                    threshold: float = 0.5, folds: list[str] | None = None, save_models=None, log=print) -> dict:
+                    threshold: float = 0.5, folds: list[str] | None = None, save_models=None,
+                    stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, log=print) -> dict:
     """Every fold × seed (module docstring); per seed the per-source table and the pooled CAMELYON16 AUC, then
     mean ± sd over seeds of every number. ``folds``: only these folds of FOLDS (a quicker check: each source is
     held out in one fold, so its numbers are the full protocol's; the AUC needs both CAMELYON16 classes). With more
     than one seed, ``ensemble`` holds the same table for the seeds' models averaged (mean probability per window).
     ``save_models``: a folder where every fold × seed model is exported as ``<fold>-s<seed>`` (ONNX + card naming
-    its ``held_out_groups``), to run on tissue of the sources it never saw.
+    its ``held_out_groups``), to run on tissue of the sources it never saw. ``stain_jitter``: the recipe's stain
+    augmentation (:func:`micromets.train.augment.stain_jitter`: σ, vector σ[, cast]).
     """
     folds = list(folds or FOLDS)
     per_seed, scores = {}, {}
@@ -469,13 +472,14 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
         image_scores, window_scores, c16 = {}, {}, {}
         for fold in folds:
             log(f"seed {seed}, {fold}: hold out {', '.join(sorted(FOLDS[fold]))}")
-            r = run_fold(ts, fold, seed, steps, patch_px, width, log=log)
+            r = run_fold(ts, fold, seed, steps, patch_px, width, stain_jitter, log=log)
             if save_models is not None:
                 from micromets.train.fit import export_onnx
 
                 card = tissue_card(r["model"], f"micromets-tissue-{fold}", f"0.0.{seed}", ts.mpp, patch_px, width,
                                    steps, seed, int(fold_keep(ts, fold).sum()), fold,
-                                   command=f"held_out_report(seeds={seeds}, steps={steps}, mpp={ts.mpp})")
+                                   command=f"held_out_report(seeds={seeds}, steps={steps}, mpp={ts.mpp}, "
+                                           f"stain_jitter={stain_jitter})", stain_jitter=stain_jitter)
                 export_onnx(r["model"], Path(save_models) / f"{fold}-s{seed}", card, patch_px, seed)
             image_scores.update(r["image_scores"])
             window_scores.update(r["window_scores"])
@@ -498,7 +502,7 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
                         "every window of a held-out image scored (stride half a patch); CAMELYON16 AUC pooled over "
                         "the folds",
             "folds": {k: sorted(FOLDS[k]) for k in folds}, "threshold": threshold, "seeds": seeds,
-            "steps": steps, "summary": summary, "per_seed": per_seed,
+            "steps": steps, "stain_jitter": list(stain_jitter), "summary": summary, "per_seed": per_seed,
             **({"ensemble": {"members": seeds, "combination": "mean carcinoma probability of the seeds' models",
                              "table": ensemble}} if ensemble else {})}
 
@@ -595,7 +599,8 @@ def failure_modes(held_out: dict | None, unseen: dict, threshold: float = 0.5) -
 def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: int, width: int = 16,
                         patch_px: int = 96, input_mpp: float = 0.5, name: str = "micromets-tissue",
                         version: str = "0.3.0", command: str = "", held_out: dict | None = None,
-                        fold: str | None = None, log=print) -> dict:
+                        fold: str | None = None, stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER,
+                        log=print) -> dict:
     """Fit on every source, export ONNX + card (classes, tumour index, data, licence, held-out report).
     ``fold``: fit without that fold's groups of FOLDS (the keep mask of :func:`run_fold`), named in the card's
     ``held_out_groups``: a model to try on tissue of those sources that it never saw."""
@@ -604,9 +609,10 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
 
     t0 = time.perf_counter()
     keep = fold_keep(ts, fold) if fold else np.ones(len(ts.windows), bool)
-    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed, log=log)
+    model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed,
+                         stain_jitter=stain_jitter, log=log)
     card = tissue_card(model, name, version, input_mpp, patch_px, width, steps, seed, int(keep.sum()), fold,
-                       held_out, command)
+                       held_out, command, stain_jitter)
     card["training"]["wall_s"] = round(time.perf_counter() - t0, 1)
     export_onnx(model, out_dir, card, patch_px, seed)
     card["metrics"]["unseen"] = unseen_checks(Detector.load(out_dir), data_root)
@@ -616,7 +622,8 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
 
 
 def tissue_card(model, name: str, version: str, input_mpp: float, patch_px: int, width: int, steps: int, seed: int,
-                n_windows: int, fold: str | None = None, held_out: dict | None = None, command: str = "") -> dict:
+                n_windows: int, fold: str | None = None, held_out: dict | None = None, command: str = "",
+                stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER) -> dict:
     """The model card of a tissue-recipe ``model`` (trained on ``n_windows`` windows; without ``fold``'s groups
     when given): classes, data and licence, recipe, held-out report."""
     import datetime as dt
@@ -633,8 +640,7 @@ def tissue_card(model, name: str, version: str, input_mpp: float, patch_px: int,
                   {k: sorted(v) for k, v in FOLDS.items()}},
         "training": {"steps": steps, "batch": 64, "seed": seed, "optimizer": "AdamW one-cycle, lr 3e-3",
                      "loss": "cross-entropy; ANY_NORMAL windows: -log sum of normal-class probabilities",
-                     "augmentation": f"random crop ±10 % scale, 8 dihedral, H/E stain jitter (σ "
-                                     f"{TISSUE_STAIN_JITTER[0]}, vectors σ {TISSUE_STAIN_JITTER[1]}), brightness "
+                     "augmentation": f"random crop ±10 % scale, 8 dihedral, {describe(stain_jitter)}, brightness "
                                      "±8 %, contrast ±15 %, blur p 0.3",
                      "sampling": "half carcinoma, half normal windows; equal share per source within each half",
                      "normal_composites": f"{COMPOSITE_SHARE:.0%} of the normal windows: node parenchyma "
