@@ -117,3 +117,26 @@ def _no_user_models(tmp_path_factory):
         os.environ.pop("MICROMETS_MODELS", None)
     else:
         os.environ["MICROMETS_MODELS"] = previous
+
+
+def default_with_context(tmp_path: Path, context_dir: str | None, context_mpp: float | None = None) -> Path:
+    """A copy of the shipped default model in ``tmp_path`` with the installed model ``context_dir`` (a folder of
+    src/micromets/models) as its context model, read at ``context_mpp`` µm/px when given (a real network of another
+    field than the detector's); ``context_dir`` None: with no context model. Returns the model folder."""
+    import json
+    import shutil
+
+    models = REPO / "src" / "micromets" / "models"
+    folder = tmp_path / f"default-context-{context_dir}-{context_mpp}"
+    shutil.copytree(models / "default", folder)
+    shutil.rmtree(folder / "context", ignore_errors=True)  # the default's own context model, replaced
+    card = json.loads((folder / "model.json").read_text())
+    card.pop("context", None)
+    if context_dir is not None:
+        shutil.copytree(models / context_dir, folder / "context")
+        if context_mpp is not None:
+            context_card = json.loads((folder / "context" / "model.json").read_text())
+            (folder / "context" / "model.json").write_text(json.dumps({**context_card, "input_mpp": context_mpp}))
+        card["context"] = {"folder": "context"}
+    (folder / "model.json").write_text(json.dumps(card))
+    return folder

@@ -225,23 +225,6 @@ def test_local_heatmap_windows_are_centred_on_its_cells(fast_and_thorough):
     assert fine.h_prob[6:12, 6:12].mean() >= 0.5  # the hot cell, seen by windows shifted around its centre
 
 
-def _with_context(tmp_path, context_mpp):
-    """The shipped default with a context model: the coarse screen's network (32 px) given ``context_mpp``, a
-    real network of another field than the detector's."""
-    import shutil
-
-    folder = tmp_path / f"with-context-{context_mpp}"
-    shutil.copytree(REPO / "src" / "micromets" / "models" / "default", folder)
-    shutil.rmtree(folder / "context", ignore_errors=True)  # the default's own context model, replaced
-    shutil.copytree(REPO / "src" / "micromets" / "models" / "coarse", folder / "context")
-    card = json.loads((folder / "context" / "model.json").read_text())
-    (folder / "context" / "model.json").write_text(json.dumps({**card, "input_mpp": context_mpp}))
-    card = json.loads((folder / "model.json").read_text())
-    card.pop("context", None)
-    (folder / "model.json").write_text(json.dumps({**card, "context": {"folder": "context"}}))
-    return folder
-
-
 @pytest.mark.parametrize("context_mpp", [1.5, 0.7])  # a cell is 32 px of it (read by blocks), or 68.6 (alone)
 def test_context_scores_are_the_field_centred_on_each_cell(tmp_path, context_mpp):
     """context_scores gives each cell the context model's score of the field of its own size centred on the cell's
@@ -253,7 +236,9 @@ def test_context_scores_are_the_field_centred_on_each_cell(tmp_path, context_mpp
     from micromets.tiles import tile_grid
     from micromets.tissue import tissue_mask
 
-    detector = Detector.load(_with_context(tmp_path, context_mpp))
+    from conftest import default_with_context
+
+    detector = Detector.load(default_with_context(tmp_path, "coarse", context_mpp))
     context = detector.context
     assert context.input_mpp == context_mpp and context.cell_um == pytest.approx(32 * context_mpp)
     with open_slide(NODE2) as slide:
@@ -289,7 +274,9 @@ def test_context_check_keeps_a_region_the_context_model_calls_anywhere_and_lower
     from micromets.slide import open_slide
     from micromets.tissue import tissue_mask
 
-    detector = Detector.load(_with_context(tmp_path, 1.0))
+    from conftest import default_with_context
+
+    detector = Detector.load(default_with_context(tmp_path, "coarse", 1.0))
     with open_slide(NODE2) as slide:
         tissue = tissue_mask(slide)
         detector.set_stain_reference(stain_sample(slide, tissue, detector.input_mpp, detector.patch_px))

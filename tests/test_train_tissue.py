@@ -379,37 +379,13 @@ def test_a_fixed_model_report_gives_the_camelyon16_auc_of_its_patches_as_the_hel
     assert tf.c16_auc({i: rows[i] for i in (0, 1)}) == {}  # one class: no AUC
 
 
-def _detector_with_context(tmp_path, context_dir, context_mpp=None):
-    """The shipped default with ``context_dir``'s network as its context model (at ``context_mpp``); None: with
-    none."""
-    import json
-    import shutil
-    from pathlib import Path
-
-    models = Path(__file__).resolve().parents[1] / "src" / "micromets" / "models"
-    folder = tmp_path / f"ctx-{context_dir}-{context_mpp}"
-    shutil.copytree(models / "default", folder)
-    shutil.rmtree(folder / "context", ignore_errors=True)  # the default's own context model, replaced
-    card = json.loads((folder / "model.json").read_text())
-    card.pop("context", None)
-    (folder / "model.json").write_text(json.dumps(card))
-    if context_dir is None:
-        return Detector.load(folder)
-    shutil.copytree(models / context_dir, folder / "context")
-    if context_mpp is not None:
-        card = json.loads((folder / "context" / "model.json").read_text())
-        (folder / "context" / "model.json").write_text(json.dumps({**card, "input_mpp": context_mpp}))
-    card = json.loads((folder / "model.json").read_text())
-    (folder / "model.json").write_text(json.dumps({**card, "context": {"folder": "context"}}))
-    return Detector.load(folder)
-
-
 def test_held_out_scores_of_a_detector_with_context_are_min_of_own_and_the_field_around(tmp_path):
     """score_images / labelled_window_scores give a detector with a context model min(own, context): a context
     model that sees exactly the detector's own window (the same network, same µm/px) changes nothing, so the
     fields are centred on the windows; a network of another field only ever lowers a window."""
     from pathlib import Path
 
+    from conftest import default_with_context
     from micromets.slide import open_slide
 
     with open_slide(Path(__file__).resolve().parents[1] / "demo" / "slides" / "node2.tiff") as slide:
@@ -417,10 +393,10 @@ def test_held_out_scores_of_a_detector_with_context_are_min_of_own_and_the_field
     images = [Sample(tile, td.CARCINOMA, "g", "monuseg_carcinoma", "t"),
               Sample(tile[60:160, 40:140].copy(), 1, "h", "pcam_hard_negative", "p")]
     ts = td.TissueSet(images, [td.Window(0, 40, 60, td.CARCINOMA), td.Window(1, 0, 0, 1)], 120)
-    plain = _detector_with_context(tmp_path, None)
+    plain = Detector.load(default_with_context(tmp_path, None))
     own = tf.score_images(plain, ts, [0, 1])
-    same = tf.score_images(_detector_with_context(tmp_path, "default"), ts, [0, 1])
-    other = _detector_with_context(tmp_path, "coarse", 1.0)
+    same = tf.score_images(Detector.load(default_with_context(tmp_path, "default")), ts, [0, 1])
+    other = Detector.load(default_with_context(tmp_path, "coarse", 1.0))
     lower = tf.score_images(other, ts, [0, 1])
     assert len(own[0]) > 4 and len(own[1]) == 1
     for i in (0, 1):

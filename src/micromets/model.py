@@ -25,8 +25,8 @@ normalised patches (the same per-slide stain estimate) through :attr:`Detector.v
 its own; :func:`micromets.analyze.confirmation` confirms again with it the lesions the detector confirms.
 
 Context model (``card["context"]``, optional): a model folder inside this one (``folder``) with a card of its own,
-a network that sees a larger field around each heatmap cell (the shipped default's: 96 µm at 1 µm/px around a
-48 µm cell), loaded as :attr:`Detector.context` with its own stain estimate of the same slide;
+a network that sees a larger field around each heatmap cell (``--model tissue-context``'s: 96 µm at 1 µm/px
+around a 48 µm cell), loaded as :attr:`Detector.context` with its own stain estimate of the same slide;
 :func:`micromets.heatmap.context_check` lowers a positive region of the heatmap in which the context model calls
 no cell's field tumour.
 
