@@ -10,9 +10,10 @@ why models that never saw BACH find so few of its carcinoma fields.
 2. per source after that normalisation, the residual amount per eosin amount of the eosin-dominant tissue pixels
    (median, 10th and 90th percentile): the colour cast the residual channel keeps;
 3. for each ``--model`` (a fold-1 model, which never saw BACH A03): BACH's annotated carcinoma windows and its
-   unannotated (normal breast) windows, normalised three ways (the pooled estimate, the ink-free one, the
-   ink-free one rebuilt from haematoxylin and eosin only), each window's network probability with no further
-   normalisation: carcinoma windows found at 0.5, normal windows called tumour at 0.5, and the AUC between them.
+   unannotated (normal breast) windows, normalised four ways (the pooled estimate, the ink-free one, the
+   ink-free one rebuilt from haematoxylin and eosin only, and the ink-free one unmixed from the red and green
+   absorbance only, blue ignored), each window's network probability with no further normalisation: carcinoma
+   windows found at 0.5, normal windows called tumour at 0.5, and the AUC between them.
 
 Writes bench/results/stain-casts-<UTC>.json and .md (docs/model.md, "Stain casts").
 """
@@ -55,6 +56,15 @@ def two_stain_transform(source_he: np.ndarray) -> np.ndarray:
     src = normalise.complete_basis(source_he).astype(np.float64)
     dst = normalise.complete_basis(normalise.REFERENCE_HE).astype(np.float64)
     return (np.linalg.inv(src)[:, :2] @ dst[:2]).astype(np.float32)
+
+
+def red_green_transform(source_he: np.ndarray) -> np.ndarray:
+    """The OD map onto the reference that reads haematoxylin and eosin from the red and green absorbance alone (two
+    stains, two channels: solved exactly) and ignores the blue; nothing is carried into the residual."""
+    src = np.asarray(source_he, np.float64)
+    src = src / np.linalg.norm(src, axis=1, keepdims=True)
+    dst = normalise.complete_basis(normalise.REFERENCE_HE).astype(np.float64)[:2]
+    return np.vstack([np.linalg.inv(src[:, :2]) @ dst, np.zeros((1, 3))]).astype(np.float32)
 
 
 def residual_per_eosin(images: list[np.ndarray]) -> dict:
@@ -119,7 +129,8 @@ def main() -> None:
     bach = groups["bach:A03"]
     clean = np.asarray(estimates["bach:A03"]["without_ink"], np.float32)
     transforms = {"pooled": normalise.stain_transform(np.asarray(estimates["bach:A03"]["pooled"], np.float32)),
-                  "without_ink": normalise.stain_transform(clean), "without_ink_two_stain": two_stain_transform(clean)}
+                  "without_ink": normalise.stain_transform(clean), "without_ink_two_stain": two_stain_transform(clean),
+                  "without_ink_red_green": red_green_transform(clean)}
     models = {m: bach_scores(m, bach, transforms) for m in args.model}
     if models:
         lines += ["", "| model | BACH normalised | carcinoma windows found | normal windows called | AUC |",

@@ -4,6 +4,8 @@
         [--folds fold1]   # one fold only: its sources' numbers, a third of the time
         [--mpp 0.75]      # another field of view: 96 px at this µm/px (docs/model.md, "Field of view")
         [--save-models DIR]  # also export every fold × seed model as DIR/<fold>-s<seed> (card: held_out_groups)
+        [--mil add|only]  # multiple-instance bags of the weak carcinoma tiles, beside or instead of the nuclear
+                          # window selection (tissue_fit, "Multiple-instance bags"; docs/model.md)
 
 Writes bench/results/tissue-heldout-<UTC>.json (per seed and mean ± sd) and prints the markdown table.
 
@@ -67,6 +69,8 @@ def check_args(args) -> None:
         args.stain = parse_stain(args.stain_jitter)
     except ValueError as err:
         raise MicrometsError(f"--stain-jitter {args.stain_jitter!r}: {err}") from None
+    if args.mil and (args.model or args.export_fold):
+        raise MicrometsError("--mil is for the held-out runs (not with --model or --export-fold)")
     if args.save_models is not None:
         if args.model or args.export_fold:
             raise MicrometsError("--save-models is for the held-out runs (not with --model or --export-fold)")
@@ -96,6 +100,9 @@ def main() -> None:
                     help="held-out runs: export every fold × seed model here as <fold>-s<seed>")
     ap.add_argument("--stain-jitter", default=",".join(map(str, tissue_fit.TISSUE_STAIN_JITTER)),
                     help="SIGMA,VECTOR_SIGMA[,CAST] of the recipe's stain augmentation (micromets train --stain-jitter)")
+    ap.add_argument("--mil", choices=tissue_fit.MIL_MODES,
+                    help="held-out runs: multiple-instance bags of the weak carcinoma tiles, beside (add) or instead "
+                         "of (only) their nuclear window selection")
     ap.add_argument("--mpp", type=float, default=INPUT_MPP,
                     help="µm/px of the model input (the field is 96 px of it): another field of view, held out")
     args = ap.parse_args()
@@ -140,7 +147,7 @@ def main() -> None:
         return
     report = tissue_fit.held_out_report(ts, [int(s) for s in args.seeds.split(",")], args.steps, width=args.width,
                                         folds=args.folds.split(",") if args.folds else None,
-                                        save_models=args.save_models, stain_jitter=args.stain,
+                                        save_models=args.save_models, stain_jitter=args.stain, mil=args.mil,
                                         log=lambda m: print(m, file=sys.stderr, flush=True))
     report["wall_s"], report["input_mpp"] = round(time.perf_counter() - t0, 1), args.mpp
     out = Path(__file__).parent / "results" / f"tissue-heldout-{stamp}.json"

@@ -41,6 +41,20 @@ def test_the_two_stain_rebuild_keeps_haematoxylin_and_eosin_and_drops_the_residu
     assert np.allclose(out[0], stains[0], atol=1e-5) and np.allclose(out[1], 0.0, atol=1e-5)
 
 
+def test_the_red_green_unmixing_rebuilds_h_and_e_and_ignores_the_blue_channel():
+    """A source basis other than the reference: H and E amounts come back on the reference vectors; any blue
+    absorbance added (a cast, a scanner's blue) changes nothing."""
+    source = np.array([[0.62, 0.72, 0.30], [0.20, 0.90, 0.40]])
+    source /= np.linalg.norm(source, axis=1, keepdims=True)
+    transform = stain_casts.red_green_transform(source)
+    amounts = np.array([[0.4, 0.3], [0.0, 0.5], [1.1, 0.0]])
+    ref = normalise.complete_basis(normalise.REFERENCE_HE)[:2]
+    od = amounts @ source
+    assert np.allclose(od @ transform, amounts @ ref, atol=1e-5)
+    bluer = od + np.array([0.0, 0.0, 0.25])
+    assert np.allclose(bluer @ transform, od @ transform, atol=1e-6)
+
+
 def test_residual_per_eosin_is_zero_for_pure_h_and_e_and_reads_a_cast():
     rng = np.random.default_rng(1)
     images = [_he_image(rng) for _ in range(3)]

@@ -185,16 +185,59 @@ def test_held_out_report_of_one_fold_scores_only_that_folds_sources_and_saves_it
             windows.append(td.Window(len(images) - 1, 0, 0, label))
     ts = td.TissueSet(images, windows, 120, mpp=1.0)
     report = tf.held_out_report(ts, [0], steps=2, folds=["fold1"], save_models=tmp_path, stain_jitter=(0.5, 0.1, 0.3),
-                                log=lambda m: None)
-    assert list(report["folds"]) == ["fold1"] and report["stain_jitter"] == [0.5, 0.1, 0.3]
+                                mil="add", log=lambda m: None)
+    assert list(report["folds"]) == ["fold1"] and report["stain_jitter"] == [0.5, 0.1, 0.3] and report["mil"] == "add"
     assert [p.name for p in tmp_path.iterdir()] == ["fold1-s0"]
     saved = Detector.load(tmp_path / "fold1-s0")
     assert saved.input_mpp == 1.0 and saved.card["held_out_groups"] == sorted(td.FOLDS["fold1"])
     assert "H/E stain jitter (σ 0.5, vectors σ 0.1, residual cast ±0.3)" in saved.card["training"]["augmentation"]
+    assert saved.card["training"]["multiple_instance"].startswith("add: 4 bags per batch of 8 windows")
     assert saved.predict(images[0].rgb[:96, :96][None]).shape == (1,)
     assert set(report["per_seed"]["0"]) == {"c16_tumour", "crc_stroma", "operating_point"}  # no AUC: one class
     assert report["summary"]["crc_stroma"]["share_windows_at_or_above"]["per_seed"][0] in (0.0, 1.0)
     assert "ensemble" not in report  # one seed: nothing to average
+
+
+def test_a_bag_is_scored_by_the_mean_of_its_top_carcinoma_probabilities_only():
+    """bag_loss: -log of the mean of each bag's MIL_TOP highest carcinoma probabilities, averaged over bags; a
+    window below the top ones does not change it, and a bag with one carcinoma-like window costs less than a bag
+    with none."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, len(td.CLASSES))
+    logits[0, 5, td.CARCINOMA] = 6.0
+    p = torch.softmax(logits, dim=-1)[..., td.CARCINOMA]
+    want = -torch.log(torch.topk(p, tf.MIL_TOP, dim=1).values.mean(dim=1)).mean()
+    assert tf.bag_loss(logits).item() == pytest.approx(want.item(), rel=1e-5)
+    lowest = int(torch.argmin(p[1]))
+    changed = logits.clone()
+    changed[1, lowest, td.CARCINOMA] -= 3.0
+    assert tf.bag_loss(changed).item() == pytest.approx(tf.bag_loss(logits).item(), rel=1e-6)
+    assert tf.bag_loss(logits[:1]).item() < tf.bag_loss(logits[1:2]).item()
+
+
+def test_bags_are_the_kept_weak_carcinoma_tiles_windows_with_tissue_drawn_an_equal_share_per_source():
+    """tile_bags: only the given tiles of WEAK_CARCINOMA sources, every window over tissue (the glass half
+    of a tile gives none); bag_windows: each source half the bags however many tiles it has, each window a
+    window-sized crop of its tile."""
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(60, 180, (240, 240, 3), dtype=np.uint8)
+    half_glass = tissue.copy()
+    half_glass[..., 2] = 30      # a blue no BreCaHAD tile has: marks this tile's windows
+    half_glass[:, 120:] = 245
+    images = [Sample(half_glass, td.CARCINOMA, "monuseg:TCGA-X", "monuseg_carcinoma", "m0")]
+    images += [Sample(tissue, td.CARCINOMA, "brecahad:all", "brecahad_carcinoma", f"b{k}") for k in range(9)]
+    images += [Sample(tissue, td.CARCINOMA, "monuseg:TCGA-Y", "monuseg_carcinoma", "held"),
+               Sample(tissue, td.CARCINOMA, "c16:tumor_001", "c16_tumour", "c16")]
+    ts = td.TissueSet(images, [td.Window(i, 0, 0, td.CARCINOMA) for i in range(len(images))], 120)
+    bags = td.tile_bags(ts, set(range(10)) | {11})  # not the held-out monuseg tile (10); c16 (11) is no bag
+    assert [i for i, _ in bags] == list(range(10))
+    # the windows wholly on the glass half (x = 120) are not in the bag; half on tissue (x = 60) are
+    assert sorted(map(tuple, bags[0][1].tolist())) == [(y, x) for y in (0, 60, 120) for x in (0, 60)]
+    assert all(len(o) == 9 for _, o in bags[1:])
+    windows = tf.bag_windows(ts, bags, np.random.default_rng(1), n_bags=400, n_windows=2)
+    assert len(windows) == 800 and all(w.shape == (120, 120, 3) for w in windows)
+    from_monuseg = sum(int((w[..., 2] == 30).any()) for w in windows[::2])
+    assert 160 <= from_monuseg <= 240  # about half of 400 bags from the one monuseg tile, against 9 BreCaHAD
 
 
 def test_averaged_scores_are_the_mean_probability_of_the_models_window_by_window():
@@ -340,6 +383,7 @@ def test_export_fold_refuses_an_unknown_fold_before_reading_data(tmp_path):
     (["--mpp", "0.75", "--model", "default"], "--mpp is not for --model (a given model has its own)"),
     (["--save-models", "x", "--export-fold", "fold1"], "--save-models is for the held-out runs (not with --model or "
                                                        "--export-fold)"),
+    (["--mil", "add", "--model", "default"], "--mil is for the held-out runs (not with --model or --export-fold)"),
     (["--stain-jitter", "0.5,0.1,2"], "--stain-jitter '0.5,0.1,2': write SIGMA,VECTOR_SIGMA[,CAST] with 0 <= SIGMA < 1, "
                                       "VECTOR_SIGMA >= 0 and 0 <= CAST <= 1, e.g. 0.25,0.05"),
 ])

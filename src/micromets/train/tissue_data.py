@@ -23,6 +23,8 @@ the other windows of such a tile are not used (neither class). The same rule rem
 BACH unannotated tiles, which hold normal ducts: benign breast epithelium is not normal lymph-node tissue, and
 calling it normal would teach the model that cohesive epithelium is normal (docs/model.md, "benign epithelium").
 BreakHis (benign and malignant breast tumours) is never trained on; it is reported as an unseen source.
+Multiple-instance bags of these tiles (:func:`tile_bags`, beside or instead of the selection) were measured held out
+against it and lost (docs/model.md, "Multiple-instance bags").
 
 Kather 2016's STROMA and ADIPOSE tiles (:data:`BENCH_RESERVED`) are kept for the bench phantoms' capsule,
 trabeculae and fat, never trained on. Colorectal MUC, NORM, COMPLEX and MUCOSA (mucus, normal colon mucosa, complex stroma) are left out: none is lymph
@@ -88,6 +90,8 @@ HAEMATOXYLIN_MIN = 0.1   # floor of the per-image Otsu threshold on haematoxylin
 MASK_FRACTION_MIN = 0.6
 #: the detector's tissue filter (model card): a window with fewer stained pixels is never shown to the network
 TISSUE_MIN = 0.05
+#: sources whose carcinoma label belongs to a whole tile, not to each of its windows (weak labels)
+WEAK_CARCINOMA = ("bach_carcinoma", "monuseg_carcinoma", "brecahad_carcinoma")
 
 
 @dataclass
@@ -234,7 +238,7 @@ def label_windows(images: list[Sample], size: int, mpp: float, stride: int | Non
         if max(h, w) <= 1.3 * size or s.source == "pcam_hard_negative":  # a patch (PCam: its labelled centre)
             windows.append(Window(i, max(0, (h - size) // 2), max(0, (w - size) // 2), s.label))
             continue
-        weak = s.source in ("bach_carcinoma", "monuseg_carcinoma", "brecahad_carcinoma", "bach_normal")
+        weak = s.source in WEAK_CARCINOMA + ("bach_normal",)
         if weak:
             frac, frac_large = nuclear_features(s.rgb, mpp, size)
         mask = carcinoma_mask(s)
@@ -259,6 +263,25 @@ def label_windows(images: list[Sample], size: int, mpp: float, stride: int | Non
                     continue
             windows.append(Window(i, y, x, label))
     return windows
+
+
+def tile_bags(ts: TissueSet, images: set[int]) -> list[tuple[int, np.ndarray]]:
+    """Multiple-instance bags (issue 14): every tile of a :data:`WEAK_CARCINOMA` source among ``images`` (indices;
+    the training passes those with a window it keeps, so a tile where no window passes the nuclear rule is not
+    a bag), with the origins (N, 2 as y, x px) of all its windows that pass the tissue filter (stride half a
+    window), whatever they show. The tile label says that at least one of them is carcinoma, not which."""
+    bags = []
+    for i in sorted(images):
+        s = ts.images[i]
+        if s.source not in WEAK_CARCINOMA:
+            continue
+        h, w = s.rgb.shape[:2]
+        tissue = ndimage.uniform_filter(_stained(s.rgb), ts.size, mode="constant")
+        origins = [(y, x) for y, x in _grid(h, w, ts.size, ts.size // 2)
+                   if tissue[min(h - 1, y + ts.size // 2), min(w - 1, x + ts.size // 2)] >= TISSUE_MIN]
+        if origins:
+            bags.append((i, np.array(origins)))
+    return bags
 
 
 def build(root: str | Path, patch_px: int = 96, target_mpp: float = 0.5) -> TissueSet:

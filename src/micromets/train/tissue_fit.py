@@ -23,6 +23,14 @@ a pool from which a share :data:`HARD_SHARE` of the normal half
 of every later batch is drawn (bootstrapping, Sung & Poggio 1998; the hard-negative mining of the CAMELYON16
 winners, Wang et al. 2016). Their labels stay what they were.
 
+Multiple-instance bags (``mil``, measured and not adopted: docs/model.md): the issue's other answer to weak tile
+labels. A tile of a :data:`~micromets.train.tissue_data.WEAK_CARCINOMA` source is a bag
+(:func:`~micromets.train.tissue_data.tile_bags`): at least one of its windows is carcinoma. Every batch also holds
+:data:`MIL_BAGS` bags (an equal share per source) of :data:`MIL_WINDOWS` of their windows drawn at random, each
+bag's loss ``-log`` of the mean of its :data:`MIL_TOP` highest carcinoma probabilities (:func:`bag_loss`), added to
+the windows' loss; ``"add"`` keeps the nuclear window selection beside the bags, ``"only"`` drops the selected
+windows of those sources and learns them from the bags alone.
+
 Held-out protocol (:func:`held_out_report`): for each fold of :data:`~micromets.train.tissue_data.FOLDS` a model is
 trained without the fold's groups (a CAMELYON16 slide, MoNuSeg patients, the BACH slide, BreCaHAD, a colorectal
 tile set, a third of the PCam hard negatives, a CAMELYON17 centre) and scores every window of them. Per source:
@@ -40,6 +48,7 @@ Every number is reported per seed and as mean ± sd over seeds (never the best s
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -51,8 +60,8 @@ from torch import nn
 from micromets.train.augment import augment_batch, center_crop, describe
 from micromets.train.fit import optimise, to_tensor
 from micromets.train.net import PatchNet
-from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, CLASSES, FOLDS, TissueSet, _grid,
-                                         _stained)
+from micromets.train.tissue_data import (ANY_NORMAL, BENCH_RESERVED, CARCINOMA, CLASSES, FOLDS, WEAK_CARCINOMA,
+                                         TissueSet, _grid, _stained, tile_bags)
 
 TISSUE_STAIN_JITTER = (0.5, 0.1)
 #: share of the normal half of a batch that is a composite of two normal windows (module docstring)
@@ -67,6 +76,10 @@ BAND_UM, BAND_SHARE, EDGE_SHARE = (10.0, 40.0), 0.6, 0.5
 #: hard normals: mined once this share of the steps is done, from every normal window and MINE_COMPOSITES fresh
 #: composites; the HARD_TOP most carcinoma-like are kept and make HARD_SHARE of the normal half of later batches
 MINE_AT, MINE_COMPOSITES, HARD_TOP, HARD_SHARE = 0.5, 4000, 2000, 0.25
+#: multiple-instance bags (module docstring): "add" beside the nuclear selection, "only" instead of it; bags per
+#: batch, windows drawn per bag, highest carcinoma probabilities pooled per bag
+MIL_MODES = ("add", "only")
+MIL_BAGS, MIL_WINDOWS, MIL_TOP = 4, 8, 2
 
 
 def sampling_weights(ts: TissueSet, keep: np.ndarray) -> np.ndarray:
@@ -89,6 +102,27 @@ def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     normal = torch.logsumexp(torch.cat([logp[:, :CARCINOMA], logp[:, CARCINOMA + 1:]], dim=1), dim=1)
     exact = logp.gather(1, labels.clamp(min=0)[:, None])[:, 0]
     return -torch.where(labels == ANY_NORMAL, normal, exact).mean()
+
+
+def bag_loss(logits: torch.Tensor, top: int = MIL_TOP) -> torch.Tensor:
+    """Mean over bags of ``-log`` of the mean of each bag's ``top`` highest carcinoma probabilities; ``logits``
+    (bags, windows, classes)."""
+    best = torch.topk(torch.log_softmax(logits, dim=-1)[..., CARCINOMA], top, dim=1).values
+    return -(torch.logsumexp(best, dim=1) - math.log(top)).mean()
+
+
+def bag_windows(ts: TissueSet, bags: list[tuple[int, np.ndarray]], rng: np.random.Generator, n_bags: int = MIL_BAGS,
+                n_windows: int = MIL_WINDOWS) -> list[np.ndarray]:
+    """``n_bags`` bags of :func:`~micromets.train.tissue_data.tile_bags` (each source an equal share), ``n_windows``
+    of each bag's windows drawn at random (with replacement only when it has fewer): their pixels, bag after bag."""
+    sources = np.array([ts.images[i].source for i, _ in bags])
+    p = np.array([1.0 / (sources == s).sum() for s in sources])
+    out = []
+    for b in rng.choice(len(bags), size=n_bags, p=p / p.sum()):
+        i, origins = bags[b]
+        pick = origins[rng.choice(len(origins), size=n_windows, replace=len(origins) < n_windows)]
+        out += [ts.images[i].rgb[y:y + ts.size, x:x + ts.size] for y, x in pick]
+    return out
 
 
 def window_pixels(ts: TissueSet, index: int) -> np.ndarray:
@@ -220,10 +254,18 @@ def _quota_top(score: np.ndarray, groups: np.ndarray, top: int) -> np.ndarray:
 def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int = 1000, batch: int = 64,
                  width: int = 16, lr: float = 3e-3, seed: int = 0,
                  stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, composite_share: float = COMPOSITE_SHARE,
-                 mine_at: float | None = MINE_AT, log=print) -> PatchNet:
-    """Train on the windows where ``keep`` is True (see the module docstring); ``mine_at`` None: no hard normals."""
+                 mine_at: float | None = MINE_AT, mil: str | None = None, log=print) -> PatchNet:
+    """Train on the windows where ``keep`` is True (see the module docstring); ``mine_at`` None: no hard normals;
+    ``mil``: one of :data:`MIL_MODES`, with multiple-instance bags of the weak carcinoma tiles it keeps a window of."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    bags = []
+    if mil is not None:
+        bags = tile_bags(ts, {w.image for w, k in zip(ts.windows, keep) if k})
+        if mil == "only":
+            keep = keep & ~(np.isin(ts.sources(), WEAK_CARCINOMA) & (ts.labels() == CARCINOMA))
+        log(f"  multiple-instance bags ({mil}): {len(bags)} tiles, {MIL_BAGS} per batch × {MIL_WINDOWS} windows, "
+            f"top {MIL_TOP}")
     p = sampling_weights(ts, keep)
     pools = composite_pools(ts, p)
     model = PatchNet(width=width, n_classes=len(CLASSES))
@@ -238,10 +280,17 @@ def train_tissue(ts: TissueSet, keep: np.ndarray, patch_px: int = 96, steps: int
                 f"and the composites ({time.perf_counter() - t0:.0f} s)")
         state["step"] += 1
         windows, labels = batch_windows(ts, p, batch, rng, composite_share, pools, state["hard"])
+        if bags:
+            windows += bag_windows(ts, bags, rng)
         crops = augment_batch(windows, patch_px, rng, stain_jitter)
         return to_tensor(crops), torch.from_numpy(labels)
 
-    return optimise(model, batches, partial_label_loss, steps, lr, log)
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        n = len(labels)
+        windows = partial_label_loss(logits[:n], labels)
+        return windows + bag_loss(logits[n:].reshape(MIL_BAGS, MIL_WINDOWS, -1)) if bags else windows
+
+    return optimise(model, batches, loss, steps, lr, log)
 
 
 @torch.no_grad()
@@ -423,11 +472,11 @@ def fold_keep(ts: TissueSet, fold: str) -> np.ndarray:
 
 
 def run_fold(ts: TissueSet, fold: str, seed: int, steps: int, patch_px: int = 96, width: int = 16,
-             stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, log=print) -> dict:
+             stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, mil: str | None = None, log=print) -> dict:
     """Train without the fold's groups, score them: image scores, labelled-window scores, C16 centre crops."""
     keep = fold_keep(ts, fold)
     model = train_tissue(ts, keep, patch_px=patch_px, steps=steps, width=width, seed=seed,
-                         stain_jitter=stain_jitter, log=log)
+                         stain_jitter=stain_jitter, mil=mil, log=log)
     held_images = sorted({w.image for w, k in zip(ts.windows, keep) if not k})
     image_scores = score_images(model, ts, held_images, patch_px)
     labelled = [k for k, w in enumerate(ts.windows) if not keep[k] and w.label == CARCINOMA]
@@ -457,14 +506,15 @@ def c16_auc(c16: dict[int, dict]) -> dict:
 
 def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int = 96, width: int = 16,
                     threshold: float = 0.5, folds: list[str] | None = None, save_models=None,
-                    stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, log=print) -> dict:
+                    stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, mil: str | None = None, log=print) -> dict:
     """Every fold × seed (module docstring); per seed the per-source table and the pooled CAMELYON16 AUC, then
     mean ± sd over seeds of every number. ``folds``: only these folds of FOLDS (a quicker check: each source is
     held out in one fold, so its numbers are the full protocol's; the AUC needs both CAMELYON16 classes). With more
     than one seed, ``ensemble`` holds the same table for the seeds' models averaged (mean probability per window).
     ``save_models``: a folder where every fold × seed model is exported as ``<fold>-s<seed>`` (ONNX + card naming
     its ``held_out_groups``), to run on tissue of the sources it never saw. ``stain_jitter``: the recipe's stain
-    augmentation (:func:`micromets.train.augment.stain_jitter`: σ, vector σ[, cast]).
+    augmentation (:func:`micromets.train.augment.stain_jitter`: σ, vector σ[, cast]). ``mil``: train with
+    multiple-instance bags (:data:`MIL_MODES`, module docstring).
     """
     folds = list(folds or FOLDS)
     per_seed, scores = {}, {}
@@ -472,14 +522,15 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
         image_scores, window_scores, c16 = {}, {}, {}
         for fold in folds:
             log(f"seed {seed}, {fold}: hold out {', '.join(sorted(FOLDS[fold]))}")
-            r = run_fold(ts, fold, seed, steps, patch_px, width, stain_jitter, log=log)
+            r = run_fold(ts, fold, seed, steps, patch_px, width, stain_jitter, mil, log=log)
             if save_models is not None:
                 from micromets.train.fit import export_onnx
 
                 card = tissue_card(r["model"], f"micromets-tissue-{fold}", f"0.0.{seed}", ts.mpp, patch_px, width,
                                    steps, seed, int(fold_keep(ts, fold).sum()), fold,
                                    command=f"held_out_report(seeds={seeds}, steps={steps}, mpp={ts.mpp}, "
-                                           f"stain_jitter={stain_jitter})", stain_jitter=stain_jitter)
+                                           f"stain_jitter={stain_jitter}, mil={mil!r})", stain_jitter=stain_jitter,
+                                   mil=mil)
                 export_onnx(r["model"], Path(save_models) / f"{fold}-s{seed}", card, patch_px, seed)
             image_scores.update(r["image_scores"])
             window_scores.update(r["window_scores"])
@@ -502,7 +553,7 @@ def held_out_report(ts: TissueSet, seeds: list[int], steps: int, patch_px: int =
                         "every window of a held-out image scored (stride half a patch); CAMELYON16 AUC pooled over "
                         "the folds",
             "folds": {k: sorted(FOLDS[k]) for k in folds}, "threshold": threshold, "seeds": seeds,
-            "steps": steps, "stain_jitter": list(stain_jitter), "summary": summary, "per_seed": per_seed,
+            "steps": steps, "stain_jitter": list(stain_jitter), "mil": mil, "summary": summary, "per_seed": per_seed,
             **({"ensemble": {"members": seeds, "combination": "mean carcinoma probability of the seeds' models",
                              "table": ensemble}} if ensemble else {})}
 
@@ -623,7 +674,7 @@ def export_tissue_model(ts: TissueSet, out_dir, data_root, *, steps: int, seed: 
 
 def tissue_card(model, name: str, version: str, input_mpp: float, patch_px: int, width: int, steps: int, seed: int,
                 n_windows: int, fold: str | None = None, held_out: dict | None = None, command: str = "",
-                stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER) -> dict:
+                stain_jitter: tuple[float, ...] = TISSUE_STAIN_JITTER, mil: str | None = None) -> dict:
     """The model card of a tissue-recipe ``model`` (trained on ``n_windows`` windows; without ``fold``'s groups
     when given): classes, data and licence, recipe, held-out report."""
     import datetime as dt
@@ -653,6 +704,11 @@ def tissue_card(model, name: str, version: str, input_mpp: float, patch_px: int,
                                      f"all normal windows and {MINE_COMPOSITES} fresh composites, an equal quota "
                                      "from each normal source and from the composites, then "
                                      f"{HARD_SHARE:.0%} of the normal windows of every batch (labels kept)",
+                     **({"multiple_instance": f"{mil}: {MIL_BAGS} bags per batch of {MIL_WINDOWS} windows of a "
+                                              f"{', '.join(WEAK_CARCINOMA)} tile, -log mean of the top {MIL_TOP} "
+                                              "carcinoma probabilities" + (" instead of their nuclear window "
+                                                                           "selection" if mil == "only" else "")}
+                        if mil else {}),
                      "n_windows": n_windows, "n_parameters": int(sum(p.numel() for p in model.parameters()))},
         **({"held_out_groups": sorted(FOLDS[fold]), "held_out_fold": fold} if fold else {}),
         "metrics": {"held_out": held_out} if held_out else {},
