@@ -61,8 +61,7 @@ def two_stain_transform(source_he: np.ndarray) -> np.ndarray:
 def red_green_transform(source_he: np.ndarray) -> np.ndarray:
     """The OD map onto the reference that reads haematoxylin and eosin from the red and green absorbance alone (two
     stains, two channels: solved exactly) and ignores the blue; nothing is carried into the residual."""
-    src = np.asarray(source_he, np.float64)
-    src = src / np.linalg.norm(src, axis=1, keepdims=True)
+    src = normalise.complete_basis(source_he).astype(np.float64)[:2]
     dst = normalise.complete_basis(normalise.REFERENCE_HE).astype(np.float64)[:2]
     return np.vstack([np.linalg.inv(src[:, :2]) @ dst, np.zeros((1, 3))]).astype(np.float32)
 

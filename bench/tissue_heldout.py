@@ -69,11 +69,10 @@ def check_args(args) -> None:
         args.stain = parse_stain(args.stain_jitter)
     except ValueError as err:
         raise MicrometsError(f"--stain-jitter {args.stain_jitter!r}: {err}") from None
-    if args.mil and (args.model or args.export_fold):
-        raise MicrometsError("--mil is for the held-out runs (not with --model or --export-fold)")
+    for flag, given in (("--mil", args.mil), ("--save-models", args.save_models)):
+        if given is not None and (args.model or args.export_fold):
+            raise MicrometsError(f"{flag} is for the held-out runs (not with --model or --export-fold)")
     if args.save_models is not None:
-        if args.model or args.export_fold:
-            raise MicrometsError("--save-models is for the held-out runs (not with --model or --export-fold)")
         writable_folder(args.save_models, f"--save-models {args.save_models}")
     if args.export_fold:
         if args.model or args.folds:

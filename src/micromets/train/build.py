@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from micromets.train import morpho
-from micromets.train import augment
-from micromets.train.augment import STAIN_JITTER
+from micromets.train.augment import STAIN_JITTER, describe
 from micromets.train.data import Sample
 from micromets.train.fit import base_card, cross_validate, export_onnx, normalise_by_group, train_cnn
 
@@ -58,7 +57,7 @@ def train_and_export(samples: list[Sample], out_dir: str | Path, *, name: str, v
             f"{cv['sensitivity_at_95_specificity']:.3f}, confusion at 0.5 {cv['confusion']}")
     log(f"final fit on {len(samples)} samples")
     card = base_card(name, version, input_mpp, patch_px, width)
-    augmentation = (f"random crop ±10 % scale, 8 dihedral, {augment.describe(stain_jitter)}, brightness ±8 %, "
+    augmentation = (f"random crop ±10 % scale, 8 dihedral, {describe(stain_jitter)}, brightness ±8 %, "
                     "contrast ±15 %, blur p 0.3")
     card.update({
         "training_data": training_data,

@@ -229,6 +229,16 @@ def carcinoma_mask(sample: Sample) -> np.ndarray | None:
     return ndimage.zoom(tumour.astype(np.float32), zoom, order=0) > 0.5
 
 
+def _grid_windows(rgb: np.ndarray, size: int, stride: int):
+    """Every window of the grid over ``rgb``: its origin (y, x px), its centre pixel (cy, cx) and whether it passes
+    the tissue filter (at least :data:`TISSUE_MIN` of the ``size`` window around the centre stained)."""
+    h, w = rgb.shape[:2]
+    tissue = ndimage.uniform_filter(_stained(rgb), size, mode="constant")
+    for y, x in _grid(h, w, size, stride):
+        cy, cx = min(h - 1, y + size // 2), min(w - 1, x + size // 2)
+        yield y, x, cy, cx, tissue[cy, cx] >= TISSUE_MIN
+
+
 def label_windows(images: list[Sample], size: int, mpp: float, stride: int | None = None) -> list[Window]:
     """The labelled windows of every image (see the module docstring for the rules)."""
     stride = stride or size // 2
@@ -242,11 +252,9 @@ def label_windows(images: list[Sample], size: int, mpp: float, stride: int | Non
         if weak:
             frac, frac_large = nuclear_features(s.rgb, mpp, size)
         mask = carcinoma_mask(s)
-        tissue = ndimage.uniform_filter(_stained(s.rgb), size, mode="constant")
-        for y, x in _grid(h, w, size, stride):
+        for y, x, cy, cx, over_tissue in _grid_windows(s.rgb, size, stride):
             label = s.label
-            cy, cx = min(h - 1, y + size // 2), min(w - 1, x + size // 2)
-            if tissue[cy, cx] < TISSUE_MIN and label != CLASSES.index("background"):
+            if not over_tissue and label != CLASSES.index("background"):
                 continue
             if weak:
                 need = DENSE_MASKED if mask is not None else DENSE_UNMASKED
@@ -275,10 +283,7 @@ def tile_bags(ts: TissueSet, images: set[int]) -> list[tuple[int, np.ndarray]]:
         s = ts.images[i]
         if s.source not in WEAK_CARCINOMA:
             continue
-        h, w = s.rgb.shape[:2]
-        tissue = ndimage.uniform_filter(_stained(s.rgb), ts.size, mode="constant")
-        origins = [(y, x) for y, x in _grid(h, w, ts.size, ts.size // 2)
-                   if tissue[min(h - 1, y + ts.size // 2), min(w - 1, x + ts.size // 2)] >= TISSUE_MIN]
+        origins = [(y, x) for y, x, _, _, over_tissue in _grid_windows(s.rgb, ts.size, ts.size // 2) if over_tissue]
         if origins:
             bags.append((i, np.array(origins)))
     return bags
